@@ -49,7 +49,7 @@ pub struct Round {
 impl Round {
     pub fn new(config: RoundConfig) -> Result<Self, Error> {
         let n = config.roster.len();
-        if n < 2 || n > MAX_PARTIES {
+        if !(2..=MAX_PARTIES).contains(&n) {
             return Err(Error::Config(format!(
                 "the roster must hold between 2 and {MAX_PARTIES} parties, it holds {n}"
             )));

@@ -375,27 +375,44 @@ pub fn byte_width(bits: u8) -> usize {
 fn pack_words(out: &mut Vec<u8>, bits: u8, words: &[u32]) {
     let w = byte_width(bits);
     out.reserve(words.len() * w);
-    for &x in words {
-        out.extend_from_slice(&x.to_le_bytes()[..w]);
+    match w {
+        4 => words
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        2 => words
+            .iter()
+            .for_each(|x| out.extend_from_slice(&(*x as u16).to_le_bytes())),
+        1 => out.extend(words.iter().map(|x| *x as u8)),
+        _ => words
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes()[..w])),
     }
 }
 
 fn unpack_words(r: &mut Reader<'_>, bits: u8, len: usize) -> Result<Vec<u32>, InvalidMessage> {
     let w = byte_width(bits);
     let bytes = r.take(len * w)?;
+    let words: Vec<u32> = match w {
+        4 => bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        2 => bytes
+            .chunks_exact(2)
+            .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        1 => bytes.iter().map(|&b| u32::from(b)).collect(),
+        _ => bytes
+            .chunks_exact(3)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], 0]))
+            .collect(),
+    };
     let mask = word_mask(bits);
-    let mut words = Vec::with_capacity(len);
-    for (i, c) in bytes.chunks_exact(w).enumerate() {
-        let mut b = [0u8; 4];
-        b[..w].copy_from_slice(c);
-        let x = u32::from_le_bytes(b);
-        if x & !mask != 0 {
-            return Err(InvalidMessage::OutOfRange {
-                what: "masked word",
-                value: i as u64,
-            });
-        }
-        words.push(x);
+    if let Some(i) = words.iter().position(|x| x & !mask != 0) {
+        return Err(InvalidMessage::OutOfRange {
+            what: "masked word",
+            value: i as u64,
+        });
     }
     Ok(words)
 }

@@ -23,7 +23,7 @@ use crate::message::{
 };
 use crate::prg::{apply_all, MaskSeed, MaskStream, Sign};
 use crate::shamir::{split, SharedSecret};
-use crate::share_box::{open, seal, OpenError, SharePair};
+use crate::share_box::{open, seal, SharePair, ShareSecret};
 use crate::transcript;
 
 /// Counters a party keeps about its own work.
@@ -59,13 +59,28 @@ struct AwaitRoster {
 }
 
 struct AwaitDelivery {
-    enc: DhSecret,
+    /// Share-encryption agreements with each advertised neighbour.
+    share_secrets: BTreeMap<PartyId, ShareSecret>,
     mask: DhSecret,
     seed: SharedSecret,
     input: Zeroizing<Vec<u32>>,
     /// Neighbours that advertised keys (U1 ∩ N(u)).
     peers: BTreeMap<PartyId, KeyAdvertisement>,
     own: SharePair,
+}
+
+/// Everything the share-keys step makes, before the phase changes.
+struct PreparedShares {
+    seed: SharedSecret,
+    own: SharePair,
+    out: Vec<EncryptedShare>,
+    secrets: BTreeMap<PartyId, ShareSecret>,
+}
+
+/// The delivered shares, opened, and the pairwise mask streams.
+struct OpenedDelivery {
+    received: BTreeMap<PartyId, SharePair>,
+    streams: Vec<(MaskStream, Sign)>,
 }
 
 /// Shares this party holds, by owner (including its own pair).
@@ -213,13 +228,19 @@ impl Party {
         let next = match (&self.phase, msg) {
             (ClientPhase::AwaitRoster(st), Message::KeyRoster(list)) => {
                 let peers = self.check_roster(list)?;
-                let (seed, own, out) = self.prepare_shares(st, &peers, rng)?;
+                let PreparedShares {
+                    seed,
+                    own,
+                    out,
+                    secrets: share_secrets,
+                } = self.prepare_shares(st, &peers, rng)?;
                 let ClientPhase::AwaitRoster(st) = self.take_phase() else {
                     unreachable!("phase matched above")
                 };
                 self.outgoing.push_back(Message::EncryptedShares(out));
+                // The share-encryption secret is dropped (wiped) here.
                 ClientPhase::AwaitDelivery(Box::new(AwaitDelivery {
-                    enc: st.enc,
+                    share_secrets,
                     mask: st.mask,
                     seed,
                     input: st.input,
@@ -228,7 +249,7 @@ impl Party {
                 }))
             }
             (ClientPhase::AwaitDelivery(st), Message::ShareDelivery(list)) => {
-                let (received, streams) = self.check_delivery(st, &list)?;
+                let OpenedDelivery { received, streams } = self.check_delivery(st, &list)?;
                 let ClientPhase::AwaitDelivery(st) = self.take_phase() else {
                     unreachable!("phase matched above")
                 };
@@ -333,7 +354,7 @@ impl Party {
         st: &AwaitRoster,
         peers: &BTreeMap<PartyId, KeyAdvertisement>,
         rng: &mut impl CryptoRngCore,
-    ) -> Result<(SharedSecret, SharePair, Vec<EncryptedShare>), Error> {
+    ) -> Result<PreparedShares, Error> {
         let seed = SharedSecret::random(rng);
         let mut holders: Vec<PartyId> = peers.keys().copied().collect();
         holders.push(self.id);
@@ -343,6 +364,7 @@ impl Party {
         let seed_shares = split(&seed, &holders, t, rng).expect("threshold checked");
         let mut own = None;
         let mut out = Vec::with_capacity(peers.len());
+        let mut secrets = BTreeMap::new();
         for (key_share, seed_share) in key_shares.into_iter().zip(seed_shares) {
             let to = key_share.holder;
             let pair = SharePair {
@@ -353,17 +375,11 @@ impl Party {
                 own = Some(pair);
                 continue;
             }
-            let ct = seal(
-                &self.round.session,
-                &st.enc,
-                &peers[&to].enc_key,
-                self.id,
-                to,
-                &pair,
-            )
-            .map_err(|_| {
+            let shared = ShareSecret::agree(&st.enc, &peers[&to].enc_key).map_err(|_| {
                 Error::misbehaved(Peer::Party(to), Misbehaviour::WeakPublicKey { owner: to })
             })?;
+            let ct = seal(&self.round.session, &shared, self.id, to, &pair);
+            secrets.insert(to, shared);
             let ciphertext: Box<[u8; crate::share_box::CIPHERTEXT_LEN]> = ct
                 .into_boxed_slice()
                 .try_into()
@@ -375,7 +391,12 @@ impl Party {
             });
         }
         let own = own.expect("the party is among its own holders");
-        Ok((seed, own, out))
+        Ok(PreparedShares {
+            seed,
+            own,
+            out,
+            secrets,
+        })
     }
 
     /// Opens every delivered ciphertext and derives every pairwise seed
@@ -384,14 +405,15 @@ impl Party {
         &self,
         st: &AwaitDelivery,
         list: &[EncryptedShare],
-    ) -> Result<(BTreeMap<PartyId, SharePair>, Vec<(MaskStream, Sign)>), Error> {
+    ) -> Result<OpenedDelivery, Error> {
         let mut received = BTreeMap::new();
         let mut streams = Vec::with_capacity(list.len() + 1);
         for s in list {
             if s.to != self.id {
                 return Err(self.coordinator(Misbehaviour::UnexpectedParty(s.to)));
             }
-            let Some(peer) = st.peers.get(&s.from) else {
+            let (Some(peer), Some(shared)) = (st.peers.get(&s.from), st.share_secrets.get(&s.from))
+            else {
                 return Err(self.coordinator(Misbehaviour::NotNeighbour(s.from)));
             };
             if received.contains_key(&s.from) {
@@ -399,18 +421,16 @@ impl Party {
             }
             let pair = open(
                 &self.round.session,
-                &st.enc,
-                &peer.enc_key,
+                shared,
                 s.from,
                 self.id,
                 &s.ciphertext[..],
             )
-            .map_err(|e| {
-                let kind = match e {
-                    OpenError::WeakKey => Misbehaviour::WeakPublicKey { owner: s.from },
-                    OpenError::Forged => Misbehaviour::BadCiphertext { from: s.from },
-                };
-                Error::misbehaved(Peer::Party(s.from), kind)
+            .map_err(|_| {
+                Error::misbehaved(
+                    Peer::Party(s.from),
+                    Misbehaviour::BadCiphertext { from: s.from },
+                )
             })?;
             let seed = pairwise_seed(
                 &self.round.session,
@@ -435,7 +455,7 @@ impl Party {
                 needed: self.threshold(),
             });
         }
-        Ok((received, streams))
+        Ok(OpenedDelivery { received, streams })
     }
 
     /// `y_u = x_u + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv)` mod 2^bits.

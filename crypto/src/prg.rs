@@ -58,26 +58,40 @@ impl MaskStream {
     /// `out`, wrapping mod 2^32. Callers reduce mod `2^bits` at the end, which
     /// is exact because `2^bits` divides `2^32`.
     pub fn apply(&mut self, offset: u64, out: &mut [u32], sign: Sign) {
-        self.rng.set_word_pos(offset as u128);
-        let mut buf = [0u8; BLOCK_WORDS * 4];
+        self.rng.set_word_pos(u128::from(offset));
+        let mut buf = [0u32; BLOCK_WORDS];
         for chunk in out.chunks_mut(BLOCK_WORDS) {
-            let bytes = &mut buf[..chunk.len() * 4];
-            self.rng.fill_bytes(bytes);
-            let words = bytes.chunks_exact(4);
+            let words = &mut buf[..chunk.len()];
+            fill_words(&mut self.rng, words);
             match sign {
                 Sign::Add => {
-                    for (o, w) in chunk.iter_mut().zip(words) {
-                        *o = o.wrapping_add(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+                    for (o, w) in chunk.iter_mut().zip(words.iter()) {
+                        *o = o.wrapping_add(*w);
                     }
                 }
                 Sign::Sub => {
-                    for (o, w) in chunk.iter_mut().zip(words) {
-                        *o = o.wrapping_sub(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+                    for (o, w) in chunk.iter_mut().zip(words.iter()) {
+                        *o = o.wrapping_sub(*w);
                     }
                 }
             }
         }
         buf.zeroize();
+    }
+}
+
+/// Fills `words` with keystream read as little-endian words. The keystream
+/// is written straight into the words' bytes, so no second copy is made;
+/// on big-endian targets the bytes are then swapped into place.
+fn fill_words(rng: &mut ChaCha20Rng, words: &mut [u32]) {
+    // SAFETY: a `[u32]` may be viewed as `4 × len` bytes: u8 has alignment
+    // 1, the length is exact and every byte pattern is a valid u32.
+    let bytes = unsafe {
+        core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 4)
+    };
+    rng.fill_bytes(bytes);
+    if cfg!(target_endian = "big") {
+        words.iter_mut().for_each(|w| *w = u32::from_le(*w));
     }
 }
 

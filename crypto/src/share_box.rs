@@ -31,16 +31,24 @@ pub(crate) enum OpenError {
     Forged,
 }
 
+/// The X25519 result of two parties' share-encryption keys. One agreement
+/// serves both directions; the direction is bound in when keys are derived.
+pub(crate) struct ShareSecret(Zeroizing<[u8; 32]>);
+
+impl ShareSecret {
+    pub(crate) fn agree(own: &DhSecret, peer: &DhPublicKey) -> Result<Self, OpenError> {
+        own.agree(peer).map(ShareSecret).ok_or(OpenError::WeakKey)
+    }
+}
+
 fn cipher(
     session: &SessionId,
-    own: &DhSecret,
-    peer: &DhPublicKey,
+    shared: &ShareSecret,
     from: PartyId,
     to: PartyId,
-) -> Result<ChaCha20Poly1305, OpenError> {
-    let shared = own.agree(peer).ok_or(OpenError::WeakKey)?;
-    let key = derive(session, Purpose::ShareKey, &[from, to], shared.as_ref());
-    Ok(ChaCha20Poly1305::new(Key::from_slice(key.as_ref())))
+) -> ChaCha20Poly1305 {
+    let key = derive(session, Purpose::ShareKey, &[from, to], shared.0.as_ref());
+    ChaCha20Poly1305::new(Key::from_slice(key.as_ref()))
 }
 
 fn aad(session: &SessionId, from: PartyId, to: PartyId) -> [u8; 40] {
@@ -53,13 +61,12 @@ fn aad(session: &SessionId, from: PartyId, to: PartyId) -> [u8; 40] {
 
 pub(crate) fn seal(
     session: &SessionId,
-    own: &DhSecret,
-    peer: &DhPublicKey,
+    shared: &ShareSecret,
     from: PartyId,
     to: PartyId,
     pair: &SharePair,
-) -> Result<Vec<u8>, OpenError> {
-    let c = cipher(session, own, peer, from, to)?;
+) -> Vec<u8> {
+    let c = cipher(session, shared, from, to);
     let mut pt = Zeroizing::new([0u8; PLAINTEXT_LEN]);
     pt[..4].copy_from_slice(&from.0.to_le_bytes());
     pt[4..8].copy_from_slice(&to.0.to_le_bytes());
@@ -75,20 +82,19 @@ pub(crate) fn seal(
             },
         )
         .expect("ChaCha20-Poly1305 encryption of 72 bytes cannot fail");
-    Ok(ct)
+    ct
 }
 
 /// Opens a ciphertext that `from` addressed to `to` (the caller). The shares
 /// come back as held by `to`.
 pub(crate) fn open(
     session: &SessionId,
-    own: &DhSecret,
-    peer: &DhPublicKey,
+    shared: &ShareSecret,
     from: PartyId,
     to: PartyId,
     ct: &[u8],
 ) -> Result<SharePair, OpenError> {
-    let c = cipher(session, own, peer, from, to)?;
+    let c = cipher(session, shared, from, to);
     let aad = aad(session, from, to);
     let pt = Zeroizing::new(
         c.decrypt(

@@ -24,16 +24,17 @@ pub enum Actor {
     Coordinator,
 }
 
-/// Measures work; the simulator itself reads no clock.
-pub trait Meter {
-    fn measure<R>(&mut self, actor: Actor, phase: Phase, work: impl FnOnce() -> R) -> R;
+/// Measures work; the simulator itself reads no clock. Parties may work on
+/// several threads at once, so a meter records through `&self`.
+pub trait Meter: Sync {
+    fn measure<R>(&self, actor: Actor, phase: Phase, work: impl FnOnce() -> R) -> R;
 }
 
 /// A meter that measures nothing.
 pub struct NoMeter;
 
 impl Meter for NoMeter {
-    fn measure<R>(&mut self, _: Actor, _: Phase, work: impl FnOnce() -> R) -> R {
+    fn measure<R>(&self, _: Actor, _: Phase, work: impl FnOnce() -> R) -> R {
         work()
     }
 }
@@ -45,18 +46,29 @@ pub type Tamper = Box<dyn FnMut(PartyId, &mut Message)>;
 /// Sees every message a party sends that reaches the coordinator.
 pub type Observer = Box<dyn FnMut(PartyId, &Message)>;
 
+type Slot = (Party, ChaCha20Rng);
+
 pub struct Sim<M: Meter = NoMeter> {
     pub coordinator: Coordinator,
-    parties: BTreeMap<PartyId, (Party, ChaCha20Rng)>,
+    parties: BTreeMap<PartyId, Slot>,
     /// Each listed party sends nothing from this phase on.
     drop_at: BTreeMap<PartyId, Phase>,
     gone: BTreeSet<PartyId>,
     time: Instant,
     tamper: Option<Tamper>,
     observer: Option<Observer>,
+    threads: usize,
     /// Errors parties raised on refusing a coordinator message.
     pub party_errors: Vec<(PartyId, Error)>,
     pub meter: M,
+}
+
+/// What one party did in one delivery step.
+#[derive(Default)]
+struct PartyOutput {
+    sent: Vec<(PartyId, Vec<u8>)>,
+    went_silent: Vec<PartyId>,
+    errors: Vec<(PartyId, Error)>,
 }
 
 impl<M: Meter> Sim<M> {
@@ -70,7 +82,6 @@ impl<M: Meter> Sim<M> {
         meter: M,
     ) -> Result<Self, Error> {
         let time = Instant::now();
-        let mut meter = meter;
         let coordinator = Coordinator::new(round.clone(), time);
         let mut parties = BTreeMap::new();
         for (id, identity) in identities {
@@ -92,6 +103,7 @@ impl<M: Meter> Sim<M> {
             time,
             tamper: None,
             observer: None,
+            threads: 1,
             party_errors: Vec::new(),
             meter,
         })
@@ -110,40 +122,111 @@ impl<M: Meter> Sim<M> {
         self.observer = Some(observer);
     }
 
+    /// Lets parties work on up to `threads` threads, as they would on
+    /// their own machines. The coordinator always runs on one.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
+    }
+
     pub fn party(&self, id: PartyId) -> Option<&Party> {
         self.parties.get(&id).map(|(p, _)| p)
     }
 
-    /// Runs the round to its end: the aggregate, or the abort reason.
-    pub fn run(&mut self) -> Result<Aggregate, Error> {
-        let session = *self.coordinator.round().session();
-        // Five phases, each needing at most a delivery and a timeout.
-        for _ in 0..64 {
-            let mut moved = false;
-            for (&id, (party, _)) in self.parties.iter_mut() {
+    /// Runs `work` for each party that has something to do, spread over the
+    /// configured threads, and gathers what the parties sent.
+    fn parties_step(
+        &mut self,
+        mut inbox: BTreeMap<PartyId, Vec<Vec<u8>>>,
+        session: &crate::session::SessionId,
+    ) -> PartyOutput {
+        let drop_at = &self.drop_at;
+        let gone = &self.gone;
+        let meter = &self.meter;
+        let mut slots: Vec<(PartyId, &mut Slot, Vec<Vec<u8>>)> = self
+            .parties
+            .iter_mut()
+            .filter(|(id, _)| !gone.contains(id))
+            .map(|(&id, slot)| (id, slot, inbox.remove(&id).unwrap_or_default()))
+            .collect();
+        let work = |chunk: &mut [(PartyId, &mut Slot, Vec<Vec<u8>>)]| {
+            let mut out = PartyOutput::default();
+            for (id, (party, rng), msgs) in chunk.iter_mut() {
+                let id = *id;
+                for bytes in msgs.drain(..) {
+                    let phase = party.phase().unwrap_or(Phase::Unmasking);
+                    let res =
+                        meter.measure(Actor::Party(id), phase, || party.handle_bytes(&bytes, rng));
+                    if let Err(e) = res {
+                        // A party that refuses goes silent: to the
+                        // coordinator, a dropout.
+                        out.errors.push((id, e));
+                        out.went_silent.push(id);
+                        break;
+                    }
+                }
                 while let Some(msg) = party.poll_outgoing() {
                     let phase = msg
                         .kind()
                         .party_phase()
                         .expect("parties send party messages");
-                    if self.drop_at.get(&id).is_some_and(|&p| phase >= p) {
-                        self.gone.insert(id);
+                    if drop_at.get(&id).is_some_and(|&p| phase >= p) {
+                        out.went_silent.push(id);
                         continue;
                     }
-                    if let Some(o) = self.observer.as_mut() {
-                        o(id, &msg);
-                    }
-                    let bytes = msg.encode(&session);
-                    let coord = &mut self.coordinator;
-                    let now = self.time;
-                    let cphase = coord.phase().unwrap_or(Phase::Unmasking);
-                    // A refused party message is the party's fault; the
-                    // coordinator's state is unchanged and the round goes on.
-                    let _ = self.meter.measure(Actor::Coordinator, cphase, || {
-                        coord.handle_bytes(now, id, &bytes)
-                    });
-                    moved = true;
+                    let bytes = meter.measure(Actor::Party(id), phase, || msg.encode(session));
+                    out.sent.push((id, bytes));
                 }
+            }
+            out
+        };
+        let per = slots.len().div_ceil(self.threads).max(1);
+        let outputs: Vec<PartyOutput> = if self.threads == 1 {
+            vec![work(&mut slots)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = slots
+                    .chunks_mut(per)
+                    .map(|chunk| s.spawn(move || work(chunk)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("party thread panicked"))
+                    .collect()
+            })
+        };
+        let mut all = PartyOutput::default();
+        for o in outputs {
+            all.sent.extend(o.sent);
+            all.went_silent.extend(o.went_silent);
+            all.errors.extend(o.errors);
+        }
+        all
+    }
+
+    /// Runs the round to its end: the aggregate, or the abort reason.
+    pub fn run(&mut self) -> Result<Aggregate, Error> {
+        let session = *self.coordinator.round().session();
+        let mut inbox: BTreeMap<PartyId, Vec<Vec<u8>>> = BTreeMap::new();
+        // Five phases, each needing at most a delivery and a timeout.
+        for _ in 0..64 {
+            let delivered = !inbox.is_empty();
+            let out = self.parties_step(std::mem::take(&mut inbox), &session);
+            self.gone.extend(out.went_silent);
+            self.party_errors.extend(out.errors);
+            let moved = delivered || !out.sent.is_empty();
+            for (id, bytes) in out.sent {
+                if let Some(o) = self.observer.as_mut() {
+                    let (_, msg) = Message::decode(&bytes).expect("own encoding decodes");
+                    o(id, &msg);
+                }
+                let coord = &mut self.coordinator;
+                let now = self.time;
+                let cphase = coord.phase().unwrap_or(Phase::Unmasking);
+                // A refused party message is the party's fault; the
+                // coordinator's state is unchanged and the round goes on.
+                let _ = self.meter.measure(Actor::Coordinator, cphase, || {
+                    coord.handle_bytes(now, id, &bytes)
+                });
             }
             while let Some((to, mut msg)) = self.coordinator.poll_outgoing() {
                 if self.gone.contains(&to) {
@@ -152,22 +235,7 @@ impl<M: Meter> Sim<M> {
                 if let Some(t) = self.tamper.as_mut() {
                     t(to, &mut msg);
                 }
-                let bytes = msg.encode(&session);
-                let (party, rng) = self
-                    .parties
-                    .get_mut(&to)
-                    .expect("coordinator sends to roster");
-                let phase = party.phase().unwrap_or(Phase::Unmasking);
-                let res = self
-                    .meter
-                    .measure(Actor::Party(to), phase, || party.handle_bytes(&bytes, rng));
-                if let Err(e) = res {
-                    // A party that refuses goes silent: to the coordinator,
-                    // a dropout.
-                    self.party_errors.push((to, e));
-                    self.gone.insert(to);
-                }
-                moved = true;
+                inbox.entry(to).or_default().push(msg.encode(&session));
             }
             while let Some(ev) = self.coordinator.poll_event() {
                 match ev {
@@ -176,7 +244,7 @@ impl<M: Meter> Sim<M> {
                     Event::PhaseClosed { .. } => {}
                 }
             }
-            if !moved {
+            if !moved && inbox.is_empty() {
                 let Some(deadline) = self.coordinator.poll_timeout() else {
                     return Err(Error::Closed);
                 };
