@@ -1,0 +1,179 @@
+//! The command line. Arguments are parsed raw by clap, then validated into
+//! the typed settings each command runs with.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use shroud_crypto::Phase;
+
+use crate::secagg_sim::{self, DropPhase, Neighbours, SimArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "shroud",
+    version,
+    about = "Privacy-hardened secure aggregation for a consortium"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one whole secure-sum round in this process, every party included,
+    /// and report its timing against raw ChaCha keystream throughput.
+    SecaggSim(SecaggSimFlags),
+}
+
+#[derive(clap::Args)]
+struct SecaggSimFlags {
+    /// Number of parties.
+    #[arg(long, default_value_t = 10)]
+    parties: u32,
+    /// Words per vector.
+    #[arg(long, default_value_t = 1000)]
+    len: usize,
+    /// Fraction of parties that drop out.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// When dropouts go silent: advertise-keys, share-keys, masked-input,
+    /// consistency-check, unmasking, or random.
+    #[arg(long, default_value = "masked-input")]
+    drop_phase: String,
+    /// Neighbours per party (not counting itself): a number for a SecAgg+
+    /// graph, `all` for the complete graph, or `auto` to choose from the
+    /// party count, dropout rate and --corruption.
+    #[arg(long, default_value = "all")]
+    neighbors: String,
+    /// Shamir threshold within each neighbourhood. Default: a majority of it
+    /// (or the recommended value with --neighbors auto).
+    #[arg(long)]
+    threshold: Option<usize>,
+    /// Tolerated fraction of corrupt parties, for --neighbors auto.
+    #[arg(long, default_value_t = 0.05)]
+    corruption: f64,
+    /// Words are taken mod 2^bits (8 to 32).
+    #[arg(long, default_value_t = 32)]
+    bits: u8,
+    /// Run the consistency check (signed survivor lists).
+    #[arg(long)]
+    active: bool,
+    /// Seed of everything random in the simulation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Threads for the parties' work (default: every core). The
+    /// coordinator always works on one.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_phase(s: &str) -> Result<DropPhase> {
+    if s == "random" {
+        return Ok(DropPhase::Random);
+    }
+    Phase::ALL
+        .into_iter()
+        .find(|p| p.name() == s)
+        .map(DropPhase::At)
+        .with_context(|| {
+            format!(
+                "--drop-phase must be one of advertise-keys, share-keys, masked-input, \
+                 consistency-check, unmasking or random; got `{s}`"
+            )
+        })
+}
+
+fn parse_neighbours(s: &str) -> Result<Neighbours> {
+    match s {
+        "all" => Ok(Neighbours::All),
+        "auto" => Ok(Neighbours::Auto),
+        k => match k.parse::<u32>() {
+            Ok(k) => Ok(Neighbours::Fixed(k)),
+            Err(_) => bail!("--neighbors must be a number, `all` or `auto`; got `{k}`"),
+        },
+    }
+}
+
+fn secagg_sim(f: SecaggSimFlags) -> Result<()> {
+    let args = SimArgs {
+        parties: f.parties,
+        len: f.len,
+        dropout: f.dropout,
+        drop_phase: parse_phase(&f.drop_phase)?,
+        neighbours: parse_neighbours(&f.neighbors)?,
+        threshold: f.threshold,
+        corruption: f.corruption,
+        bits: f.bits,
+        active: f.active,
+        seed: f.seed,
+        threads: f
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    };
+    if args.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let report = secagg_sim::run(&args).map_err(anyhow::Error::msg)?;
+    if f.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} parties, {} words of {} bits, {} neighbours each ({}), threshold {}{}",
+            report.parties,
+            report.len,
+            report.bits,
+            report.neighbors,
+            report.graph,
+            report.threshold,
+            if report.active { ", active" } else { "" }
+        );
+        println!(
+            "dropped {} at {}; {} inputs in the sum; exact: {}",
+            report.dropped, report.drop_phase, report.contributors, report.exact
+        );
+        println!("party threads              {:>10}", report.threads);
+        println!(
+            "raw ChaCha keystream        {:>10.2} GB/s",
+            report.raw_keystream_gb_per_s
+        );
+        println!(
+            "per party, all phases      {:>10.2} ms",
+            report.client_ms_mean
+        );
+        println!(
+            "per party, masking         {:>10.2} ms  ({:.2}x its keystream time)",
+            report.client_masking_ms_mean, report.client_masking_vs_keystream
+        );
+        println!("coordinator, all phases    {:>10.2} ms", report.server_ms);
+        println!(
+            "coordinator, unmasking     {:>10.2} ms  ({:.2}x the time for {} keystream bytes)",
+            report.server_unmask_ms,
+            report.server_unmask_vs_keystream,
+            report.keystream_bytes_server
+        );
+        println!("whole round, one process   {:>10.2} ms", report.wall_ms);
+    }
+    if !report.exact {
+        bail!("the unmasked sum does not equal the plain sum of the contributors' inputs");
+    }
+    Ok(())
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::SecaggSim(f) => secagg_sim(f),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Shroud: federated training for a consortium under secure aggregation and
+//! distributed differential privacy.
+//!
+//! The protocol lives in `shroud-crypto`; this crate joins it with
+//! policies, privacy accounting, models and the service. `cli` sits on top
+//! and nothing depends on it.
+
+pub mod cli;
+pub mod secagg_sim;
