@@ -6,4 +6,7 @@
 //! and nothing depends on it.
 
 pub mod cli;
+pub mod dp;
+pub mod policy;
 pub mod secagg_sim;
+pub mod store;

@@ -1,0 +1,869 @@
+//! Policy files: TOML, parsed raw (every key known, nothing defaulted that
+//! matters) and then validated into a [`Policy`]. Every error names the
+//! file, the key and what would be valid, with line and column where the
+//! TOML parser reports them. A policy that could not be honoured — too few
+//! parties, a budget its rounds would exceed, too few bits — is refused here,
+//! before anything runs.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::dp::plan::{PlanError, PrivacyPlan};
+
+/// A policy error: where, which key, what is wrong and what would be valid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyError {
+    pub file: PathBuf,
+    pub key: String,
+    pub message: String,
+    pub line_col: Option<(usize, usize)>,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((l, c)) = self.line_col {
+            write!(f, ":{l}:{c}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+// ---------------------------------------------------------------- raw form
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    consortium: RawConsortium,
+    #[serde(rename = "party", default)]
+    parties: Vec<RawParty>,
+    privacy: RawPrivacy,
+    encoding: RawEncoding,
+    strategy: RawStrategy,
+    #[serde(default)]
+    audit: Option<RawAudit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsortium {
+    id: String,
+    threshold: i64,
+    max_colluding: i64,
+    #[serde(default)]
+    min_survivors: Option<i64>,
+    #[serde(default)]
+    active: bool,
+    #[serde(default)]
+    neighbors: Option<toml::Value>,
+    #[serde(default)]
+    phase_timeout_secs: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParty {
+    id: i64,
+    name: String,
+    identity_key: String,
+    #[serde(default)]
+    records: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    unit: String,
+    epsilon: f64,
+    delta: f64,
+    accountant: String,
+    clip_norm: f64,
+    #[serde(default)]
+    noise_multiplier: Option<f64>,
+    #[serde(default)]
+    calibrate: bool,
+    rounds: i64,
+    #[serde(default)]
+    sampling_rate: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEncoding {
+    bits: i64,
+    rotation: String,
+    #[serde(default)]
+    gamma: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStrategy {
+    name: String,
+    model: String,
+    inputs: i64,
+    classes: i64,
+    #[serde(default)]
+    hidden: Vec<i64>,
+    #[serde(default)]
+    learning_rate: Option<f64>,
+    #[serde(default)]
+    momentum: Option<f64>,
+    #[serde(default)]
+    local_epochs: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default)]
+    attacks: Vec<String>,
+    #[serde(default)]
+    max_auc: Option<f64>,
+    #[serde(default)]
+    max_tpr_at_fpr: Option<RawTprAtFpr>,
+    #[serde(default)]
+    max_epsilon_lower_bound: Option<f64>,
+    #[serde(default)]
+    confidence: Option<f64>,
+    #[serde(default)]
+    canaries: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTprAtFpr {
+    fpr: f64,
+    tpr: f64,
+}
+
+// ------------------------------------------------------------ typed policy
+
+/// Whose contribution the noise hides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// One record of the union (distributed DP-SGD).
+    Record,
+    /// One party's whole update.
+    Party,
+    /// No DP at all; only accepted behind an explicit switch, never released.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountantKind {
+    /// zCDP through opendp's maps, composition and conversion.
+    Zcdp,
+    /// Rényi DP of the Poisson-subsampled Gaussian.
+    Rdp,
+}
+
+impl AccountantKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AccountantKind::Zcdp => "zcdp",
+            AccountantKind::Rdp => "rdp",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rotation {
+    Hadamard,
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum Neighbours {
+    All,
+    Fixed(u32),
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Consortium {
+    pub id: String,
+    pub threshold: usize,
+    pub max_colluding: usize,
+    pub min_survivors: usize,
+    pub active: bool,
+    pub neighbours: Neighbours,
+    pub phase_timeout_secs: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PartyEntry {
+    pub id: u32,
+    pub name: String,
+    /// Hex of the 32-byte ed25519 public key.
+    pub identity_key: String,
+    pub records: Option<u64>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Privacy {
+    pub unit: Unit,
+    pub epsilon: f64,
+    pub delta: f64,
+    pub accountant: AccountantKind,
+    pub clip_norm: f64,
+    /// Total noise standard deviation over the clip norm, with the worst-case
+    /// number of honest survivors contributing shares.
+    pub noise_multiplier: f64,
+    pub calibrated: bool,
+    pub rounds: u32,
+    /// Poisson sampling rate per record (record unit); 1 for the party unit.
+    pub sampling_rate: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Encoding {
+    pub bits: u8,
+    pub rotation: Rotation,
+    /// Fixed scale γ, or `None` to derive it from `bits`.
+    pub gamma: Option<f64>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Strategy {
+    pub name: String,
+    pub model: String,
+    pub inputs: usize,
+    pub classes: usize,
+    pub hidden: Vec<usize>,
+    pub learning_rate: f64,
+    pub momentum: f64,
+    pub local_epochs: u32,
+}
+
+impl Strategy {
+    /// Number of model parameters: the dimension of every update.
+    pub fn dimension(&self) -> usize {
+        let mut sizes = vec![self.inputs];
+        sizes.extend(&self.hidden);
+        sizes.push(self.classes);
+        sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AuditPolicy {
+    pub attacks: Vec<String>,
+    pub max_auc: f64,
+    pub max_tpr_at_fpr: Option<(f64, f64)>,
+    /// `None`: the ε the ledger says was spent.
+    pub max_epsilon_lower_bound: Option<f64>,
+    pub confidence: f64,
+    pub canaries: u32,
+}
+
+/// A validated policy.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Policy {
+    pub source: PathBuf,
+    /// SHA-256 of the file's bytes, hex.
+    pub hash: String,
+    pub consortium: Consortium,
+    pub parties: Vec<PartyEntry>,
+    pub privacy: Privacy,
+    pub encoding: Encoding,
+    pub strategy: Strategy,
+    pub audit: AuditPolicy,
+}
+
+pub const STRATEGIES: &[&str] = &["fedavg"];
+pub const MODELS: &[&str] = &["softmax", "mlp"];
+pub const ATTACKS: &[&str] = &["loss", "lira", "rmia", "canary"];
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            message: format!("cannot read the policy file: {e}"),
+            line_col: None,
+        })?;
+        Policy::parse(path, &text)
+    }
+
+    /// Parses and validates policy text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| toml_error(path, text, e))?;
+        let v = Validator { path, text };
+        let policy = v.validate(raw)?;
+        // A policy whose plan cannot be honoured is refused here.
+        PrivacyPlan::for_policy(&policy).map_err(|e| v.plan_error(e))?;
+        Ok(policy)
+    }
+
+    /// The roster size.
+    pub fn parties(&self) -> usize {
+        self.parties.len()
+    }
+
+    /// Honest survivors whose noise shares alone must meet the budget.
+    pub fn honest_survivors(&self) -> usize {
+        self.consortium.threshold - self.consortium.max_colluding
+    }
+
+    /// Records across the roster, where the policy states them.
+    pub fn total_records(&self) -> Option<u64> {
+        self.parties.iter().map(|p| p.records).sum()
+    }
+}
+
+fn toml_error(path: &Path, text: &str, e: toml::de::Error) -> PolicyError {
+    let line_col = e.span().map(|s| line_col(text, s.start));
+    // The parser's message already names the key and the valid choices
+    // (`unknown field `x`, expected one of ...`).
+    PolicyError {
+        file: path.to_path_buf(),
+        key: String::new(),
+        message: e.message().trim().to_string(),
+        line_col,
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: &str, message: impl Into<String>) -> PolicyError {
+        PolicyError {
+            file: self.path.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+            line_col: self.locate(key),
+        }
+    }
+
+    /// Finds the line where the last segment of a dotted key is assigned,
+    /// inside its section, so errors point at the offending line.
+    fn locate(&self, key: &str) -> Option<(usize, usize)> {
+        let mut parts = key.split('.');
+        let section = parts.next()?;
+        let name = key.rsplit('.').next()?;
+        let name = name.split('[').next()?;
+        let mut in_section = false;
+        let mut offset = 0;
+        for line in self.text.split_inclusive('\n') {
+            let t = line.trim_start();
+            if t.starts_with('[') {
+                let header = t.trim_matches(|c| c == '[' || c == ']' || c == '\n' || c == ' ');
+                in_section = header.trim_end_matches(']').trim() == section;
+            } else if in_section {
+                if let Some(rest) = t.strip_prefix(name) {
+                    if rest.trim_start().starts_with('=') {
+                        let col = line.len() - t.len() + 1;
+                        return Some((self.text[..offset].matches('\n').count() + 1, col));
+                    }
+                }
+            }
+            offset += line.len();
+        }
+        None
+    }
+
+    fn plan_error(&self, e: PlanError) -> PolicyError {
+        self.err(e.key, e.message)
+    }
+
+    fn positive_int(&self, key: &str, v: i64, min: i64, max: i64) -> Result<u64, PolicyError> {
+        if v < min || v > max {
+            return Err(self.err(
+                key,
+                format!("must be an integer from {min} to {max}, got {v}"),
+            ));
+        }
+        Ok(v as u64)
+    }
+
+    fn finite_in(
+        &self,
+        key: &str,
+        v: f64,
+        lo: f64,
+        hi: f64,
+        what: &str,
+    ) -> Result<f64, PolicyError> {
+        if !v.is_finite() || v <= lo || v > hi {
+            return Err(self.err(key, format!("must be {what}, got {v}")));
+        }
+        Ok(v)
+    }
+
+    fn choice<T: Copy>(&self, key: &str, v: &str, options: &[(&str, T)]) -> Result<T, PolicyError> {
+        options
+            .iter()
+            .find(|(name, _)| *name == v)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                let valid: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+                self.err(
+                    key,
+                    format!("must be one of {}, got \"{v}\"", valid.join(", ")),
+                )
+            })
+    }
+
+    fn validate(&self, raw: RawPolicy) -> Result<Policy, PolicyError> {
+        let hash = hex(&Sha256::digest(self.text.as_bytes()));
+
+        // [consortium]
+        let c = raw.consortium;
+        if c.id.trim().is_empty() || c.id.len() > 128 {
+            return Err(self.err(
+                "consortium.id",
+                "must be a non-empty name of at most 128 characters",
+            ));
+        }
+        let n = raw.parties.len();
+        if n < 2 {
+            return Err(self.err(
+                "party",
+                format!("the roster needs at least 2 [[party]] entries, it has {n}"),
+            ));
+        }
+        let threshold = self.positive_int("consortium.threshold", c.threshold, 2, 65_536)? as usize;
+        if threshold > n {
+            return Err(self.err(
+                "consortium.threshold",
+                format!("{threshold} is above the roster size ({n} parties); use 2 to {n}"),
+            ));
+        }
+        let max_colluding =
+            self.positive_int("consortium.max_colluding", c.max_colluding, 0, 65_536)? as usize;
+        if max_colluding >= threshold {
+            return Err(self.err(
+                "consortium.max_colluding",
+                format!(
+                    "{max_colluding} must be below the threshold ({threshold}): the honest survivors' \
+                     noise must cover the budget, so use 0 to {}",
+                    threshold - 1
+                ),
+            ));
+        }
+        let min_survivors = match c.min_survivors {
+            None => threshold,
+            Some(m) => {
+                let m = self.positive_int("consortium.min_survivors", m, 1, n as i64)? as usize;
+                if m < threshold {
+                    return Err(self.err(
+                        "consortium.min_survivors",
+                        format!("{m} is below the threshold ({threshold}); use {threshold} to {n}"),
+                    ));
+                }
+                m
+            }
+        };
+        let neighbours = match &c.neighbors {
+            None => Neighbours::All,
+            Some(toml::Value::String(s)) if s == "all" => Neighbours::All,
+            Some(toml::Value::Integer(k)) if *k >= 1 && (*k as usize) < n => {
+                Neighbours::Fixed(*k as u32)
+            }
+            Some(other) => {
+                return Err(self.err(
+                    "consortium.neighbors",
+                    format!(
+                        "must be \"all\" or an integer from 1 to {}, got {other}",
+                        n - 1
+                    ),
+                ))
+            }
+        };
+        if let Neighbours::Fixed(k) = neighbours {
+            if threshold > k as usize + 1 {
+                return Err(self.err(
+                    "consortium.threshold",
+                    format!(
+                        "{threshold} is above the neighbourhood size ({} = {k} neighbours + the party)",
+                        k + 1
+                    ),
+                ));
+            }
+        }
+        let holders = match neighbours {
+            Neighbours::All => n,
+            Neighbours::Fixed(k) => k as usize + 1,
+        };
+        if c.active && 2 * threshold <= holders {
+            return Err(self.err(
+                "consortium.threshold",
+                format!(
+                    "active mode needs a threshold above half of each neighbourhood: more than {} of {holders}, got {threshold}",
+                    holders / 2
+                ),
+            ));
+        }
+        let phase_timeout_secs = match c.phase_timeout_secs {
+            None => 60.0,
+            Some(t) => self.finite_in(
+                "consortium.phase_timeout_secs",
+                t,
+                0.0,
+                86_400.0,
+                "a number of seconds in (0, 86400]",
+            )?,
+        };
+
+        // [[party]]
+        let mut parties = Vec::with_capacity(n);
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, p) in raw.parties.into_iter().enumerate() {
+            let key = |k: &str| format!("party[{i}].{k}");
+            let id = self.positive_int(&key("id"), p.id, 0, i64::from(u32::MAX))? as u32;
+            if !ids.insert(id) {
+                return Err(self.err(
+                    &key("id"),
+                    format!("party id {id} appears twice in the roster"),
+                ));
+            }
+            if p.name.trim().is_empty() {
+                return Err(self.err(&key("name"), "must not be empty"));
+            }
+            let bytes = unhex(&p.identity_key).filter(|b| b.len() == 32).ok_or_else(|| {
+                self.err(
+                    &key("identity_key"),
+                    "must be 64 hex characters (a 32-byte ed25519 public key, as `shroud keygen` prints)",
+                )
+            })?;
+            let arr: [u8; 32] = bytes.try_into().expect("length checked");
+            if shroud_crypto::IdentityPublicKey::from_bytes(&arr).is_err() {
+                return Err(self.err(&key("identity_key"), "is not a valid ed25519 public key"));
+            }
+            let records = match p.records {
+                None => None,
+                Some(r) => Some(self.positive_int(&key("records"), r, 1, 1 << 40)?),
+            };
+            parties.push(PartyEntry {
+                id,
+                name: p.name,
+                identity_key: p.identity_key.to_lowercase(),
+                records,
+            });
+        }
+
+        // [privacy]
+        let pr = raw.privacy;
+        let unit = self.choice(
+            "privacy.unit",
+            &pr.unit,
+            &[
+                ("record", Unit::Record),
+                ("party", Unit::Party),
+                ("none", Unit::None),
+            ],
+        )?;
+        let accountant = self.choice(
+            "privacy.accountant",
+            &pr.accountant,
+            &[("zcdp", AccountantKind::Zcdp), ("rdp", AccountantKind::Rdp)],
+        )?;
+        let epsilon = self.finite_in(
+            "privacy.epsilon",
+            pr.epsilon,
+            0.0,
+            100.0,
+            "a number in (0, 100]",
+        )?;
+        let delta = self.finite_in("privacy.delta", pr.delta, 0.0, 0.1, "a number in (0, 0.1]")?;
+        let clip_norm = self.finite_in(
+            "privacy.clip_norm",
+            pr.clip_norm,
+            0.0,
+            1e6,
+            "a positive number",
+        )?;
+        let rounds = self.positive_int("privacy.rounds", pr.rounds, 1, 100_000)? as u32;
+        let sampling_rate = match (unit, pr.sampling_rate) {
+            (Unit::Record, Some(q)) => self.finite_in("privacy.sampling_rate", q, 0.0, 1.0, "a probability in (0, 1]")?,
+            (Unit::Record, None) => {
+                return Err(self.err(
+                    "privacy.sampling_rate",
+                    "is required with unit = \"record\": the Poisson sampling rate per record, in (0, 1]",
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(self.err(
+                    "privacy.sampling_rate",
+                    "applies only to unit = \"record\"; remove it for unit = \"party\"",
+                ))
+            }
+            (_, None) => 1.0,
+        };
+        let noise_multiplier = match (pr.noise_multiplier, pr.calibrate) {
+            (Some(_), true) => {
+                return Err(self.err(
+                    "privacy.calibrate",
+                    "give either noise_multiplier or calibrate = true, not both",
+                ))
+            }
+            (Some(z), false) => {
+                self.finite_in("privacy.noise_multiplier", z, 0.0, 1e4, "a positive number")?
+            }
+            // Filled in by calibration below.
+            (None, true) => f64::NAN,
+            (None, false) if unit == Unit::None => 0.0,
+            (None, false) => {
+                return Err(self.err(
+                    "privacy.noise_multiplier",
+                    "is required (or set calibrate = true to derive it from the budget)",
+                ))
+            }
+        };
+        // δ must be well below one over the records it protects.
+        let protected = match unit {
+            Unit::Record => parties
+                .iter()
+                .map(|p| p.records)
+                .sum::<Option<u64>>()
+                .ok_or_else(|| {
+                    self.err(
+                    "party",
+                    "with unit = \"record\" every [[party]] needs `records` (its record count), \
+                     so that delta can be checked against the number of records",
+                )
+                })?,
+            _ => n as u64,
+        };
+        if unit != Unit::None && delta > 0.1 / protected as f64 {
+            return Err(self.err(
+                "privacy.delta",
+                format!(
+                    "{delta} is not far below one over the {protected} protected {}: use at most {:.1e}",
+                    if unit == Unit::Record { "records" } else { "parties" },
+                    0.1 / protected as f64
+                ),
+            ));
+        }
+
+        // [encoding]
+        let e = raw.encoding;
+        let bits = self.positive_int("encoding.bits", e.bits, 8, 32)? as u8;
+        let rotation = self.choice(
+            "encoding.rotation",
+            &e.rotation,
+            &[("hadamard", Rotation::Hadamard), ("none", Rotation::None)],
+        )?;
+        let gamma = match e.gamma {
+            None => None,
+            Some(g) => Some(self.finite_in("encoding.gamma", g, 0.0, 1e6, "a positive number")?),
+        };
+
+        // [strategy]
+        let s = raw.strategy;
+        if !STRATEGIES.contains(&s.name.as_str()) {
+            return Err(self.err(
+                "strategy.name",
+                format!("must be one of {STRATEGIES:?}, got \"{}\"", s.name),
+            ));
+        }
+        if !MODELS.contains(&s.model.as_str()) {
+            return Err(self.err(
+                "strategy.model",
+                format!("must be one of {MODELS:?}, got \"{}\"", s.model),
+            ));
+        }
+        let inputs = self.positive_int("strategy.inputs", s.inputs, 1, 1 << 20)? as usize;
+        let classes = self.positive_int("strategy.classes", s.classes, 2, 1 << 16)? as usize;
+        let mut hidden = Vec::new();
+        for (i, h) in s.hidden.iter().enumerate() {
+            hidden.push(
+                self.positive_int(&format!("strategy.hidden[{i}]"), *h, 1, 1 << 16)? as usize,
+            );
+        }
+        if s.model == "softmax" && !hidden.is_empty() {
+            return Err(self.err("strategy.hidden", "must be empty for model = \"softmax\""));
+        }
+        if s.model == "mlp" && hidden.is_empty() {
+            return Err(self.err(
+                "strategy.hidden",
+                "must list at least one layer width for model = \"mlp\"",
+            ));
+        }
+        let learning_rate = match s.learning_rate {
+            None => 0.1,
+            Some(v) => {
+                self.finite_in("strategy.learning_rate", v, 0.0, 100.0, "a positive number")?
+            }
+        };
+        let momentum = match s.momentum {
+            None => 0.9,
+            Some(v) if (0.0..1.0).contains(&v) => v,
+            Some(v) => {
+                return Err(self.err("strategy.momentum", format!("must be in [0, 1), got {v}")))
+            }
+        };
+        let local_epochs = match s.local_epochs {
+            None => 1,
+            Some(v) => self.positive_int("strategy.local_epochs", v, 1, 1000)? as u32,
+        };
+        let strategy = Strategy {
+            name: s.name,
+            model: s.model,
+            inputs,
+            classes,
+            hidden,
+            learning_rate,
+            momentum,
+            local_epochs,
+        };
+        if strategy.dimension() > 1 << 26 {
+            return Err(self.err(
+                "strategy.hidden",
+                format!(
+                    "the model has {} parameters; the limit is 2^26",
+                    strategy.dimension()
+                ),
+            ));
+        }
+
+        // [audit]
+        let a = raw.audit.unwrap_or(RawAudit {
+            attacks: vec!["loss".into()],
+            max_auc: None,
+            max_tpr_at_fpr: None,
+            max_epsilon_lower_bound: None,
+            confidence: None,
+            canaries: None,
+        });
+        for (i, name) in a.attacks.iter().enumerate() {
+            if !ATTACKS.contains(&name.as_str()) {
+                return Err(self.err(
+                    &format!("audit.attacks[{i}]"),
+                    format!("must be one of {ATTACKS:?}, got \"{name}\""),
+                ));
+            }
+        }
+        let max_auc = match a.max_auc {
+            None => 0.6,
+            Some(v) if (0.5..=1.0).contains(&v) => v,
+            Some(v) => {
+                return Err(self.err("audit.max_auc", format!("must be in [0.5, 1], got {v}")))
+            }
+        };
+        let max_tpr_at_fpr = match a.max_tpr_at_fpr {
+            None => None,
+            Some(t) => {
+                if !(t.fpr > 0.0 && t.fpr < 1.0) {
+                    return Err(self.err(
+                        "audit.max_tpr_at_fpr.fpr",
+                        format!("must be in (0, 1), got {}", t.fpr),
+                    ));
+                }
+                if !(t.tpr >= t.fpr && t.tpr <= 1.0) {
+                    return Err(self.err(
+                        "audit.max_tpr_at_fpr.tpr",
+                        format!("must be in [fpr, 1], got {}", t.tpr),
+                    ));
+                }
+                Some((t.fpr, t.tpr))
+            }
+        };
+        let max_epsilon_lower_bound = match a.max_epsilon_lower_bound {
+            None => None,
+            Some(v) => Some(self.finite_in(
+                "audit.max_epsilon_lower_bound",
+                v,
+                0.0,
+                100.0,
+                "a positive number",
+            )?),
+        };
+        let confidence = match a.confidence {
+            None => 0.95,
+            Some(v) if v > 0.5 && v < 1.0 => v,
+            Some(v) => {
+                return Err(self.err("audit.confidence", format!("must be in (0.5, 1), got {v}")))
+            }
+        };
+        let canaries = match a.canaries {
+            None => 0,
+            Some(v) => self.positive_int("audit.canaries", v, 0, 100_000)? as u32,
+        };
+
+        let mut policy = Policy {
+            source: self.path.to_path_buf(),
+            hash,
+            consortium: Consortium {
+                id: c.id,
+                threshold,
+                max_colluding,
+                min_survivors,
+                active: c.active,
+                neighbours,
+                phase_timeout_secs,
+            },
+            parties,
+            privacy: Privacy {
+                unit,
+                epsilon,
+                delta,
+                accountant,
+                clip_norm,
+                noise_multiplier,
+                calibrated: pr.calibrate,
+                rounds,
+                sampling_rate,
+            },
+            encoding: Encoding {
+                bits,
+                rotation,
+                gamma,
+            },
+            strategy,
+            audit: AuditPolicy {
+                attacks: a.attacks,
+                max_auc,
+                max_tpr_at_fpr,
+                max_epsilon_lower_bound,
+                confidence,
+                canaries,
+            },
+        };
+        if pr.calibrate {
+            let z = PrivacyPlan::calibrate(&policy).map_err(|e| self.plan_error(e))?;
+            policy.privacy.noise_multiplier = z;
+        }
+        Ok(policy)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
