@@ -1,0 +1,300 @@
+//! Privacy accounting.
+//!
+//! - **zCDP** (the certified default): each round is an opendp
+//!   [`Measurement`] whose privacy map is the bound for a sum of discrete
+//!   Gaussians (Kairouz, Liu, Steinke 2021, Prop. 14); rounds are composed
+//!   with opendp's `make_composition` and converted to (ε, δ) with
+//!   `make_zCDP_to_approxDP` and `make_fix_delta`. zCDP gives sampling no
+//!   amplification.
+//! - **RDP** for the Poisson-subsampled Gaussian (Mironov, Talwar, Zhang
+//!   2019), converted to (ε, δ) with the conversion of Balle et al. 2020
+//!   over the usual grid of orders. The discrete mechanism enters as the
+//!   Gaussian with the same ρ as its zCDP bound.
+
+use opendp::combinators::{make_composition, make_fix_delta, make_zCDP_to_approxDP};
+use opendp::core::{Function, Measurement, PrivacyMap};
+use opendp::domains::{AtomDomain, VectorDomain};
+use opendp::measures::ZeroConcentratedDivergence;
+use opendp::metrics::L2Distance;
+
+use super::noise::DiscreteGaussianShare;
+
+/// One round as an opendp measurement on integer vectors, at L2 distance.
+pub type RoundMeasurement = Measurement<
+    VectorDomain<AtomDomain<i64>>,
+    L2Distance<f64>,
+    ZeroConcentratedDivergence,
+    Vec<i64>,
+>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountingError(pub String);
+
+impl std::fmt::Display for AccountingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "privacy accounting failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for AccountingError {}
+
+fn od_error(variant: opendp::error::ErrorVariant, message: String) -> opendp::error::Error {
+    opendp::error::Error {
+        variant,
+        message: Some(message),
+        backtrace: std::backtrace::Backtrace::disabled(),
+    }
+}
+
+fn od<T>(r: opendp::error::Fallible<T>) -> Result<T, AccountingError> {
+    r.map_err(|e| AccountingError(e.to_string()))
+}
+
+/// τ of Kairouz–Liu–Steinke: how far a sum of `n` discrete Gaussians of
+/// variance σ² each is from one discrete Gaussian.
+pub fn ddg_tau(sigma: f64, n: usize) -> f64 {
+    let s2 = sigma * sigma;
+    10.0 * (1..n)
+        .map(|k| (-2.0 * std::f64::consts::PI.powi(2) * s2 * k as f64 / (k as f64 + 1.0)).exp())
+        .sum::<f64>()
+}
+
+/// ρ (zCDP) of the sum of `n` discrete Gaussian shares of std `sigma` each,
+/// at L2 sensitivity `delta2` in `dim` dimensions: ε²/2 with
+/// ε = min(√(Δ²/(nσ²) + 2τd), Δ/(√n σ) + τ√d).
+pub fn ddg_rho(delta2: f64, sigma: f64, n: usize, dim: usize) -> f64 {
+    if delta2 == 0.0 {
+        return 0.0;
+    }
+    let tau = ddg_tau(sigma, n);
+    let nf = n as f64;
+    let d = dim as f64;
+    let e1 = (delta2 * delta2 / (nf * sigma * sigma) + 2.0 * tau * d).sqrt();
+    let e2 = delta2 / (nf.sqrt() * sigma) + tau * d.sqrt();
+    let e = e1.min(e2);
+    e * e / 2.0
+}
+
+/// The round measurement: `shares` honest parties each add a discrete
+/// Gaussian share of std `sigma`; the map is [`ddg_rho`].
+pub fn ddg_round(
+    sigma: f64,
+    shares: usize,
+    dim: usize,
+) -> Result<RoundMeasurement, AccountingError> {
+    let share = DiscreteGaussianShare::new(sigma).map_err(|e| AccountingError(e.to_string()))?;
+    let function = Function::new_fallible(move |x: &Vec<i64>| {
+        let mut acc = x.clone();
+        for _ in 0..shares {
+            share
+                .add_to(&mut acc)
+                .map_err(|e| od_error(opendp::error::ErrorVariant::FailedFunction, e.0))?;
+        }
+        Ok(acc)
+    });
+    let map = PrivacyMap::new_fallible(move |d_in: &f64| {
+        if d_in.is_nan() || *d_in < 0.0 {
+            return Err(od_error(
+                opendp::error::ErrorVariant::FailedMap,
+                format!("sensitivity must be non-negative, got {d_in}"),
+            ));
+        }
+        Ok(ddg_rho(*d_in, sigma, shares, dim))
+    });
+    od(Measurement::new(
+        VectorDomain::new(AtomDomain::default()),
+        L2Distance::default(),
+        ZeroConcentratedDivergence,
+        function,
+        map,
+    ))
+}
+
+/// The ideal analysis of the same round: a continuous Gaussian of total std
+/// `sigma_total` and no rounding, ρ = Δ²/(2σ²).
+pub fn ideal_round(sigma_total: f64) -> Result<RoundMeasurement, AccountingError> {
+    let function = Function::new(|x: &Vec<i64>| x.clone());
+    let map = PrivacyMap::new(move |d_in: &f64| d_in * d_in / (2.0 * sigma_total * sigma_total));
+    od(Measurement::new(
+        VectorDomain::new(AtomDomain::default()),
+        L2Distance::default(),
+        ZeroConcentratedDivergence,
+        function,
+        map,
+    ))
+}
+
+/// ε at `delta` after composing `rounds` copies of `round` at sensitivity
+/// `d_in`, all through opendp. Also returns the composed ρ.
+pub fn zcdp_epsilon(
+    round: &RoundMeasurement,
+    rounds: usize,
+    d_in: f64,
+    delta: f64,
+) -> Result<(f64, f64), AccountingError> {
+    let composed = od(make_composition(vec![round.clone(); rounds.max(1)]))?;
+    let rho = od(composed.map(&d_in))?;
+    let approx = od(make_zCDP_to_approxDP(composed))?;
+    let fixed = od(make_fix_delta(&approx, delta))?;
+    let (eps, _) = od(fixed.map(&d_in))?;
+    Ok((eps, rho))
+}
+
+/// ε at `delta` for a total ρ, through opendp's conversion: the ledger's
+/// view of everything charged so far.
+pub fn zcdp_epsilon_of_rho(rho: f64, delta: f64) -> Result<f64, AccountingError> {
+    if rho == 0.0 {
+        return Ok(0.0);
+    }
+    // A unit-sensitivity measurement whose map is the charged ρ.
+    let function = Function::new(|x: &Vec<i64>| x.clone());
+    let map = PrivacyMap::new(move |d_in: &f64| rho * d_in * d_in);
+    let m: RoundMeasurement = od(Measurement::new(
+        VectorDomain::new(AtomDomain::default()),
+        L2Distance::default(),
+        ZeroConcentratedDivergence,
+        function,
+        map,
+    ))?;
+    let approx = od(make_zCDP_to_approxDP(m))?;
+    let fixed = od(make_fix_delta(&approx, delta))?;
+    Ok(od(fixed.map(&1.0))?.0)
+}
+
+// ------------------------------------------------------------------- RDP
+
+/// Orders α at which RDP is tracked: 1.1 to 10.9 in steps of 0.1, then 12
+/// to 63 (the grid of the common DP-SGD accountants).
+pub fn orders() -> Vec<f64> {
+    let mut v: Vec<f64> = (1..100).map(|x| 1.0 + f64::from(x) / 10.0).collect();
+    v.extend((12..64).map(f64::from));
+    v
+}
+
+fn log_add(a: f64, b: f64) -> f64 {
+    let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+    if lo == f64::NEG_INFINITY {
+        return hi;
+    }
+    hi + (lo - hi).exp().ln_1p()
+}
+
+fn log_sub(a: f64, b: f64) -> f64 {
+    // log(e^a − e^b), a ≥ b.
+    if b == f64::NEG_INFINITY {
+        return a;
+    }
+    if a <= b {
+        return f64::NEG_INFINITY;
+    }
+    a + (-(b - a).exp()).ln_1p()
+}
+
+fn ln_binom_int(n: u64, k: u64) -> f64 {
+    ln_gamma(n as f64 + 1.0) - ln_gamma(k as f64 + 1.0) - ln_gamma((n - k) as f64 + 1.0)
+}
+
+fn ln_gamma(x: f64) -> f64 {
+    libm::lgamma(x)
+}
+
+/// log(erfc(x)), accurate in the far tail.
+fn log_erfc(x: f64) -> f64 {
+    if x < 20.0 {
+        libm::erfc(x).ln()
+    } else {
+        let x2 = x * x;
+        -x2 - x.ln() - 0.5 * std::f64::consts::PI.ln()
+            + (1.0 - 1.0 / (2.0 * x2) + 3.0 / (4.0 * x2 * x2)).ln()
+    }
+}
+
+/// Generalised binomial coefficient C(α, i) for real α, with its sign.
+fn binom_real(alpha: f64, i: u64) -> f64 {
+    let mut c = 1.0;
+    for j in 0..i {
+        c *= (alpha - j as f64) / (j as f64 + 1.0);
+    }
+    c
+}
+
+fn log_a_int(q: f64, sigma: f64, alpha: u64) -> f64 {
+    let mut log_a = f64::NEG_INFINITY;
+    for i in 0..=alpha {
+        let coef = ln_binom_int(alpha, i) + i as f64 * q.ln() + (alpha - i) as f64 * (1.0 - q).ln();
+        let s = coef + (i * i - i) as f64 / (2.0 * sigma * sigma);
+        log_a = log_add(log_a, s);
+    }
+    log_a
+}
+
+fn log_a_frac(q: f64, sigma: f64, alpha: f64) -> f64 {
+    let (mut log_a0, mut log_a1) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+    let z0 = sigma * sigma * (1.0 / q - 1.0).ln() + 0.5;
+    let mut i = 0u64;
+    loop {
+        let coef = binom_real(alpha, i);
+        let log_coef = coef.abs().ln();
+        let j = alpha - i as f64;
+        let fi = i as f64;
+        let log_t0 = log_coef + fi * q.ln() + j * (1.0 - q).ln();
+        let log_t1 = log_coef + j * q.ln() + fi * (1.0 - q).ln();
+        let log_e0 = 0.5f64.ln() + log_erfc((fi - z0) / (2f64.sqrt() * sigma));
+        let log_e1 = 0.5f64.ln() + log_erfc((z0 - j) / (2f64.sqrt() * sigma));
+        let log_s0 = log_t0 + (fi * fi - fi) / (2.0 * sigma * sigma) + log_e0;
+        let log_s1 = log_t1 + (j * j - j) / (2.0 * sigma * sigma) + log_e1;
+        if coef > 0.0 {
+            log_a0 = log_add(log_a0, log_s0);
+            log_a1 = log_add(log_a1, log_s1);
+        } else {
+            log_a0 = log_sub(log_a0, log_s0);
+            log_a1 = log_sub(log_a1, log_s1);
+        }
+        i += 1;
+        if log_s0.max(log_s1) < -30.0 || i > 10_000 {
+            break;
+        }
+    }
+    log_add(log_a0, log_a1)
+}
+
+/// RDP at order `alpha` of one step of the Poisson-subsampled Gaussian with
+/// sampling rate `q` and noise multiplier `z`.
+pub fn rdp_subsampled_gaussian(q: f64, z: f64, alpha: f64) -> f64 {
+    if q == 0.0 {
+        return 0.0;
+    }
+    if z == 0.0 {
+        return f64::INFINITY;
+    }
+    if q >= 1.0 {
+        return alpha / (2.0 * z * z);
+    }
+    let log_a = if alpha.fract() == 0.0 {
+        log_a_int(q, z, alpha as u64)
+    } else {
+        log_a_frac(q, z, alpha)
+    };
+    log_a / (alpha - 1.0)
+}
+
+/// One step's RDP over [`orders`].
+pub fn rdp_curve(q: f64, z: f64) -> Vec<f64> {
+    orders()
+        .into_iter()
+        .map(|a| rdp_subsampled_gaussian(q, z, a))
+        .collect()
+}
+
+/// (ε, α) at `delta` for a total RDP curve over [`orders`]:
+/// ε = min_α RDP(α) + log((α−1)/α) − (log δ + log α)/(α−1).
+pub fn rdp_epsilon(curve: &[f64], delta: f64) -> (f64, f64) {
+    let mut best = (f64::INFINITY, f64::NAN);
+    for (a, r) in orders().into_iter().zip(curve) {
+        let eps = r + ((a - 1.0) / a).ln() - (delta.ln() + a.ln()) / (a - 1.0);
+        if eps < best.0 {
+            best = (eps.max(0.0), a);
+        }
+    }
+    best
+}

@@ -1,0 +1,73 @@
+//! Noise shares: each party's exact discrete Gaussian vector, drawn by
+//! opendp's sampler (`make_gaussian` on integer vectors, with its
+//! OpenSSL-backed randomness). opendp saturates at the i64 limits; the
+//! modular wrap to `[0, 2^bits)` happens afterwards, in the encoder.
+
+use opendp::core::Measurement;
+use opendp::domains::{AtomDomain, VectorDomain};
+use opendp::measurements::make_gaussian;
+use opendp::measures::ZeroConcentratedDivergence;
+use opendp::metrics::L2Distance;
+
+/// One party's share of the noise: `N_Z(0, σ²)` on every coordinate.
+pub struct DiscreteGaussianShare {
+    sigma: f64,
+    measurement: Measurement<
+        VectorDomain<AtomDomain<i64>>,
+        L2Distance<f64>,
+        ZeroConcentratedDivergence,
+        Vec<i64>,
+    >,
+}
+
+/// What can go wrong drawing noise.
+#[derive(Debug)]
+pub struct NoiseError(pub String);
+
+impl std::fmt::Display for NoiseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "noise sampling failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for NoiseError {}
+
+impl DiscreteGaussianShare {
+    /// `sigma` is the standard deviation in integer units.
+    pub fn new(sigma: f64) -> Result<Self, NoiseError> {
+        if !(sigma.is_finite() && sigma > 0.0) {
+            return Err(NoiseError(format!(
+                "noise scale must be positive and finite, got {sigma}"
+            )));
+        }
+        let measurement = make_gaussian(
+            VectorDomain::new(AtomDomain::<i64>::default()),
+            L2Distance::<f64>::default(),
+            sigma,
+            None,
+        )
+        .map_err(|e| NoiseError(e.to_string()))?;
+        Ok(DiscreteGaussianShare { sigma, measurement })
+    }
+
+    pub fn sigma(&self) -> f64 {
+        self.sigma
+    }
+
+    /// Adds a fresh noise share to `v` in place.
+    pub fn add_to(&self, v: &mut Vec<i64>) -> Result<(), NoiseError> {
+        let noisy = self
+            .measurement
+            .invoke(v)
+            .map_err(|e| NoiseError(e.to_string()))?;
+        *v = noisy;
+        Ok(())
+    }
+
+    /// ρ of one share alone at L2 sensitivity `d_in`, from opendp's own map.
+    pub fn rho(&self, d_in: f64) -> Result<f64, NoiseError> {
+        self.measurement
+            .map(&d_in)
+            .map_err(|e| NoiseError(e.to_string()))
+    }
+}

@@ -1,0 +1,455 @@
+//! What a policy implies, computed before anything runs: the scale γ, each
+//! party's noise share, the rounding-widened sensitivity, the bits needed,
+//! and ε after every round under the policy's accountant — next to the ε an
+//! ideal continuous Gaussian with the same noise multiplier would cost.
+//!
+//! Units: the encoder clips each contribution to L2 norm `c`, divides by γ
+//! and rounds to integers, so `c/γ` is the clip norm in integer units.
+//! Conditional randomized rounding (Kairouz, Liu, Steinke 2021, Thm 1, with
+//! β = e^{-1/2}) bounds the rounded vector's norm by
+//! `Δ² = (c/γ)² + d/4 + √(2 ln 1/β)·(c/γ + √d/2)`, and Δ is the sensitivity
+//! the accountants use. The total noise std is `z·c/γ` when the worst case of
+//! `threshold − max_colluding` honest survivors contribute shares, so each
+//! party adds `σ = z·(c/γ)/√(threshold − max_colluding)`.
+
+use serde::Serialize;
+
+use super::accountant::{
+    ddg_rho, ddg_round, ideal_round, rdp_curve, rdp_epsilon, zcdp_epsilon, AccountingError,
+};
+use super::rotation::padded_len;
+use crate::policy::{AccountantKind, Policy, Rotation, Unit};
+
+/// Probability that any coordinate of the sum wraps around the modulus.
+pub const WRAP_PROBABILITY: f64 = 1e-6;
+/// ln(1/β) for the conditional rounding.
+const ROUNDING_LN_INV_BETA: f64 = 0.5;
+/// Widening of the sensitivity by rounding above which `bits` are too few.
+const MAX_INFLATION: f64 = 2.0;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl From<AccountingError> for PlanError {
+    fn from(e: AccountingError) -> Self {
+        PlanError {
+            key: "privacy",
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The figures one round costs, as the ledger records them.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundCharge {
+    /// zCDP ρ of the round (sum-of-discrete-Gaussians bound).
+    pub rho: f64,
+    /// RDP of the round over the accountant's orders.
+    pub rdp: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PrivacyPlan {
+    pub unit: Unit,
+    pub accountant: AccountantKind,
+    /// Parameters per update, and after padding for the rotation.
+    pub dimension: usize,
+    pub padded_dimension: usize,
+    pub clip_norm: f64,
+    pub noise_multiplier: f64,
+    pub sampling_rate: f64,
+    pub rounds: u32,
+    pub delta: f64,
+    pub bits: u8,
+    /// γ: one integer unit is worth γ in the model's units.
+    pub gamma: f64,
+    /// `c/γ`: the clip norm in integer units.
+    pub scaled_clip: f64,
+    /// Δ: the L2 sensitivity after rounding, in integer units.
+    pub sensitivity: f64,
+    /// Δ / (c/γ): how much rounding widens the sensitivity.
+    pub sensitivity_inflation: f64,
+    /// Honest survivors whose shares alone meet the budget.
+    pub honest_survivors: usize,
+    /// The std of the discrete Gaussian each party adds, in integer units.
+    pub noise_std_per_party: f64,
+    /// Largest magnitude a coordinate of the sum reaches except with
+    /// probability `WRAP_PROBABILITY`, in integer units.
+    pub coordinate_bound: f64,
+    /// Fewest bits at which the rounding widens the sensitivity by at most
+    /// 1 % (γ derived from bits) or at which the sum cannot wrap (γ fixed).
+    pub bits_needed: u8,
+    /// The per-round cost.
+    pub charge: RoundCharge,
+    pub epsilon_by_round: Vec<f64>,
+    pub epsilon_total: f64,
+    /// ε of the ideal continuous Gaussian with the same noise multiplier,
+    /// sampling rate and rounds under the same accountant, no rounding.
+    pub epsilon_ideal: f64,
+    pub epsilon_budget: f64,
+}
+
+struct Shape {
+    dimension: usize,
+    padded: usize,
+    parties: usize,
+    honest: usize,
+    /// Most contributions summed in one round (parties or sampled records).
+    contributions: f64,
+    rotation: bool,
+}
+
+fn shape(policy: &Policy) -> Shape {
+    let dimension = policy.strategy.dimension();
+    let rotation = policy.encoding.rotation == Rotation::Hadamard;
+    let padded = if rotation {
+        padded_len(dimension)
+    } else {
+        dimension
+    };
+    let parties = policy.parties();
+    let contributions = match policy.privacy.unit {
+        Unit::Record => {
+            // Poisson sampling: the expected batch plus a wide tail margin.
+            let n = policy.total_records().unwrap_or(0) as f64;
+            let mean = policy.privacy.sampling_rate * n;
+            (mean + 7.0 * mean.sqrt() + 7.0).min(n.max(1.0))
+        }
+        _ => parties as f64,
+    };
+    Shape {
+        dimension,
+        padded,
+        parties,
+        honest: policy.honest_survivors(),
+        contributions,
+        rotation,
+    }
+}
+
+/// Two-sided Gaussian tail multiplier for probability `p` (Chernoff bound).
+fn tail(p: f64) -> f64 {
+    (2.0 * (2.0 / p).ln()).sqrt()
+}
+
+struct Encoding {
+    gamma: f64,
+    bound: f64,
+}
+
+/// Per-coordinate bound of the sum, in integer units, for a given γ: signal
+/// (every contribution aligned), rounding (one unit per contribution) and
+/// noise (every party's share).
+fn coordinate_bound(policy: &Policy, s: &Shape, z: f64, gamma: f64) -> f64 {
+    let c = policy.privacy.clip_norm / gamma;
+    let t = tail(WRAP_PROBABILITY / s.padded as f64);
+    let per_coord_signal = if s.rotation {
+        // A rotated vector's coordinates are sub-Gaussian with variance
+        // proxy ‖x‖²/d.
+        c * t / (s.padded as f64).sqrt()
+    } else {
+        c
+    };
+    let signal = s.contributions * (per_coord_signal + 1.0);
+    let noise = if policy.privacy.unit == Unit::None {
+        0.0
+    } else {
+        let sigma_party = z * c / (s.honest as f64).sqrt();
+        sigma_party * (s.parties as f64).sqrt() * t
+    };
+    signal + noise
+}
+
+fn choose_gamma(policy: &Policy, s: &Shape, z: f64, bits: u8) -> Result<Encoding, PlanError> {
+    let half = 2f64.powi(i32::from(bits) - 1) - 1.0;
+    if let Some(gamma) = policy.encoding.gamma {
+        let bound = coordinate_bound(policy, s, z, gamma);
+        if bound > half {
+            return Err(PlanError {
+                key: "encoding.bits",
+                message: format!(
+                    "{bits} bits are too few for gamma = {gamma}: a coordinate of the sum reaches \
+                     {bound:.0} with probability above {WRAP_PROBABILITY:e}, beyond ±{half:.0}; \
+                     use at least {} bits or a larger gamma",
+                    bits_for(bound)
+                ),
+            });
+        }
+        return Ok(Encoding { gamma, bound });
+    }
+    // The bound is A/γ + R (R: rounding); solve A/γ + R = half for γ.
+    let r = coordinate_bound(policy, s, z, f64::INFINITY);
+    let a = coordinate_bound(policy, s, z, 1.0) - r;
+    if half <= r {
+        return Err(PlanError {
+            key: "encoding.bits",
+            message: format!(
+                "{bits} bits are too few: rounding alone can move a coordinate of the sum by {r:.0}, \
+                 beyond ±{half:.0}; use at least {} bits",
+                bits_for(2.0 * r)
+            ),
+        });
+    }
+    let gamma = a / (half - r);
+    Ok(Encoding {
+        gamma,
+        bound: coordinate_bound(policy, s, z, gamma),
+    })
+}
+
+fn bits_for(bound: f64) -> u8 {
+    ((2.0 * bound + 1.0).log2().ceil() as u8).clamp(8, 64)
+}
+
+/// Δ from Thm 1 of Kairouz, Liu, Steinke (2021).
+pub fn rounded_sensitivity(scaled_clip: f64, padded: usize) -> f64 {
+    let d = padded as f64;
+    let k = (2.0 * ROUNDING_LN_INV_BETA).sqrt();
+    (scaled_clip * scaled_clip + d / 4.0 + k * (scaled_clip + d.sqrt() / 2.0)).sqrt()
+}
+
+struct Core {
+    enc: Encoding,
+    scaled_clip: f64,
+    sensitivity: f64,
+    sigma_party: f64,
+    charge: RoundCharge,
+}
+
+fn core(policy: &Policy, s: &Shape, z: f64, bits: u8) -> Result<Core, PlanError> {
+    let enc = choose_gamma(policy, s, z, bits)?;
+    let scaled_clip = policy.privacy.clip_norm / enc.gamma;
+    let sensitivity = rounded_sensitivity(scaled_clip, s.padded);
+    let sigma_party = z * scaled_clip / (s.honest as f64).sqrt();
+    let inflation = sensitivity / scaled_clip;
+    if inflation > MAX_INFLATION && policy.encoding.gamma.is_some() {
+        return Err(PlanError {
+            key: "encoding.gamma",
+            message: format!(
+                "gamma = {} is too coarse: rounding to its grid widens the sensitivity \
+                 {inflation:.2}-fold; use a gamma of at most {:.3e}",
+                enc.gamma,
+                policy.privacy.clip_norm / (s.padded as f64).sqrt()
+            ),
+        });
+    }
+    if inflation > MAX_INFLATION {
+        return Err(PlanError {
+            key: "encoding.bits",
+            message: format!(
+                "{bits} bits are too few: rounding to the integer grid they allow (γ = {:.3e}) \
+                 widens the sensitivity {inflation:.2}-fold; use at least {} bits",
+                enc.gamma,
+                (bits..=32)
+                    .find(|&b| choose_gamma(policy, s, z, b)
+                        .map(
+                            |e| rounded_sensitivity(policy.privacy.clip_norm / e.gamma, s.padded)
+                                * e.gamma
+                                / policy.privacy.clip_norm
+                                <= MAX_INFLATION
+                        )
+                        .unwrap_or(false))
+                    .unwrap_or(32)
+            ),
+        });
+    }
+    let rho = ddg_rho(sensitivity, sigma_party, s.honest, s.padded);
+    // The Gaussian with the same ρ, for the RDP accountant.
+    let z_eff = (1.0 / (2.0 * rho)).sqrt();
+    let rdp = rdp_curve(policy.privacy.sampling_rate, z_eff);
+    Ok(Core {
+        enc,
+        scaled_clip,
+        sensitivity,
+        sigma_party,
+        charge: RoundCharge { rho, rdp },
+    })
+}
+
+/// ε after `k` rounds of the real mechanism.
+fn epsilon_after(policy: &Policy, s: &Shape, c: &Core, k: usize) -> Result<f64, PlanError> {
+    let delta = policy.privacy.delta;
+    Ok(match policy.privacy.accountant {
+        AccountantKind::Zcdp => {
+            let round = ddg_round(c.sigma_party, s.honest, s.padded)?;
+            zcdp_epsilon(&round, k, c.sensitivity, delta)?.0
+        }
+        AccountantKind::Rdp => {
+            let total: Vec<f64> = c.charge.rdp.iter().map(|r| r * k as f64).collect();
+            rdp_epsilon(&total, delta).0
+        }
+    })
+}
+
+fn epsilon_ideal(policy: &Policy, z: f64) -> Result<f64, PlanError> {
+    let p = &policy.privacy;
+    Ok(match p.accountant {
+        AccountantKind::Zcdp => {
+            // Sensitivity 1 and total std z: ρ = 1/(2z²) per round.
+            let round = ideal_round(z)?;
+            zcdp_epsilon(&round, p.rounds as usize, 1.0, p.delta)?.0
+        }
+        AccountantKind::Rdp => {
+            let curve: Vec<f64> = rdp_curve(p.sampling_rate, z)
+                .into_iter()
+                .map(|r| r * f64::from(p.rounds))
+                .collect();
+            rdp_epsilon(&curve, p.delta).0
+        }
+    })
+}
+
+impl PrivacyPlan {
+    /// The plan, or why the policy cannot be honoured.
+    pub fn for_policy(policy: &Policy) -> Result<PrivacyPlan, PlanError> {
+        let s = shape(policy);
+        let p = &policy.privacy;
+        let z = p.noise_multiplier;
+        let bits = policy.encoding.bits;
+        if p.unit == Unit::None {
+            let enc = choose_gamma(policy, &s, 0.0, bits)?;
+            let scaled_clip = p.clip_norm / enc.gamma;
+            return Ok(PrivacyPlan {
+                unit: p.unit,
+                accountant: p.accountant,
+                dimension: s.dimension,
+                padded_dimension: s.padded,
+                clip_norm: p.clip_norm,
+                noise_multiplier: 0.0,
+                sampling_rate: p.sampling_rate,
+                rounds: p.rounds,
+                delta: p.delta,
+                bits,
+                gamma: enc.gamma,
+                scaled_clip,
+                sensitivity: rounded_sensitivity(scaled_clip, s.padded),
+                sensitivity_inflation: rounded_sensitivity(scaled_clip, s.padded) / scaled_clip,
+                honest_survivors: s.honest,
+                noise_std_per_party: 0.0,
+                coordinate_bound: enc.bound,
+                bits_needed: bits_for(enc.bound).min(32),
+                charge: RoundCharge {
+                    rho: f64::INFINITY,
+                    rdp: vec![f64::INFINITY; super::accountant::orders().len()],
+                },
+                epsilon_by_round: vec![f64::INFINITY; p.rounds as usize],
+                epsilon_total: f64::INFINITY,
+                epsilon_ideal: f64::INFINITY,
+                epsilon_budget: p.epsilon,
+            });
+        }
+        let c = core(policy, &s, z, bits)?;
+        let inflation = c.sensitivity / c.scaled_clip;
+        let rounds = p.rounds as usize;
+        let mut epsilon_by_round = Vec::with_capacity(rounds);
+        for k in 1..=rounds {
+            epsilon_by_round.push(epsilon_after(policy, &s, &c, k)?);
+        }
+        let epsilon_total = *epsilon_by_round.last().expect("at least one round");
+        if epsilon_total > p.epsilon * (1.0 + 1e-9) {
+            let max_rounds = epsilon_by_round
+                .iter()
+                .take_while(|e| **e <= p.epsilon)
+                .count();
+            let z_needed = calibrate_z(policy, &s).ok();
+            return Err(PlanError {
+                key: "privacy.rounds",
+                message: format!(
+                    "{rounds} rounds would spend ε = {epsilon_total:.3} ({}) at δ = {}, above the budget \
+                     ε = {}; use at most {max_rounds} rounds{}",
+                    p.accountant.name(),
+                    p.delta,
+                    p.epsilon,
+                    match z_needed {
+                        Some(zn) => format!(", or a noise_multiplier of at least {zn:.3}, or calibrate = true"),
+                        None => String::new(),
+                    }
+                ),
+            });
+        }
+        Ok(PrivacyPlan {
+            unit: p.unit,
+            accountant: p.accountant,
+            dimension: s.dimension,
+            padded_dimension: s.padded,
+            clip_norm: p.clip_norm,
+            noise_multiplier: z,
+            sampling_rate: p.sampling_rate,
+            rounds: p.rounds,
+            delta: p.delta,
+            bits,
+            gamma: c.enc.gamma,
+            scaled_clip: c.scaled_clip,
+            sensitivity: c.sensitivity,
+            sensitivity_inflation: inflation,
+            honest_survivors: s.honest,
+            noise_std_per_party: c.sigma_party,
+            coordinate_bound: c.enc.bound,
+            bits_needed: bits_needed(policy, &s, z).unwrap_or(32),
+            charge: c.charge,
+            epsilon_by_round,
+            epsilon_total,
+            epsilon_ideal: epsilon_ideal(policy, z)?,
+            epsilon_budget: p.epsilon,
+        })
+    }
+
+    /// The noise multiplier that spends exactly the budget over the rounds.
+    pub fn calibrate(policy: &Policy) -> Result<f64, PlanError> {
+        calibrate_z(policy, &shape(policy))
+    }
+}
+
+/// ε after all rounds at noise multiplier `z`; a cost too large for the
+/// conversion to represent counts as infinite.
+fn total_epsilon(policy: &Policy, s: &Shape, z: f64) -> Result<f64, PlanError> {
+    let c = core(policy, s, z, policy.encoding.bits)?;
+    Ok(epsilon_after(policy, s, &c, policy.privacy.rounds as usize).unwrap_or(f64::INFINITY))
+}
+
+fn calibrate_z(policy: &Policy, s: &Shape) -> Result<f64, PlanError> {
+    let target = policy.privacy.epsilon;
+    let (mut lo, mut hi) = (0.25f64, 0.25f64);
+    while total_epsilon(policy, s, hi)? > target {
+        lo = hi;
+        hi *= 2.0;
+        if hi > 1e4 {
+            return Err(PlanError {
+                key: "privacy.calibrate",
+                message: format!(
+                    "no noise multiplier up to 10⁴ meets ε = {target} over {} rounds; \
+                     raise the budget or lower the rounds",
+                    policy.privacy.rounds
+                ),
+            });
+        }
+    }
+    if lo == hi {
+        lo = 0.0;
+    }
+    // ε falls as z grows: bisect to a z that spends at most the budget.
+    for _ in 0..50 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= 0.0 || total_epsilon(policy, s, mid)? > target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        if hi - lo < 1e-6 * hi {
+            break;
+        }
+    }
+    Ok(hi)
+}
+
+fn bits_needed(policy: &Policy, s: &Shape, z: f64) -> Option<u8> {
+    (8u8..=32).find(|&b| match policy.encoding.gamma {
+        Some(_) => choose_gamma(policy, s, z, b).is_ok(),
+        None => core(policy, s, z, b)
+            .map(|c| c.sensitivity / c.scaled_clip <= 1.01)
+            .unwrap_or(false),
+    })
+}
