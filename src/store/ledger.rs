@@ -1,0 +1,370 @@
+//! The privacy ledger: one row per charge, committed (and fsynced) before the
+//! round's result is decoded, so a crash can make the ledger over-count but
+//! never under-count. A round retried after a crash is charged again: its
+//! noise is fresh, so it is a new release.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::dp::accountant::{orders, rdp_epsilon, zcdp_epsilon_of_rho};
+use crate::dp::plan::RoundCharge;
+use crate::policy::AccountantKind;
+
+#[derive(Debug)]
+pub enum LedgerError {
+    Sqlite(rusqlite::Error),
+    /// The job's planned rounds would take the consortium over its budget.
+    BudgetExceeded {
+        consortium: String,
+        spent: f64,
+        with_job: f64,
+        budget: f64,
+        delta: f64,
+    },
+    UnknownConsortium(String),
+    UnknownJob(String),
+    Corrupt(String),
+}
+
+impl std::fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LedgerError::Sqlite(e) => write!(f, "ledger database error: {e}"),
+            LedgerError::BudgetExceeded {
+                consortium,
+                spent,
+                with_job,
+                budget,
+                delta,
+            } => write!(
+                f,
+                "job refused: consortium {consortium} has spent ε = {spent:.4} of its budget ε = {budget} \
+                 (δ = {delta}); this job's planned rounds would bring it to ε = {with_job:.4}"
+            ),
+            LedgerError::UnknownConsortium(c) => write!(f, "no budget recorded for consortium {c}"),
+            LedgerError::UnknownJob(j) => write!(f, "no job {j} in the ledger"),
+            LedgerError::Corrupt(m) => write!(f, "ledger is corrupt: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for LedgerError {}
+
+impl From<rusqlite::Error> for LedgerError {
+    fn from(e: rusqlite::Error) -> Self {
+        LedgerError::Sqlite(e)
+    }
+}
+
+/// One committed charge.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChargeRecord {
+    pub id: i64,
+    pub job: String,
+    pub round: u32,
+    pub task: u32,
+    pub accountant: String,
+    pub rho: f64,
+    /// ε of the consortium after this charge, at its δ.
+    pub epsilon_after: f64,
+    pub delta: f64,
+    pub released: bool,
+    pub created_at: String,
+}
+
+/// What a consortium has spent.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spent {
+    pub consortium: String,
+    pub accountant: String,
+    pub epsilon: f64,
+    pub delta: f64,
+    pub budget: f64,
+    pub remaining: f64,
+    pub charges: usize,
+    pub jobs: usize,
+}
+
+pub struct PrivacyLedger {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS budgets (
+    consortium TEXT PRIMARY KEY,
+    epsilon    REAL NOT NULL,
+    delta      REAL NOT NULL,
+    accountant TEXT NOT NULL CHECK (accountant IN ('zcdp', 'rdp'))
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job          TEXT PRIMARY KEY,
+    consortium   TEXT NOT NULL REFERENCES budgets(consortium),
+    policy_hash  TEXT NOT NULL,
+    planned      INTEGER NOT NULL,
+    created_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS charges (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    job           TEXT NOT NULL REFERENCES jobs(job),
+    round         INTEGER NOT NULL,
+    task          INTEGER NOT NULL,
+    accountant    TEXT NOT NULL,
+    rho           REAL NOT NULL,
+    rdp           TEXT NOT NULL,
+    epsilon_after REAL NOT NULL,
+    delta         REAL NOT NULL,
+    released      INTEGER NOT NULL DEFAULT 0,
+    created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS charges_by_job ON charges(job);
+";
+
+struct Budget {
+    epsilon: f64,
+    delta: f64,
+    accountant: AccountantKind,
+}
+
+impl PrivacyLedger {
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let conn = Connection::open(path)?;
+        // WAL with synchronous = FULL: every commit is fsynced before it
+        // returns, so a committed charge survives a crash or power loss.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(PrivacyLedger { conn })
+    }
+
+    /// Records (or updates) a consortium's budget, as its policy sets it.
+    pub fn set_budget(
+        &mut self,
+        consortium: &str,
+        epsilon: f64,
+        delta: f64,
+        accountant: AccountantKind,
+    ) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "INSERT INTO budgets (consortium, epsilon, delta, accountant) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(consortium) DO UPDATE SET epsilon = ?2, delta = ?3, accountant = ?4",
+            params![consortium, epsilon, delta, accountant.name()],
+        )?;
+        Ok(())
+    }
+
+    fn epsilon_of(b: &Budget, rho: f64, rdp: &[f64]) -> Result<f64, LedgerError> {
+        Ok(match b.accountant {
+            AccountantKind::Zcdp => zcdp_epsilon_of_rho(rho, b.delta)
+                .map_err(|e| LedgerError::Corrupt(e.to_string()))?,
+            AccountantKind::Rdp => {
+                if rdp.iter().all(|r| *r == 0.0) {
+                    0.0
+                } else {
+                    rdp_epsilon(rdp, b.delta).0
+                }
+            }
+        })
+    }
+
+    /// What a consortium has spent so far, in-flight rounds included.
+    pub fn spent(&self, consortium: &str) -> Result<Spent, LedgerError> {
+        let b = read_budget(&self.conn, consortium)?;
+        let (rho, rdp, charges) = read_totals(&self.conn, consortium)?;
+        let epsilon = Self::epsilon_of(&b, rho, &rdp)?;
+        let jobs: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE consortium = ?1",
+            params![consortium],
+            |r| r.get(0),
+        )?;
+        Ok(Spent {
+            consortium: consortium.to_string(),
+            accountant: b.accountant.name().into(),
+            epsilon,
+            delta: b.delta,
+            budget: b.epsilon,
+            remaining: (b.epsilon - epsilon).max(0.0),
+            charges,
+            jobs: jobs as usize,
+        })
+    }
+
+    /// Registers a job after checking that its planned rounds fit in what
+    /// remains of the budget. Refused jobs leave no trace.
+    pub fn begin_job(
+        &mut self,
+        consortium: &str,
+        job: &str,
+        policy_hash: &str,
+        planned: &[RoundCharge],
+    ) -> Result<(), LedgerError> {
+        let b = read_budget(&self.conn, consortium)?;
+        let (mut rho, mut rdp, _) = read_totals(&self.conn, consortium)?;
+        let spent = Self::epsilon_of(&b, rho, &rdp)?;
+        for c in planned {
+            rho += c.rho;
+            rdp.iter_mut().zip(&c.rdp).for_each(|(a, b)| *a += b);
+        }
+        let with_job = Self::epsilon_of(&b, rho, &rdp)?;
+        if with_job > b.epsilon * (1.0 + 1e-9) {
+            return Err(LedgerError::BudgetExceeded {
+                consortium: consortium.into(),
+                spent,
+                with_job,
+                budget: b.epsilon,
+                delta: b.delta,
+            });
+        }
+        self.conn.execute(
+            "INSERT INTO jobs (job, consortium, policy_hash, planned) VALUES (?1, ?2, ?3, ?4)",
+            params![job, consortium, policy_hash, planned.len() as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Commits one charge. Call before decoding the round's result: once
+    /// this returns, the charge is on disk.
+    pub fn charge(
+        &mut self,
+        job: &str,
+        round: u32,
+        task: u32,
+        charge: &RoundCharge,
+    ) -> Result<ChargeRecord, LedgerError> {
+        let tx = self.conn.transaction()?;
+        let consortium: String = tx
+            .query_row(
+                "SELECT consortium FROM jobs WHERE job = ?1",
+                params![job],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| LedgerError::UnknownJob(job.into()))?;
+        let rdp =
+            serde_json::to_string(&charge.rdp).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO charges (job, round, task, accountant, rho, rdp, epsilon_after, delta)
+             VALUES (?1, ?2, ?3, '', ?4, ?5, 0, 0)",
+            params![job, round, task, charge.rho, rdp],
+        )?;
+        let id = tx.last_insert_rowid();
+        // ε after the charge, computed inside the same transaction.
+        let b = read_budget(&tx, &consortium)?;
+        let (rho, rdp_total, _) = read_totals(&tx, &consortium)?;
+        let eps = Self::epsilon_of(&b, rho, &rdp_total)?;
+        tx.execute(
+            "UPDATE charges SET accountant = ?1, epsilon_after = ?2, delta = ?3 WHERE id = ?4",
+            params![b.accountant.name(), eps, b.delta, id],
+        )?;
+        tx.commit()?;
+        self.charge_by_id(id)
+    }
+
+    /// Marks a charged round as released (its result left the protocol).
+    pub fn mark_released(&mut self, charge_id: i64) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "UPDATE charges SET released = 1 WHERE id = ?1",
+            params![charge_id],
+        )?;
+        Ok(())
+    }
+
+    fn charge_by_id(&self, id: i64) -> Result<ChargeRecord, LedgerError> {
+        Ok(self.conn.query_row(
+            "SELECT id, job, round, task, accountant, rho, epsilon_after, delta, released, created_at
+             FROM charges WHERE id = ?1",
+            params![id],
+            row_to_charge,
+        )?)
+    }
+
+    /// Every charge, oldest first, optionally of one job.
+    pub fn charges(&self, job: Option<&str>) -> Result<Vec<ChargeRecord>, LedgerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, job, round, task, accountant, rho, epsilon_after, delta, released, created_at
+             FROM charges WHERE (?1 IS NULL OR job = ?1) ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![job], row_to_charge)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn consortia(&self) -> Result<Vec<String>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT consortium FROM budgets ORDER BY consortium")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+fn row_to_charge(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChargeRecord> {
+    Ok(ChargeRecord {
+        id: r.get(0)?,
+        job: r.get(1)?,
+        round: r.get(2)?,
+        task: r.get(3)?,
+        accountant: r.get(4)?,
+        rho: r.get(5)?,
+        epsilon_after: r.get(6)?,
+        delta: r.get(7)?,
+        released: r.get::<_, i64>(8)? != 0,
+        created_at: r.get(9)?,
+    })
+}
+
+fn read_budget(conn: &Connection, consortium: &str) -> Result<Budget, LedgerError> {
+    let row = conn
+        .query_row(
+            "SELECT epsilon, delta, accountant FROM budgets WHERE consortium = ?1",
+            params![consortium],
+            |r| {
+                Ok((
+                    r.get::<_, f64>(0)?,
+                    r.get::<_, f64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .optional()?
+        .ok_or_else(|| LedgerError::UnknownConsortium(consortium.to_string()))?;
+    let accountant = match row.2.as_str() {
+        "zcdp" => AccountantKind::Zcdp,
+        "rdp" => AccountantKind::Rdp,
+        other => return Err(LedgerError::Corrupt(format!("unknown accountant {other}"))),
+    };
+    Ok(Budget {
+        epsilon: row.0,
+        delta: row.1,
+        accountant,
+    })
+}
+
+/// Sums of ρ and of the RDP curves over a consortium's charges.
+fn read_totals(conn: &Connection, consortium: &str) -> Result<(f64, Vec<f64>, usize), LedgerError> {
+    let mut stmt = conn.prepare(
+        "SELECT c.rho, c.rdp FROM charges c JOIN jobs j ON c.job = j.job WHERE j.consortium = ?1",
+    )?;
+    let mut rho = 0.0;
+    let mut rdp = vec![0.0; orders().len()];
+    let mut n = 0;
+    let rows = stmt.query_map(params![consortium], |r| {
+        Ok((r.get::<_, f64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    for row in rows {
+        let (r, curve) = row?;
+        rho += r;
+        let curve: Vec<f64> = serde_json::from_str(&curve)
+            .map_err(|e| LedgerError::Corrupt(format!("RDP curve: {e}")))?;
+        if curve.len() != rdp.len() {
+            return Err(LedgerError::Corrupt(
+                "RDP curve has the wrong number of orders".into(),
+            ));
+        }
+        rdp.iter_mut().zip(curve).for_each(|(a, b)| *a += b);
+        n += 1;
+    }
+    Ok((rho, rdp, n))
+}

@@ -1,0 +1,5 @@
+//! Durable state in SQLite (WAL, fsync on every commit).
+
+pub mod ledger;
+
+pub use ledger::{LedgerError, PrivacyLedger};
