@@ -9,6 +9,9 @@ use shroud_crypto::Phase;
 
 use crate::secagg_sim::{self, DropPhase, Neighbours, SimArgs};
 
+mod budget_cmd;
+mod policy_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "shroud",
@@ -25,6 +28,37 @@ enum Command {
     /// Run one whole secure-sum round in this process, every party included,
     /// and report its timing against raw ChaCha keystream throughput.
     SecaggSim(SecaggSimFlags),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Show the privacy budget recorded in a ledger.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy and print what it implies: noise per party, γ, bits
+    /// needed and ε after every round, before anything runs.
+    Check {
+        file: std::path::PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BudgetCommand {
+    /// Spent and remaining budget of every consortium, and every charge.
+    Show {
+        /// The coordinator's database.
+        #[arg(long)]
+        db: std::path::PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -168,6 +202,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::SecaggSim(f) => secagg_sim(f),
+        Command::Policy(PolicyCommand::Check { file, json }) => policy_cmd::check(&file, json),
+        Command::Budget(BudgetCommand::Show { db, json }) => budget_cmd::show(&db, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,191 @@
+//! `shroud policy check`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::dp::plan::PrivacyPlan;
+use crate::policy::{Neighbours, Policy, Rotation, Unit};
+
+#[derive(Serialize)]
+struct CheckReport<'a> {
+    file: String,
+    policy_hash: &'a str,
+    consortium: &'a str,
+    parties: usize,
+    threshold: usize,
+    max_colluding: usize,
+    active: bool,
+    neighbors: String,
+    unit: Unit,
+    accountant: &'static str,
+    delta: f64,
+    epsilon_budget: f64,
+    rounds: u32,
+    sampling_rate: f64,
+    clip_norm: f64,
+    noise_multiplier: f64,
+    calibrated: bool,
+    model: String,
+    dimension: usize,
+    padded_dimension: usize,
+    rotation: Rotation,
+    bits: u8,
+    bits_needed: u8,
+    gamma: f64,
+    scaled_clip: f64,
+    sensitivity: f64,
+    sensitivity_inflation: f64,
+    honest_survivors: usize,
+    noise_std_per_party: f64,
+    rho_per_round: f64,
+    epsilon_by_round: &'a [f64],
+    epsilon_total: f64,
+    epsilon_ideal: f64,
+    no_dp: bool,
+}
+
+pub fn check(file: &Path, json: bool) -> Result<()> {
+    let policy = Policy::load(file)?;
+    let plan = PrivacyPlan::for_policy(&policy)
+        .map_err(|e| anyhow::anyhow!("{}: `{}`: {}", file.display(), e.key, e.message))?;
+    let s = &policy.strategy;
+    let mut widths = vec![s.inputs];
+    widths.extend(&s.hidden);
+    widths.push(s.classes);
+    let model = format!(
+        "{} {}",
+        s.model,
+        widths
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+            .join("-")
+    );
+    let report = CheckReport {
+        file: file.display().to_string(),
+        policy_hash: &policy.hash,
+        consortium: &policy.consortium.id,
+        parties: policy.parties(),
+        threshold: policy.consortium.threshold,
+        max_colluding: policy.consortium.max_colluding,
+        active: policy.consortium.active,
+        neighbors: match policy.consortium.neighbours {
+            Neighbours::All => "all".into(),
+            Neighbours::Fixed(k) => k.to_string(),
+        },
+        unit: policy.privacy.unit,
+        accountant: policy.privacy.accountant.name(),
+        delta: policy.privacy.delta,
+        epsilon_budget: policy.privacy.epsilon,
+        rounds: policy.privacy.rounds,
+        sampling_rate: policy.privacy.sampling_rate,
+        clip_norm: policy.privacy.clip_norm,
+        noise_multiplier: plan.noise_multiplier,
+        calibrated: policy.privacy.calibrated,
+        model,
+        dimension: plan.dimension,
+        padded_dimension: plan.padded_dimension,
+        rotation: policy.encoding.rotation,
+        bits: plan.bits,
+        bits_needed: plan.bits_needed,
+        gamma: plan.gamma,
+        scaled_clip: plan.scaled_clip,
+        sensitivity: plan.sensitivity,
+        sensitivity_inflation: plan.sensitivity_inflation,
+        honest_survivors: plan.honest_survivors,
+        noise_std_per_party: plan.noise_std_per_party,
+        rho_per_round: plan.charge.rho,
+        epsilon_by_round: &plan.epsilon_by_round,
+        epsilon_total: plan.epsilon_total,
+        epsilon_ideal: plan.epsilon_ideal,
+        no_dp: policy.privacy.unit == Unit::None,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let r = &report;
+    println!("policy      {} (sha256 {})", r.file, &r.policy_hash[..16]);
+    println!(
+        "consortium  {}: {} parties, threshold {}, at most {} colluding, neighbours {}{}",
+        r.consortium,
+        r.parties,
+        r.threshold,
+        r.max_colluding,
+        r.neighbors,
+        if r.active {
+            ", active (signed survivor lists)"
+        } else {
+            ""
+        }
+    );
+    if r.no_dp {
+        println!("privacy     NONE: no differential privacy; such a model is never released");
+        return Ok(());
+    }
+    println!(
+        "privacy     unit {:?}, accountant {}, budget ε = {} at δ = {}, {} rounds{}",
+        r.unit,
+        r.accountant,
+        r.epsilon_budget,
+        r.delta,
+        r.rounds,
+        if r.unit == Unit::Record {
+            format!(", Poisson sampling q = {}", r.sampling_rate)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "model       {}: {} parameters ({} on the wire, {:?} rotation)",
+        r.model, r.dimension, r.padded_dimension, r.rotation
+    );
+    println!(
+        "noise       clip norm {}, noise multiplier {:.4}{}; sized for {} honest survivors",
+        r.clip_norm,
+        r.noise_multiplier,
+        if r.calibrated {
+            " (calibrated to the budget)"
+        } else {
+            ""
+        },
+        r.honest_survivors
+    );
+    println!(
+        "            each party adds a discrete Gaussian of std {:.2} integer units",
+        r.noise_std_per_party
+    );
+    println!(
+        "encoding    {} bits (at least {} needed), γ = {:.4e}; clip {:.1} integer units, \
+         sensitivity after rounding {:.1} (×{:.4})",
+        r.bits, r.bits_needed, r.gamma, r.scaled_clip, r.sensitivity, r.sensitivity_inflation
+    );
+    println!(
+        "ρ per round {:.6} (zCDP, sum of discrete Gaussians)",
+        r.rho_per_round
+    );
+    let n = r.epsilon_by_round.len();
+    let shown: Vec<usize> = if n <= 12 {
+        (0..n).collect()
+    } else {
+        let mut v: Vec<usize> = (0..5).collect();
+        v.extend([n / 4, n / 2, 3 * n / 4, n - 2, n - 1]);
+        v.dedup();
+        v
+    };
+    println!("ε by round  ({} accountant)", r.accountant);
+    for i in shown {
+        println!(
+            "  after round {:>5}: ε = {:.4}",
+            i + 1,
+            r.epsilon_by_round[i]
+        );
+    }
+    println!(
+        "ε total     {:.4} of budget {} (ideal continuous Gaussian, same accountant: {:.4})",
+        r.epsilon_total, r.epsilon_budget, r.epsilon_ideal
+    );
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The privacy ledger on real SQLite: charges survive a crash between charge
+//! and release, the budget refuses jobs that would exceed it, and spent ε
+//! is the composition of every charge.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use shroud::dp::accountant::{rdp_curve, zcdp_epsilon_of_rho};
+use shroud::dp::plan::RoundCharge;
+use shroud::policy::AccountantKind;
+use shroud::store::{LedgerError, PrivacyLedger};
+
+fn charge(rho: f64) -> RoundCharge {
+    RoundCharge {
+        rho,
+        rdp: rdp_curve(1.0, (1.0 / (2.0 * rho)).sqrt()),
+    }
+}
+
+fn temp_db(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shroud-ledger-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("ledger.db");
+    let _ = std::fs::remove_file(&db);
+    db
+}
+
+#[test]
+fn spent_is_the_composition_of_all_charges() {
+    let db = temp_db("compose");
+    let mut l = PrivacyLedger::open(&db).unwrap();
+    l.set_budget("c1", 10.0, 1e-6, AccountantKind::Zcdp)
+        .unwrap();
+    l.begin_job("c1", "job-a", "hash", &[charge(0.05), charge(0.05)])
+        .unwrap();
+    let first = l.charge("job-a", 1, 0, &charge(0.05)).unwrap();
+    let second = l.charge("job-a", 2, 0, &charge(0.075)).unwrap();
+    assert!(second.epsilon_after > first.epsilon_after);
+    let spent = l.spent("c1").unwrap();
+    assert_eq!(spent.charges, 2);
+    // ρ adds: 0.125 total gives the known conversion at δ = 1e-6.
+    assert!((spent.epsilon - 2.41909).abs() < 1e-4, "{}", spent.epsilon);
+    assert!((spent.epsilon - zcdp_epsilon_of_rho(0.125, 1e-6).unwrap()).abs() < 1e-12);
+    assert!((second.epsilon_after - spent.epsilon).abs() < 1e-12);
+    assert!(!second.released);
+    l.mark_released(second.id).unwrap();
+    assert!(l.charges(Some("job-a")).unwrap()[1].released);
+}
+
+#[test]
+fn a_job_over_budget_is_refused_and_leaves_no_trace() {
+    let db = temp_db("refuse");
+    let mut l = PrivacyLedger::open(&db).unwrap();
+    l.set_budget("c2", 1.0, 1e-5, AccountantKind::Rdp).unwrap();
+    let heavy: Vec<RoundCharge> = (0..50).map(|_| charge(0.05)).collect();
+    match l.begin_job("c2", "too-much", "hash", &heavy) {
+        Err(LedgerError::BudgetExceeded {
+            with_job, budget, ..
+        }) => {
+            assert!(with_job > budget);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(l.spent("c2").unwrap().jobs, 0);
+    assert!(matches!(
+        l.charge("too-much", 1, 0, &charge(0.1)),
+        Err(LedgerError::UnknownJob(_))
+    ));
+    // A small job fits, and then a second one no longer does.
+    let light: Vec<RoundCharge> = (0..3).map(|_| charge(0.002)).collect();
+    l.begin_job("c2", "light", "hash", &light).unwrap();
+    for r in 0..3 {
+        l.charge("light", r, 0, &charge(0.002)).unwrap();
+    }
+    let big: Vec<RoundCharge> = (0..40).map(|_| charge(0.002)).collect();
+    let err = l.begin_job("c2", "next", "hash", &big).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("job refused: consortium c2 has spent"),
+        "{err}"
+    );
+}
+
+const CRASH_DB: &str = "SHROUD_TEST_CRASH_DB";
+
+/// In the child: charge a round, then die before releasing it.
+fn crash_child(db: &Path) -> ! {
+    let mut l = PrivacyLedger::open(db).unwrap();
+    l.set_budget("c3", 5.0, 1e-5, AccountantKind::Zcdp).unwrap();
+    l.begin_job("c3", "job-crash", "hash", &[charge(0.1)])
+        .unwrap();
+    l.charge("job-crash", 7, 0, &charge(0.1)).unwrap();
+    // The process dies between the charge and the release: no destructor,
+    // no clean close of the database.
+    std::process::abort();
+}
+
+#[test]
+fn a_charge_survives_a_crash_before_release() {
+    if let Ok(db) = std::env::var(CRASH_DB) {
+        crash_child(Path::new(&db));
+    }
+    let db = temp_db("crash");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_charge_survives_a_crash_before_release",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CRASH_DB, &db)
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child was meant to abort");
+    let l = PrivacyLedger::open(&db).unwrap();
+    let charges = l.charges(Some("job-crash")).unwrap();
+    assert_eq!(charges.len(), 1, "the in-flight round's charge is on disk");
+    assert_eq!(charges[0].round, 7);
+    assert!(!charges[0].released);
+    let spent = l.spent("c3").unwrap();
+    assert!(spent.epsilon > 0.0, "the in-flight round counts as spent");
+}

@@ -1,0 +1,203 @@
+//! Policy files: every file in policies/ is valid, and each kind of bad
+//! policy gets the promised message naming the file, the key and what would
+//! be valid.
+
+use std::path::Path;
+
+use shroud::policy::{Policy, PolicyError, Unit};
+
+fn base() -> String {
+    std::fs::read_to_string("policies/default.toml").unwrap()
+}
+
+fn parse(text: &str) -> Result<Policy, PolicyError> {
+    Policy::parse(Path::new("policies/test.toml"), text)
+}
+
+fn refused(text: &str) -> PolicyError {
+    match parse(text) {
+        Ok(_) => panic!("policy was accepted:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+fn assert_names(e: &PolicyError, key: &str, fragment: &str) {
+    let msg = e.to_string();
+    assert!(msg.starts_with("policies/test.toml"), "{msg}");
+    assert!(msg.contains(key), "expected key `{key}` in: {msg}");
+    assert!(msg.contains(fragment), "expected `{fragment}` in: {msg}");
+}
+
+#[test]
+fn every_policy_in_the_folder_is_valid() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir("policies").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let p = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.hash.len(), 64);
+        assert!(p.privacy.noise_multiplier > 0.0, "{}", path.display());
+        seen += 1;
+    }
+    assert!(
+        seen >= 3,
+        "expected default, strict and party-level policies"
+    );
+    let strict = Policy::load(Path::new("policies/strict.toml")).unwrap();
+    assert!(strict.privacy.epsilon <= 1.0);
+    assert_eq!(strict.privacy.unit, Unit::Record);
+    let party = Policy::load(Path::new("policies/party-level.toml")).unwrap();
+    assert_eq!(party.privacy.unit, Unit::Party);
+}
+
+#[test]
+fn unknown_key_names_it_with_line_and_column() {
+    let text = base().replace("bits = 20", "bits = 20\nbitz = 3");
+    let e = refused(&text);
+    let msg = e.to_string();
+    assert!(msg.contains("unknown field `bitz`"), "{msg}");
+    assert!(msg.contains("bits"), "valid keys listed: {msg}");
+    let (line, _) = e.line_col.expect("line and column");
+    let want = text.lines().position(|l| l.starts_with("bitz")).unwrap() + 1;
+    assert_eq!(line, want, "{msg}");
+}
+
+#[test]
+fn syntax_errors_give_line_and_column() {
+    let e = refused(&base().replace("epsilon = 8.0", "epsilon = = 8.0"));
+    assert!(e.line_col.is_some(), "{e}");
+}
+
+#[test]
+fn threshold_above_roster() {
+    let e = refused(&base().replace("threshold = 6 ", "threshold = 9 "));
+    assert_names(
+        &e,
+        "consortium.threshold",
+        "above the roster size (8 parties); use 2 to 8",
+    );
+    assert!(e.line_col.is_some());
+}
+
+#[test]
+fn colluding_at_or_above_threshold() {
+    let e = refused(&base().replace("max_colluding = 2 ", "max_colluding = 6 "));
+    assert_names(
+        &e,
+        "consortium.max_colluding",
+        "must be below the threshold (6)",
+    );
+}
+
+#[test]
+fn budget_exceeded_by_rounds() {
+    let text = base().replace("calibrate = true ", "noise_multiplier = 0.8 ");
+    let e = refused(&text);
+    assert_names(&e, "privacy.rounds", "above the budget");
+    assert!(e.to_string().contains("use at most"), "{e}");
+}
+
+#[test]
+fn bits_too_few() {
+    let e = refused(&base().replace("bits = 20", "bits = 8"));
+    assert_names(&e, "encoding.bits", "bits are too few");
+    let e = refused(&base().replace("bits = 20", "bits = 12\ngamma = 1e-4"));
+    assert_names(&e, "encoding.bits", "too few for gamma");
+    let e = refused(&base().replace("bits = 20", "bits = 32\ngamma = 0.5"));
+    assert_names(&e, "encoding.gamma", "too coarse");
+}
+
+#[test]
+fn delta_not_far_below_one_over_records() {
+    let e = refused(&base().replace("delta = 1e-5", "delta = 1e-3"));
+    assert_names(
+        &e,
+        "privacy.delta",
+        "not far below one over the 1440 protected records",
+    );
+}
+
+#[test]
+fn invalid_choices_list_the_valid_ones() {
+    let e = refused(&base().replace("unit = \"record\"", "unit = \"row\""));
+    assert_names(
+        &e,
+        "privacy.unit",
+        "must be one of \"record\", \"party\", \"none\"",
+    );
+    let e = refused(&base().replace("accountant = \"zcdp\"", "accountant = \"pld\""));
+    assert_names(&e, "privacy.accountant", "\"zcdp\", \"rdp\"");
+    let e = refused(&base().replace("rotation = \"hadamard\"", "rotation = \"dct\""));
+    assert_names(&e, "encoding.rotation", "\"hadamard\", \"none\"");
+    let e = refused(&base().replace("name = \"fedavg\"", "name = \"fedprox\""));
+    assert_names(&e, "strategy.name", "fedavg");
+}
+
+#[test]
+fn out_of_range_numbers() {
+    let e = refused(&base().replace("epsilon = 8.0", "epsilon = -1.0"));
+    assert_names(&e, "privacy.epsilon", "must be a number in (0, 100]");
+    let e = refused(&base().replace("sampling_rate = 0.25", "sampling_rate = 1.5"));
+    assert_names(&e, "privacy.sampling_rate", "probability in (0, 1]");
+    let e = refused(&base().replace("bits = 20", "bits = 40"));
+    assert_names(&e, "encoding.bits", "from 8 to 32");
+}
+
+#[test]
+fn missing_and_conflicting_noise_settings() {
+    let e = refused(&base().replace("calibrate = true ", ""));
+    assert_names(&e, "privacy.noise_multiplier", "is required");
+    let e = refused(&base().replace(
+        "calibrate = true ",
+        "calibrate = true\nnoise_multiplier = 2.0 ",
+    ));
+    assert_names(&e, "privacy.calibrate", "not both");
+}
+
+#[test]
+fn bad_identity_keys_and_duplicate_ids() {
+    let text = base().replacen(
+        "b27b0c206468f5085cb0517ba6db28ddba1db1b58fa63c44e2c129755ca463f3",
+        "not-a-key",
+        1,
+    );
+    let e = refused(&text);
+    assert_names(&e, "party[0].identity_key", "64 hex characters");
+    let e = refused(&base().replacen("id = 1\n", "id = 0\n", 1));
+    assert_names(&e, "party[1].id", "appears twice");
+}
+
+#[test]
+fn record_unit_needs_record_counts() {
+    let e = refused(&base().replace("records = 180\n", ""));
+    assert_names(&e, "party", "needs `records`");
+}
+
+#[test]
+fn active_mode_needs_a_majority_threshold() {
+    let e = refused(
+        &base()
+            .replace("threshold = 6 ", "threshold = 4 ")
+            .replace("max_colluding = 2 ", "max_colluding = 1 "),
+    );
+    assert_names(&e, "consortium.threshold", "above half");
+}
+
+#[test]
+fn calibration_spends_exactly_the_budget() {
+    let p = parse(&base()).unwrap();
+    let plan = shroud::dp::plan::PrivacyPlan::for_policy(&p).unwrap();
+    assert!(plan.epsilon_total <= p.privacy.epsilon);
+    assert!(
+        plan.epsilon_total > 0.999 * p.privacy.epsilon,
+        "{}",
+        plan.epsilon_total
+    );
+    // ε grows round by round and the discrete pipeline costs a little more
+    // than the ideal Gaussian.
+    assert!(plan.epsilon_by_round.windows(2).all(|w| w[0] < w[1]));
+    assert!(plan.epsilon_ideal <= plan.epsilon_total);
+    assert!(plan.epsilon_ideal > 0.9 * plan.epsilon_total);
+}

@@ -1,0 +1,98 @@
+//! `shroud policy check` and `shroud budget show` as a reviewer runs them.
+
+use std::process::Command;
+
+fn shroud(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shroud"))
+        .args(args)
+        .output()
+        .expect("run shroud");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn policy_check_json_has_the_promised_figures() {
+    let (code, stdout, stderr) = shroud(&["policy", "check", "policies/default.toml", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for key in [
+        "accountant",
+        "noise_std_per_party",
+        "gamma",
+        "bits_needed",
+        "epsilon_by_round",
+        "epsilon_total",
+        "epsilon_ideal",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    let by_round = v["epsilon_by_round"].as_array().unwrap();
+    assert_eq!(by_round.len() as u64, v["rounds"].as_u64().unwrap());
+    let total = v["epsilon_total"].as_f64().unwrap();
+    assert!(total <= v["epsilon_budget"].as_f64().unwrap());
+    assert!(v["epsilon_ideal"].as_f64().unwrap() <= total);
+    assert!(v["noise_std_per_party"].as_f64().unwrap() > 1.0);
+    assert_eq!(v["accountant"], "zcdp");
+}
+
+#[test]
+fn policy_check_refuses_a_bad_file_with_its_name() {
+    let dir = std::env::temp_dir().join(format!("shroud-policy-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    let text = std::fs::read_to_string("policies/default.toml")
+        .unwrap()
+        .replace("threshold = 6 ", "threshold = 12 ");
+    std::fs::write(&path, text).unwrap();
+    let (code, stdout, stderr) = shroud(&["policy", "check", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("consortium.threshold"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = shroud(&["policy", "check", "no/such/file.toml"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("cannot read the policy file"), "{stderr}");
+}
+
+#[test]
+fn budget_show_reads_the_ledger() {
+    use shroud::dp::plan::RoundCharge;
+    use shroud::store::PrivacyLedger;
+    let dir = std::env::temp_dir().join(format!("shroud-budget-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("ledger.db");
+    let _ = std::fs::remove_file(&db);
+    {
+        let mut l = PrivacyLedger::open(&db).unwrap();
+        l.set_budget("demo", 4.0, 1e-6, shroud::policy::AccountantKind::Zcdp)
+            .unwrap();
+        let c = RoundCharge {
+            rho: 0.0625,
+            rdp: shroud::dp::accountant::rdp_curve(1.0, 2.0),
+        };
+        l.begin_job("demo", "job-1", "abc", &[c.clone(), c.clone()])
+            .unwrap();
+        l.charge("job-1", 1, 0, &c).unwrap();
+        l.charge("job-1", 2, 0, &c).unwrap();
+    }
+    let (code, stdout, stderr) =
+        shroud(&["budget", "show", "--db", db.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let c = &v["consortia"][0];
+    assert_eq!(c["consortium"], "demo");
+    assert!((c["epsilon"].as_f64().unwrap() - 2.41909).abs() < 1e-4);
+    assert_eq!(v["charges"].as_array().unwrap().len(), 2);
+    let (code, stdout, _) = shroud(&["budget", "show", "--db", db.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("demo: spent ε = 2.4191 of 4"), "{stdout}");
+    let (code, _, stderr) = shroud(&["budget", "show", "--db", "/nonexistent/x.db"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no such database"), "{stderr}");
+}
