@@ -9,6 +9,7 @@ use shroud_crypto::Phase;
 
 use crate::secagg_sim::{self, DropPhase, Neighbours, SimArgs};
 
+mod bench_cmd;
 mod budget_cmd;
 mod policy_cmd;
 
@@ -34,6 +35,25 @@ enum Command {
     /// Show the privacy budget recorded in a ledger.
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// Measure pipeline speed against raw ChaCha keystream in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Encoding of one update with its discrete Gaussian noise share.
+    Encoding {
+        /// Coordinates in the update.
+        #[arg(long, default_value_t = 1_000_000)]
+        len: usize,
+        /// Noise standard deviation in integer units.
+        #[arg(long, default_value_t = 1000.0)]
+        sigma: f64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -204,6 +224,9 @@ pub fn main() -> ExitCode {
         Command::SecaggSim(f) => secagg_sim(f),
         Command::Policy(PolicyCommand::Check { file, json }) => policy_cmd::check(&file, json),
         Command::Budget(BudgetCommand::Show { db, json }) => budget_cmd::show(&db, json),
+        Command::Bench(BenchCommand::Encoding { len, sigma, json }) => {
+            bench_cmd::encoding(len, sigma, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

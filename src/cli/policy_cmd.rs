@@ -126,8 +126,12 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "privacy     unit {:?}, accountant {}, budget ε = {} at δ = {}, {} rounds{}",
-        r.unit,
+        "privacy     unit {}, accountant {}, budget ε = {} at δ = {}, {} rounds{}",
+        match r.unit {
+            Unit::Record => "record",
+            Unit::Party => "party",
+            Unit::None => "none",
+        },
         r.accountant,
         r.epsilon_budget,
         r.delta,

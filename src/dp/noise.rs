@@ -9,6 +9,9 @@ use opendp::measurements::make_gaussian;
 use opendp::measures::ZeroConcentratedDivergence;
 use opendp::metrics::L2Distance;
 
+/// Vectors shorter than this are sampled on one thread.
+const PARALLEL_MIN: usize = 4096;
+
 /// One party's share of the noise: `N_Z(0, σ²)` on every coordinate.
 pub struct DiscreteGaussianShare {
     sigma: f64,
@@ -54,14 +57,42 @@ impl DiscreteGaussianShare {
         self.sigma
     }
 
-    /// Adds a fresh noise share to `v` in place.
+    /// Adds a fresh noise share to `v` in place. opendp's exact sampler
+    /// does arbitrary-precision arithmetic per coordinate, so long vectors
+    /// are split over the machine's cores, each thread with its own
+    /// measurement (opendp's functions are not `Send`).
     pub fn add_to(&self, v: &mut Vec<i64>) -> Result<(), NoiseError> {
-        let noisy = self
-            .measurement
-            .invoke(v)
-            .map_err(|e| NoiseError(e.to_string()))?;
-        *v = noisy;
-        Ok(())
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if threads == 1 || v.len() < PARALLEL_MIN {
+            let noisy = self
+                .measurement
+                .invoke(v)
+                .map_err(|e| NoiseError(e.to_string()))?;
+            *v = noisy;
+            return Ok(());
+        }
+        let sigma = self.sigma;
+        let per = v.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = v
+                .chunks_mut(per)
+                .map(|chunk| {
+                    s.spawn(move || -> Result<(), NoiseError> {
+                        let m = Self::new(sigma)?;
+                        let noisy = m
+                            .measurement
+                            .invoke(&chunk.to_vec())
+                            .map_err(|e| NoiseError(e.to_string()))?;
+                        chunk.copy_from_slice(&noisy);
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| NoiseError("noise thread panicked".into()))?
+            })
+        })
     }
 
     /// ρ of one share alone at L2 sensitivity `d_in`, from opendp's own map.
