@@ -6,7 +6,9 @@
 //! and nothing depends on it.
 
 pub mod cli;
+pub mod data;
 pub mod dp;
+pub mod model;
 pub mod policy;
 pub mod secagg_sim;
 pub mod store;

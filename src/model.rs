@@ -1,0 +1,404 @@
+//! Small dense models: softmax regression and ReLU MLPs on `ndarray`, with
+//! forward, backward, per-example gradients (for record-level DP), SGD with
+//! momentum, and weights in safetensors under PyTorch's `nn.Sequential`
+//! names (`0.weight`, `0.bias`, `2.weight`, …; ReLUs sit at the odd
+//! indices), weight matrices shaped `(out, in)`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::data::Dataset;
+
+#[derive(Clone, Debug)]
+pub struct Dense {
+    /// `(out, in)`, as PyTorch's `nn.Linear.weight`.
+    pub w: Array2<f64>,
+    pub b: Array1<f64>,
+}
+
+/// A stack of dense layers with ReLU between them; no hidden layer is
+/// softmax regression.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub layers: Vec<Dense>,
+}
+
+#[derive(Debug)]
+pub struct ModelError(pub String);
+
+impl std::fmt::Display for ModelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ModelError {}
+
+fn gaussian(rng: &mut ChaCha20Rng) -> f64 {
+    let u1 = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let u2 = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+impl Mlp {
+    /// `sizes` = [inputs, hidden…, classes]; He initialisation from `seed`.
+    pub fn new(sizes: &[usize], seed: u64) -> Mlp {
+        assert!(sizes.len() >= 2, "a model needs inputs and classes");
+        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x30de1);
+        let layers = sizes
+            .windows(2)
+            .map(|w| {
+                let (fan_in, fan_out) = (w[0], w[1]);
+                let scale = (2.0 / fan_in as f64).sqrt();
+                Dense {
+                    w: Array2::from_shape_simple_fn((fan_out, fan_in), || {
+                        gaussian(&mut rng) * scale
+                    }),
+                    b: Array1::zeros(fan_out),
+                }
+            })
+            .collect();
+        Mlp { layers }
+    }
+
+    pub fn sizes(&self) -> Vec<usize> {
+        let mut s = vec![self.layers[0].w.ncols()];
+        s.extend(self.layers.iter().map(|l| l.w.nrows()));
+        s
+    }
+
+    /// Number of parameters.
+    pub fn dimension(&self) -> usize {
+        self.layers.iter().map(|l| l.w.len() + l.b.len()).sum()
+    }
+
+    /// Logits for a batch (rows are records).
+    pub fn forward(&self, x: ArrayView2<f64>) -> Array2<f64> {
+        self.forward_cached(x).1
+    }
+
+    /// Inputs to every layer, and the logits.
+    fn forward_cached(&self, x: ArrayView2<f64>) -> (Vec<Array2<f64>>, Array2<f64>) {
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut a = x.to_owned();
+        for (i, l) in self.layers.iter().enumerate() {
+            let mut z = a.dot(&l.w.t());
+            z += &l.b;
+            inputs.push(a);
+            if i + 1 < self.layers.len() {
+                z.mapv_inplace(|v| v.max(0.0));
+            }
+            a = z;
+        }
+        (inputs, a)
+    }
+
+    /// Per-example `∂loss/∂logits` (softmax minus one-hot) and losses.
+    fn output_delta(logits: &Array2<f64>, y: &[usize]) -> (Array2<f64>, Vec<f64>) {
+        let mut p = logits.clone();
+        let mut losses = Vec::with_capacity(y.len());
+        for (mut row, &label) in p.axis_iter_mut(Axis(0)).zip(y) {
+            let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            row.mapv_inplace(|v| (v - m).exp());
+            let s = row.sum();
+            row.mapv_inplace(|v| v / s);
+            losses.push(-(row[label].max(1e-300)).ln());
+            row[label] -= 1.0;
+        }
+        (p, losses)
+    }
+
+    /// Per-record cross-entropy losses.
+    pub fn losses(&self, x: ArrayView2<f64>, y: &[usize]) -> Vec<f64> {
+        Self::output_delta(&self.forward(x), y).1
+    }
+
+    /// Mean cross-entropy and its gradient, flattened.
+    pub fn loss_and_grad(&self, x: ArrayView2<f64>, y: &[usize]) -> (f64, Vec<f64>) {
+        let (inputs, logits) = self.forward_cached(x);
+        let (mut delta, losses) = Self::output_delta(&logits, y);
+        let n = y.len() as f64;
+        let mut grads: Vec<(Array2<f64>, Array1<f64>)> = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate().rev() {
+            let gw = delta.t().dot(&inputs[i]) / n;
+            let gb = delta.sum_axis(Axis(0)) / n;
+            grads.push((gw, gb));
+            if i > 0 {
+                let mut prev = delta.dot(&l.w);
+                prev.zip_mut_with(&inputs[i], |d, a| {
+                    if *a <= 0.0 {
+                        *d = 0.0
+                    }
+                });
+                delta = prev;
+            }
+        }
+        grads.reverse();
+        let mut flat = Vec::with_capacity(self.dimension());
+        for (gw, gb) in grads {
+            flat.extend(gw.iter());
+            flat.extend(gb.iter());
+        }
+        (losses.iter().sum::<f64>() / n, flat)
+    }
+
+    /// One flattened gradient per record (of that record's loss alone).
+    pub fn per_example_grads(&self, x: ArrayView2<f64>, y: &[usize]) -> Vec<Vec<f64>> {
+        let (inputs, logits) = self.forward_cached(x);
+        let (mut delta, _) = Self::output_delta(&logits, y);
+        let n = y.len();
+        let dim = self.dimension();
+        let mut out = vec![vec![0.0; dim]; n];
+        // Offsets of each layer's block in the flat vector.
+        let mut offsets = Vec::with_capacity(self.layers.len());
+        let mut at = 0;
+        for l in &self.layers {
+            offsets.push(at);
+            at += l.w.len() + l.b.len();
+        }
+        for (i, l) in self.layers.iter().enumerate().rev() {
+            let (rows, cols) = l.w.dim();
+            for (r, g) in out.iter_mut().enumerate() {
+                let d = delta.row(r);
+                let a = inputs[i].row(r);
+                let block = &mut g[offsets[i]..offsets[i] + rows * cols + rows];
+                for o in 0..rows {
+                    let dv = d[o];
+                    if dv != 0.0 {
+                        let dst = &mut block[o * cols..(o + 1) * cols];
+                        for (x, av) in dst.iter_mut().zip(a.iter()) {
+                            *x = dv * av;
+                        }
+                    }
+                    block[rows * cols + o] = dv;
+                }
+            }
+            if i > 0 {
+                let mut prev = delta.dot(&l.w);
+                prev.zip_mut_with(&inputs[i], |d, a| {
+                    if *a <= 0.0 {
+                        *d = 0.0
+                    }
+                });
+                delta = prev;
+            }
+        }
+        out
+    }
+
+    /// Parameters flattened: each layer's weight (row-major) then bias.
+    pub fn to_flat(&self) -> Vec<f64> {
+        let mut v = Vec::with_capacity(self.dimension());
+        for l in &self.layers {
+            v.extend(l.w.iter());
+            v.extend(l.b.iter());
+        }
+        v
+    }
+
+    pub fn set_flat(&mut self, v: &[f64]) -> Result<(), ModelError> {
+        if v.len() != self.dimension() {
+            return Err(ModelError(format!(
+                "{} values for a model of {} parameters",
+                v.len(),
+                self.dimension()
+            )));
+        }
+        let mut at = 0;
+        for l in self.layers.iter_mut() {
+            for w in l.w.iter_mut() {
+                *w = v[at];
+                at += 1;
+            }
+            for b in l.b.iter_mut() {
+                *b = v[at];
+                at += 1;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn predict(&self, x: ArrayView2<f64>) -> Vec<usize> {
+        self.forward(x)
+            .axis_iter(Axis(0))
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+                        if v > best.1 {
+                            (i, v)
+                        } else {
+                            best
+                        }
+                    })
+                    .0
+            })
+            .collect()
+    }
+
+    pub fn accuracy(&self, d: &Dataset) -> f64 {
+        if d.is_empty() {
+            return 0.0;
+        }
+        let x = matrix(d, None);
+        let hits = self
+            .predict(x.view())
+            .iter()
+            .zip(&d.labels)
+            .filter(|(p, y)| p == y)
+            .count();
+        hits as f64 / d.len() as f64
+    }
+
+    /// Writes the weights as safetensors (f32), PyTorch names and shapes.
+    pub fn save_safetensors(&self, path: &Path) -> Result<(), ModelError> {
+        use safetensors::tensor::{Dtype, TensorView};
+        let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let idx = 2 * i;
+            let to_bytes = |it: &mut dyn Iterator<Item = f64>| -> Vec<u8> {
+                it.flat_map(|v| (v as f32).to_le_bytes()).collect()
+            };
+            buffers.push((
+                format!("{idx}.weight"),
+                vec![l.w.nrows(), l.w.ncols()],
+                to_bytes(&mut l.w.iter().copied()),
+            ));
+            buffers.push((
+                format!("{idx}.bias"),
+                vec![l.b.len()],
+                to_bytes(&mut l.b.iter().copied()),
+            ));
+        }
+        let views: Vec<(String, TensorView<'_>)> = buffers
+            .iter()
+            .map(|(n, shape, data)| {
+                TensorView::new(Dtype::F32, shape.clone(), data)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| ModelError(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        let bytes =
+            safetensors::serialize(views, Some(meta)).map_err(|e| ModelError(e.to_string()))?;
+        std::fs::write(path, bytes).map_err(|e| ModelError(format!("{}: {e}", path.display())))
+    }
+
+    /// Reads weights written by [`Mlp::save_safetensors`] (or by PyTorch
+    /// from an `nn.Sequential` of Linear and ReLU layers).
+    pub fn load_safetensors(path: &Path) -> Result<Mlp, ModelError> {
+        use safetensors::tensor::Dtype;
+        let bytes =
+            std::fs::read(path).map_err(|e| ModelError(format!("{}: {e}", path.display())))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ModelError(e.to_string()))?;
+        let mut layers = Vec::new();
+        for i in 0.. {
+            let (wn, bn) = (format!("{}.weight", 2 * i), format!("{}.bias", 2 * i));
+            let Ok(w) = st.tensor(&wn) else { break };
+            let b = st
+                .tensor(&bn)
+                .map_err(|_| ModelError(format!("missing {bn}")))?;
+            let read = |t: &safetensors::tensor::TensorView<'_>| -> Result<Vec<f64>, ModelError> {
+                match t.dtype() {
+                    Dtype::F32 => Ok(t
+                        .data()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                        .collect()),
+                    Dtype::F64 => Ok(t
+                        .data()
+                        .chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .collect()),
+                    other => Err(ModelError(format!("unsupported dtype {other:?}"))),
+                }
+            };
+            let shape = w.shape().to_vec();
+            if shape.len() != 2 || b.shape() != [shape[0]] {
+                return Err(ModelError(format!("{wn} / {bn} have inconsistent shapes")));
+            }
+            let w = Array2::from_shape_vec((shape[0], shape[1]), read(&w)?)
+                .map_err(|e| ModelError(e.to_string()))?;
+            let b = Array1::from_vec(read(&b)?);
+            layers.push(Dense { w, b });
+        }
+        if layers.is_empty() {
+            return Err(ModelError("no `0.weight` tensor".into()));
+        }
+        Ok(Mlp { layers })
+    }
+}
+
+/// Rows of `d` (or of the listed indices) as a matrix.
+pub fn matrix(d: &Dataset, idx: Option<&[usize]>) -> Array2<f64> {
+    match idx {
+        None => {
+            let flat: Vec<f64> = d.features.iter().flatten().copied().collect();
+            Array2::from_shape_vec((d.len(), d.dim()), flat).expect("rectangular rows")
+        }
+        Some(idx) => {
+            let flat: Vec<f64> = idx
+                .iter()
+                .flat_map(|&i| d.features[i].iter().copied())
+                .collect();
+            Array2::from_shape_vec((idx.len(), d.dim()), flat).expect("rectangular rows")
+        }
+    }
+}
+
+/// SGD with (heavy-ball) momentum on a flat parameter vector.
+#[derive(Clone, Debug)]
+pub struct Sgd {
+    pub lr: f64,
+    pub momentum: f64,
+    velocity: Vec<f64>,
+}
+
+impl Sgd {
+    pub fn new(lr: f64, momentum: f64, dim: usize) -> Sgd {
+        Sgd {
+            lr,
+            momentum,
+            velocity: vec![0.0; dim],
+        }
+    }
+
+    pub fn step(&mut self, params: &mut [f64], grad: &[f64]) {
+        for ((p, v), g) in params.iter_mut().zip(self.velocity.iter_mut()).zip(grad) {
+            *v = self.momentum * *v + g;
+            *p -= self.lr * *v;
+        }
+    }
+}
+
+/// Trains `model` centrally by minibatch SGD: the reference every federated
+/// result is compared with.
+pub fn train_central(
+    model: &mut Mlp,
+    d: &Dataset,
+    epochs: usize,
+    batch: usize,
+    lr: f64,
+    momentum: f64,
+    seed: u64,
+) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0xce17);
+    let mut opt = Sgd::new(lr, momentum, model.dimension());
+    let mut params = model.to_flat();
+    for _ in 0..epochs {
+        let order = crate::data::shuffled(d.len(), &mut rng);
+        for chunk in order.chunks(batch.max(1)) {
+            let x = matrix(d, Some(chunk));
+            let y: Vec<usize> = chunk.iter().map(|&i| d.labels[i]).collect();
+            let (_, g) = model.loss_and_grad(x.view(), &y);
+            opt.step(&mut params, &g);
+            model.set_flat(&params).expect("same dimension");
+        }
+    }
+}
