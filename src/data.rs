@@ -275,7 +275,7 @@ pub fn shuffled(n: usize, rng: &mut ChaCha20Rng) -> Vec<usize> {
 
 /// A seeded train/test split of one data set.
 pub fn train_test_split(d: &Dataset, test_fraction: f64, seed: u64) -> (Dataset, Dataset) {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5711_7);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x0005_7117);
     let idx = shuffled(d.len(), &mut rng);
     let n_test = ((d.len() as f64) * test_fraction).round() as usize;
     let (test, train) = idx.split_at(n_test);
@@ -344,7 +344,7 @@ pub fn partition(
             "cannot deal {n} records to {parties} parties"
         )));
     }
-    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0xd1_5717);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x00d1_5717);
     match *how {
         Partition::Iid => {
             let idx = shuffled(n, &mut rng);
