@@ -8,7 +8,9 @@
 pub mod cli;
 pub mod data;
 pub mod dp;
+pub mod job;
 pub mod model;
 pub mod policy;
 pub mod secagg_sim;
 pub mod store;
+pub mod strategy;

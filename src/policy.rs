@@ -607,6 +607,8 @@ impl Validator<'_> {
                     "is required with unit = \"record\": the Poisson sampling rate per record, in (0, 1]",
                 ))
             }
+            // Without DP the rate still sets the record-level batches.
+            (Unit::None, Some(q)) => self.finite_in("privacy.sampling_rate", q, 0.0, 1.0, "a probability in (0, 1]")?,
             (_, Some(_)) => {
                 return Err(self.err(
                     "privacy.sampling_rate",
@@ -615,19 +617,20 @@ impl Validator<'_> {
             }
             (_, None) => 1.0,
         };
-        let noise_multiplier = match (pr.noise_multiplier, pr.calibrate) {
+        let noise_multiplier = match (pr.noise_multiplier, pr.calibrate && unit != Unit::None) {
             (Some(_), true) => {
                 return Err(self.err(
                     "privacy.calibrate",
                     "give either noise_multiplier or calibrate = true, not both",
                 ))
             }
+            // No DP: no noise, whatever else the file says.
+            (_, false) if unit == Unit::None => 0.0,
             (Some(z), false) => {
                 self.finite_in("privacy.noise_multiplier", z, 0.0, 1e4, "a positive number")?
             }
             // Filled in by calibration below.
             (None, true) => f64::NAN,
-            (None, false) if unit == Unit::None => 0.0,
             (None, false) => {
                 return Err(self.err(
                     "privacy.noise_multiplier",
@@ -845,7 +848,7 @@ impl Validator<'_> {
                 canaries,
             },
         };
-        if pr.calibrate {
+        if pr.calibrate && unit != Unit::None {
             let z = PrivacyPlan::calibrate(&policy).map_err(|e| self.plan_error(e))?;
             policy.privacy.noise_multiplier = z;
         }

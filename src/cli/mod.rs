@@ -11,6 +11,7 @@ use crate::secagg_sim::{self, DropPhase, Neighbours, SimArgs};
 
 mod bench_cmd;
 mod budget_cmd;
+mod demo_cmd;
 mod policy_cmd;
 
 #[derive(Parser)]
@@ -35,6 +36,9 @@ enum Command {
     /// Show the privacy budget recorded in a ledger.
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// Run a whole consortium job on bundled data in this process: parties,
+    /// coordinator, secure aggregation, DP noise and the ledger.
+    Demo(demo_cmd::DemoFlags),
     /// Measure pipeline speed against raw ChaCha keystream in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -222,6 +226,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::SecaggSim(f) => secagg_sim(f),
+        Command::Demo(f) => demo_cmd::run(f),
         Command::Policy(PolicyCommand::Check { file, json }) => policy_cmd::check(&file, json),
         Command::Budget(BudgetCommand::Show { db, json }) => budget_cmd::show(&db, json),
         Command::Bench(BenchCommand::Encoding { len, sigma, json }) => {

@@ -111,14 +111,21 @@ fn shape(policy: &Policy) -> Shape {
         dimension
     };
     let parties = policy.parties();
-    let contributions = match policy.privacy.unit {
-        Unit::Record => {
+    // Without DP, FedAvg still sums per-record gradients when the roster
+    // states record counts.
+    let record_sums = match policy.privacy.unit {
+        Unit::Record => true,
+        Unit::None => policy.total_records().is_some(),
+        Unit::Party => false,
+    };
+    let contributions = match record_sums {
+        true => {
             // Poisson sampling: the expected batch plus a wide tail margin.
             let n = policy.total_records().unwrap_or(0) as f64;
             let mean = policy.privacy.sampling_rate * n;
             (mean + 7.0 * mean.sqrt() + 7.0).min(n.max(1.0))
         }
-        _ => parties as f64,
+        false => parties as f64,
     };
     Shape {
         dimension,

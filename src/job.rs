@@ -1,0 +1,401 @@
+//! The whole job in one process: every party and the coordinator driven
+//! through complete rounds with the real encoding, noise shares, masks,
+//! unmasking, decoding and ledger charges, and dropouts injected on
+//! request. The networked service runs the same steps over HTTP.
+//!
+//! Order of a round, per task: charge the ledger (committed, fsynced) →
+//! parties compute, encode and add noise → secure aggregation → check the
+//! secure sum against the plain sum of the contributors' inputs → decode →
+//! the strategy absorbs the result → the charge is marked released. A
+//! round that aborts (too few survivors) stays charged.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand_chacha::rand_core::{OsRng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use shroud_crypto::sim::{plain_sum, NoMeter, Sim};
+use shroud_crypto::{GraphSpec, IdentityKey, PartyId, Phase, Round, RoundConfig, SessionParams};
+
+use crate::data::Dataset;
+use crate::dp::encode::EncodingScheme;
+use crate::dp::noise::DiscreteGaussianShare;
+use crate::dp::plan::PrivacyPlan;
+use crate::policy::{Neighbours, Policy, Rotation, Unit};
+use crate::store::PrivacyLedger;
+use crate::strategy::{Contribution, PartyView, Strategy, TaskResult, TaskSpec};
+
+/// One member as the in-process job holds it.
+pub struct JobParty {
+    pub id: u32,
+    pub identity_seed: zeroize::Zeroizing<[u8; 32]>,
+    pub data: Dataset,
+}
+
+/// The identity of demo party `i`: derived from a public seed, so that the
+/// bundled policies can list the matching public keys. Never use these
+/// outside the demo.
+pub fn demo_identity_seed(i: u32) -> zeroize::Zeroizing<[u8; 32]> {
+    zeroize::Zeroizing::new(Sha256::digest(format!("shroud demo party {i}").as_bytes()).into())
+}
+
+/// The roster line (hex public key) of demo party `i`.
+pub fn demo_public_key_hex(i: u32) -> String {
+    crate::policy::hex(
+        &IdentityKey::from_seed(&demo_identity_seed(i))
+            .public()
+            .to_bytes(),
+    )
+}
+
+pub struct JobSpec<'a> {
+    pub job_id: String,
+    pub policy: &'a Policy,
+    pub plan: &'a PrivacyPlan,
+    pub parties: Vec<JobParty>,
+    pub test: &'a Dataset,
+    /// Probability that a party drops out of a round (at a random phase).
+    pub dropout: f64,
+    pub seed: u64,
+    /// Required to run a policy with `unit = "none"`.
+    pub allow_no_dp: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundOutcome {
+    pub round: u32,
+    pub accuracy: f64,
+    /// ε spent by the consortium after this round (`None` without DP).
+    pub epsilon_spent: Option<f64>,
+    pub contributors: usize,
+    pub dropped: Vec<u32>,
+    /// Why the round aborted, if it did; it stays charged.
+    pub aborted: Option<String>,
+}
+
+pub struct JobOutcome {
+    pub rounds: Vec<RoundOutcome>,
+    pub accuracy: f64,
+    pub epsilon_spent: Option<f64>,
+    pub delta: f64,
+    /// Party dropouts in rounds that still completed.
+    pub dropouts_survived: usize,
+    pub aborted_rounds: usize,
+    pub no_dp: bool,
+}
+
+#[derive(Debug)]
+pub enum JobError {
+    NoDpNotAllowed,
+    IdentityMismatch {
+        party: u32,
+    },
+    Ledger(crate::store::LedgerError),
+    Encode(crate::dp::encode::EncodeError),
+    Noise(crate::dp::noise::NoiseError),
+    Protocol(shroud_crypto::Error),
+    /// The secure sum differed from the plain sum: a bug, never expected.
+    SecureSumMismatch {
+        round: u32,
+        task: u32,
+    },
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobError::NoDpNotAllowed => f.write_str(
+                "the policy has privacy.unit = \"none\" (no differential privacy); \
+                 such a job only runs with --allow-no-dp, and its model is never released",
+            ),
+            JobError::IdentityMismatch { party } => write!(
+                f,
+                "party {party}'s identity key does not match its roster entry in the policy"
+            ),
+            JobError::Ledger(e) => e.fmt(f),
+            JobError::Encode(e) => write!(f, "encoding failed: {e}"),
+            JobError::Noise(e) => e.fmt(f),
+            JobError::Protocol(e) => write!(f, "secure aggregation failed: {e}"),
+            JobError::SecureSumMismatch { round, task } => write!(
+                f,
+                "round {round} task {task}: the secure sum differs from the plain sum"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for JobError {}
+
+impl From<crate::store::LedgerError> for JobError {
+    fn from(e: crate::store::LedgerError) -> Self {
+        JobError::Ledger(e)
+    }
+}
+
+/// Public per-round randomness (graph and rotation seeds), bound to the job.
+fn public_seed(label: &str, job: &str, round: u32, task: u32) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [
+        label.as_bytes(),
+        job.as_bytes(),
+        &round.to_le_bytes(),
+        &task.to_le_bytes(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+pub fn run_job(
+    spec: JobSpec<'_>,
+    strategy: &mut dyn Strategy,
+    ledger: &mut PrivacyLedger,
+    progress: &mut dyn FnMut(&RoundOutcome),
+) -> Result<JobOutcome, JobError> {
+    let policy = spec.policy;
+    let plan = spec.plan;
+    let no_dp = policy.privacy.unit == Unit::None;
+    if no_dp && !spec.allow_no_dp {
+        return Err(JobError::NoDpNotAllowed);
+    }
+    // Every party's key must be the one the roster lists.
+    let roster: BTreeMap<u32, shroud_crypto::IdentityPublicKey> = policy
+        .parties
+        .iter()
+        .map(|p| {
+            let bytes: [u8; 32] = crate::policy::unhex(&p.identity_key)
+                .and_then(|b| b.try_into().ok())
+                .expect("validated policy");
+            (
+                p.id,
+                shroud_crypto::IdentityPublicKey::from_bytes(&bytes).expect("validated policy"),
+            )
+        })
+        .collect();
+    for p in &spec.parties {
+        if roster.get(&p.id) != Some(&IdentityKey::from_seed(&p.identity_seed).public()) {
+            return Err(JobError::IdentityMismatch { party: p.id });
+        }
+    }
+    let ids: Vec<u32> = spec.parties.iter().map(|p| p.id).collect();
+    let records: BTreeMap<u32, usize> = spec.parties.iter().map(|p| (p.id, p.data.len())).collect();
+    let tasks_per_round = strategy.plan(0, &ids).tasks.len();
+    let rounds = policy.privacy.rounds;
+    if !no_dp {
+        ledger.set_budget(
+            &policy.consortium.id,
+            policy.privacy.epsilon,
+            policy.privacy.delta,
+            policy.privacy.accountant,
+        )?;
+        let planned = vec![plan.charge.clone(); rounds as usize * tasks_per_round];
+        ledger.begin_job(&policy.consortium.id, &spec.job_id, &policy.hash, &planned)?;
+    }
+    let noise = if no_dp {
+        None
+    } else {
+        Some(DiscreteGaussianShare::new(plan.noise_std_per_party).map_err(JobError::Noise)?)
+    };
+    let mut rng = ChaCha20Rng::seed_from_u64(spec.seed ^ 0x00a0_b0c0);
+    let mut outcomes = Vec::with_capacity(rounds as usize);
+    for round in 1..=rounds {
+        let round_plan = strategy.plan(round, &ids);
+        let mut outcome = RoundOutcome {
+            round,
+            accuracy: 0.0,
+            epsilon_spent: None,
+            contributors: 0,
+            dropped: Vec::new(),
+            aborted: None,
+        };
+        for task in &round_plan.tasks {
+            // Charged first, durably: a crash from here on over-counts.
+            let charge = if no_dp {
+                None
+            } else {
+                Some(ledger.charge(&spec.job_id, round, task.id, &plan.charge)?)
+            };
+            match run_task(
+                &spec,
+                plan,
+                noise.as_ref(),
+                strategy,
+                task,
+                round,
+                &records,
+                &mut rng,
+            )? {
+                TaskOutcome::Done {
+                    contributors,
+                    dropped,
+                } => {
+                    outcome.contributors = outcome.contributors.max(contributors);
+                    outcome.dropped.extend(dropped);
+                    if let Some(c) = &charge {
+                        ledger.mark_released(c.id)?;
+                    }
+                }
+                TaskOutcome::Aborted { reason, dropped } => {
+                    outcome.dropped.extend(dropped);
+                    outcome.aborted = Some(reason);
+                }
+            }
+        }
+        outcome.dropped.sort_unstable();
+        outcome.dropped.dedup();
+        outcome.accuracy = strategy.model().accuracy(spec.test);
+        if !no_dp {
+            outcome.epsilon_spent = Some(ledger.spent(&policy.consortium.id)?.epsilon);
+        }
+        progress(&outcome);
+        outcomes.push(outcome);
+    }
+    let epsilon_spent = if no_dp {
+        None
+    } else {
+        Some(ledger.spent(&policy.consortium.id)?.epsilon)
+    };
+    Ok(JobOutcome {
+        accuracy: strategy.model().accuracy(spec.test),
+        epsilon_spent,
+        delta: policy.privacy.delta,
+        dropouts_survived: outcomes
+            .iter()
+            .filter(|o| o.aborted.is_none())
+            .map(|o| o.dropped.len())
+            .sum(),
+        aborted_rounds: outcomes.iter().filter(|o| o.aborted.is_some()).count(),
+        rounds: outcomes,
+        no_dp,
+    })
+}
+
+enum TaskOutcome {
+    Done {
+        contributors: usize,
+        dropped: Vec<u32>,
+    },
+    Aborted {
+        reason: String,
+        dropped: Vec<u32>,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_task(
+    spec: &JobSpec<'_>,
+    plan: &PrivacyPlan,
+    noise: Option<&DiscreteGaussianShare>,
+    strategy: &mut dyn Strategy,
+    task: &TaskSpec,
+    round: u32,
+    records: &BTreeMap<u32, usize>,
+    rng: &mut ChaCha20Rng,
+) -> Result<TaskOutcome, JobError> {
+    let policy = spec.policy;
+    let rotation = (policy.encoding.rotation == Rotation::Hadamard)
+        .then(|| public_seed("rotation", &spec.job_id, round, task.id));
+    let scheme = EncodingScheme::from_plan(plan, rotation);
+
+    // Parties: local computation, encoding and noise share.
+    let cohort: BTreeSet<u32> = task.cohort.iter().copied().collect();
+    let mut inputs: BTreeMap<PartyId, Vec<u32>> = BTreeMap::new();
+    let mut identities = Vec::new();
+    for p in spec.parties.iter().filter(|p| cohort.contains(&p.id)) {
+        let mut prng = ChaCha20Rng::seed_from_u64(rng.next_u64());
+        let view = PartyView {
+            id: p.id,
+            data: &p.data,
+        };
+        let mut acc = match strategy.contribute(task, &view, &mut prng) {
+            Contribution::PerRecord(list) => {
+                let mut acc = vec![0i64; scheme.padded];
+                for g in list {
+                    let q = scheme.quantize(&g, &mut prng).map_err(JobError::Encode)?;
+                    acc.iter_mut().zip(q).for_each(|(a, b)| *a += b);
+                }
+                acc
+            }
+            Contribution::Whole(v) => scheme.quantize(&v, &mut prng).map_err(JobError::Encode)?,
+        };
+        if let Some(n) = noise {
+            n.add_to(&mut acc).map_err(JobError::Noise)?;
+        }
+        inputs.insert(PartyId(p.id), scheme.wrap(&acc));
+        identities.push((PartyId(p.id), IdentityKey::from_seed(&p.identity_seed)));
+    }
+
+    // Secure aggregation over the cohort.
+    let crypto_round = Round::new(RoundConfig {
+        session: SessionParams {
+            consortium: policy.consortium.id.clone(),
+            job: spec.job_id.clone(),
+            round: u64::from(round),
+            task: task.id,
+        },
+        roster: identities.iter().map(|(id, k)| (*id, k.public())).collect(),
+        threshold: policy.consortium.threshold.min(identities.len()),
+        graph: match policy.consortium.neighbours {
+            Neighbours::All => GraphSpec::Complete,
+            Neighbours::Fixed(k) if (k as usize) < identities.len() - 1 => {
+                GraphSpec::Regular { degree: k }
+            }
+            Neighbours::Fixed(_) => GraphSpec::Complete,
+        },
+        graph_seed: public_seed("graph", &spec.job_id, round, task.id),
+        bits: plan.bits,
+        len: scheme.padded,
+        active: policy.consortium.active,
+        phase_timeout: std::time::Duration::from_secs_f64(policy.consortium.phase_timeout_secs),
+    })
+    .map_err(JobError::Protocol)?;
+    let mut sim = Sim::new(
+        crypto_round,
+        identities,
+        inputs.clone(),
+        OsRng.next_u64(),
+        NoMeter,
+    )
+    .map_err(JobError::Protocol)?;
+    sim.set_threads(1);
+    let mut dropped = Vec::new();
+    for &p in &task.cohort {
+        if spec.dropout > 0.0
+            && ((rng.next_u64() >> 11) as f64) < spec.dropout * (1u64 << 53) as f64
+        {
+            let phase = Phase::ALL[(rng.next_u32() % 5) as usize];
+            sim.drop_party(PartyId(p), phase);
+            dropped.push(p);
+        }
+    }
+    let agg = match sim.run() {
+        Ok(a) => a,
+        Err(e) => {
+            return Ok(TaskOutcome::Aborted {
+                reason: e.to_string(),
+                dropped,
+            })
+        }
+    };
+    if agg.sum != plain_sum(&inputs, &agg.contributors, plan.bits) {
+        return Err(JobError::SecureSumMismatch {
+            round,
+            task: task.id,
+        });
+    }
+    let contributors: Vec<u32> = agg.contributors.iter().map(|p| p.0).collect();
+    let recs: Vec<usize> = contributors.iter().map(|p| records[p]).collect();
+    let sum = scheme.decode(&agg.sum);
+    strategy.absorb(TaskResult {
+        task,
+        sum,
+        contributors: &contributors,
+        records: &recs,
+    });
+    Ok(TaskOutcome::Done {
+        contributors: contributors.len(),
+        dropped,
+    })
+}

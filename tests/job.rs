@@ -1,0 +1,211 @@
+//! Whole jobs in one process: the demo as a user runs it, the secure sum
+//! inside a job, dropouts, the ledger's charges and the no-DP switch.
+
+use std::path::Path;
+use std::process::Command;
+
+use rand_chacha::ChaCha20Rng;
+use shroud::data::prepare;
+use shroud::dp::plan::PrivacyPlan;
+use shroud::job::{demo_identity_seed, demo_public_key_hex, run_job, JobParty, JobSpec};
+use shroud::model::Mlp;
+use shroud::policy::Policy;
+use shroud::store::PrivacyLedger;
+use shroud::strategy::{Contribution, PartyView, RoundPlan, Strategy, TaskResult, TaskSpec};
+
+fn shroud(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shroud"))
+        .args(args)
+        .output()
+        .expect("run shroud");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tmp(name: &str) -> String {
+    let d = std::env::temp_dir().join(format!("shroud-job-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.display().to_string()
+}
+
+fn json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn fedavg_without_noise_matches_central_training() {
+    let (code, out, err) = shroud(&["demo", "--central", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let central = json(&out)["accuracy"].as_f64().unwrap();
+    let dir = tmp("nodp");
+    let (code, out, err) = shroud(&[
+        "demo",
+        "--no-dp",
+        "--allow-no-dp",
+        "--rounds",
+        "100",
+        "--partition",
+        "iid",
+        "--dropout",
+        "0",
+        "--json",
+        "--out",
+        &dir,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v = json(&out);
+    let fed = v["accuracy"].as_f64().unwrap();
+    assert!(central > 0.93, "central {central}");
+    assert!(
+        fed > central - 0.02,
+        "FedAvg without noise {fed} vs central {central}"
+    );
+    // Marked as such, and never released.
+    assert_eq!(v["no_dp"], true);
+    assert_eq!(v["released"], false);
+    assert!(v["model"].is_null());
+    assert!(!Path::new(&dir).join("model.safetensors").exists());
+}
+
+#[test]
+fn no_dp_needs_the_explicit_switch() {
+    let (code, out, err) = shroud(&["demo", "--no-dp", "--rounds", "2"]);
+    assert_ne!(code, 0);
+    assert!(out.is_empty());
+    assert!(err.contains("--allow-no-dp"), "{err}");
+}
+
+#[test]
+fn demo_with_dropouts_finishes_and_charges_every_round() {
+    let dir = tmp("dp");
+    let (code, out, err) = shroud(&[
+        "demo",
+        "--rounds",
+        "12",
+        "--dropout",
+        "0.15",
+        "--seed",
+        "4",
+        "--json",
+        "--out",
+        &dir,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v = json(&out);
+    for key in ["accuracy", "epsilon_spent", "delta", "rounds", "parties"] {
+        assert!(!v[key].is_null(), "missing {key}: {out}");
+    }
+    assert_eq!(v["parties"], 8);
+    assert_eq!(v["rounds"], 12);
+    assert!(v["dropouts_survived"].as_u64().unwrap() > 0, "{out}");
+    let eps = v["epsilon_spent"].as_f64().unwrap();
+    assert!(eps > 0.0 && eps <= v["epsilon_budget"].as_f64().unwrap() * (1.0 + 1e-9));
+    assert!(v["accuracy"].as_f64().unwrap() > 0.5, "{out}");
+    assert!(Path::new(&dir).join("model.safetensors").exists());
+    assert!(Path::new(&dir).join("summary.json").exists());
+    // One charge per round, aborted rounds included, in the ledger.
+    let db = v["db"].as_str().unwrap().to_string();
+    let ledger = PrivacyLedger::open(Path::new(&db)).unwrap();
+    let charges = ledger.charges(None).unwrap();
+    assert_eq!(charges.len(), 12);
+    let mut rounds: Vec<u32> = charges.iter().map(|c| c.round).collect();
+    rounds.dedup();
+    assert_eq!(rounds, (1..=12).collect::<Vec<_>>());
+    let aborted = v["rounds_aborted"].as_u64().unwrap() as usize;
+    assert_eq!(charges.iter().filter(|c| !c.released).count(), aborted);
+    assert!((ledger.spent("demo-digits").unwrap().epsilon - eps).abs() < 1e-9);
+}
+
+/// Contributes `(party + 1) · γ · (i + 1)` at coordinate i — values on the
+/// integer grid, so encoding is exact — and checks each decoded sum against
+/// the plain sum over the round's contributors.
+struct SumProbe {
+    model: Mlp,
+    gamma: f64,
+    checked: usize,
+}
+
+impl Strategy for SumProbe {
+    fn name(&self) -> &'static str {
+        "sum-probe"
+    }
+    fn plan(&mut self, _round: u32, parties: &[u32]) -> RoundPlan {
+        RoundPlan {
+            tasks: vec![TaskSpec {
+                id: 0,
+                label: "probe".into(),
+                cohort: parties.to_vec(),
+                dimension: 20,
+            }],
+        }
+    }
+    fn contribute(&self, _t: &TaskSpec, p: &PartyView<'_>, _rng: &mut ChaCha20Rng) -> Contribution {
+        Contribution::Whole(
+            (0..20)
+                .map(|i| (p.id as f64 + 1.0) * self.gamma * (i as f64 + 1.0))
+                .collect(),
+        )
+    }
+    fn absorb(&mut self, r: TaskResult<'_>) {
+        let total: f64 = r.contributors.iter().map(|&p| p as f64 + 1.0).sum();
+        for (i, v) in r.sum.iter().enumerate() {
+            assert_eq!(*v, total * self.gamma * (i as f64 + 1.0), "coordinate {i}");
+        }
+        self.checked += 1;
+    }
+    fn model(&self) -> &Mlp {
+        &self.model
+    }
+}
+
+#[test]
+fn the_secure_sum_inside_a_job_equals_the_plain_sum() {
+    let mut roster = String::new();
+    for i in 0..6u32 {
+        roster += &format!(
+            "[[party]]\nid = {i}\nname = \"p{i}\"\nidentity_key = \"{}\"\n\n",
+            demo_public_key_hex(i)
+        );
+    }
+    let text = format!(
+        "[consortium]\nid = \"probe\"\nthreshold = 4\nmax_colluding = 1\nactive = true\n\n{roster}\
+         [privacy]\nunit = \"none\"\nepsilon = 1.0\ndelta = 1e-5\naccountant = \"zcdp\"\nclip_norm = 100.0\nrounds = 6\n\n\
+         [encoding]\nbits = 24\nrotation = \"none\"\ngamma = 0.125\n\n\
+         [strategy]\nname = \"fedavg\"\nmodel = \"softmax\"\ninputs = 1\nclasses = 10\n"
+    );
+    let policy = Policy::parse(Path::new("probe.toml"), &text).unwrap();
+    let plan = PrivacyPlan::for_policy(&policy).unwrap();
+    assert_eq!(plan.dimension, 20);
+    let data = prepare(Path::new("data/wine.csv"), 1).unwrap();
+    let parties = (0..6u32)
+        .map(|i| JobParty {
+            id: i,
+            identity_seed: demo_identity_seed(i),
+            data: data.train.clone(),
+        })
+        .collect();
+    let mut probe = SumProbe {
+        model: Mlp::new(&[13, 3], 1),
+        gamma: 0.125,
+        checked: 0,
+    };
+    let dir = tmp("probe");
+    let mut ledger = PrivacyLedger::open(&Path::new(&dir).join("l.db")).unwrap();
+    let spec = JobSpec {
+        job_id: "probe-job".into(),
+        policy: &policy,
+        plan: &plan,
+        parties,
+        test: &data.test,
+        dropout: 0.2,
+        seed: 9,
+        allow_no_dp: true,
+    };
+    let outcome = run_job(spec, &mut probe, &mut ledger, &mut |_| {}).unwrap();
+    assert_eq!(probe.checked + outcome.aborted_rounds, 6);
+    assert!(probe.checked >= 3, "{} rounds checked", probe.checked);
+    assert!(outcome.no_dp && outcome.epsilon_spent.is_none());
+}
