@@ -1,8 +1,10 @@
 //! Whole jobs in one process: the demo as a user runs it, the secure sum
 //! inside a job, dropouts, the ledger's charges and the no-DP switch.
 
+mod common;
+use common::shroud;
+
 use std::path::Path;
-use std::process::Command;
 
 use rand_chacha::ChaCha20Rng;
 use shroud::data::prepare;
@@ -13,22 +15,8 @@ use shroud::policy::Policy;
 use shroud::store::PrivacyLedger;
 use shroud::strategy::{Contribution, PartyView, RoundPlan, Strategy, TaskResult, TaskSpec};
 
-fn shroud(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_shroud"))
-        .args(args)
-        .output()
-        .expect("run shroud");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn tmp(name: &str) -> String {
-    let d = std::env::temp_dir().join(format!("shroud-job-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.display().to_string()
+    common::temp_dir(name).display().to_string()
 }
 
 fn json(stdout: &str) -> serde_json::Value {

@@ -139,7 +139,7 @@ fn invalid_choices_list_the_valid_ones() {
 fn out_of_range_numbers() {
     let e = refused(&base().replace("epsilon = 8.0", "epsilon = -1.0"));
     assert_names(&e, "privacy.epsilon", "must be a number in (0, 100]");
-    let e = refused(&base().replace("sampling_rate = 0.25", "sampling_rate = 1.5"));
+    let e = refused(&base().replace("sampling_rate = 1.0", "sampling_rate = 1.5"));
     assert_names(&e, "privacy.sampling_rate", "probability in (0, 1]");
     let e = refused(&base().replace("bits = 20", "bits = 40"));
     assert_names(&e, "encoding.bits", "from 8 to 32");

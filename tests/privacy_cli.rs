@@ -1,18 +1,7 @@
 //! `shroud policy check` and `shroud budget show` as a reviewer runs them.
 
-use std::process::Command;
-
-fn shroud(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_shroud"))
-        .args(args)
-        .output()
-        .expect("run shroud");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::shroud;
 
 #[test]
 fn policy_check_json_has_the_promised_figures() {

@@ -1,19 +1,8 @@
 //! `shroud secagg-sim` as a user runs it: one JSON object for a good round,
 //! a clear error and a non-zero exit for bad arguments.
 
-use std::process::Command;
-
-fn shroud(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_shroud"))
-        .args(args)
-        .output()
-        .expect("run shroud");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::shroud;
 
 #[test]
 fn json_report_of_an_exact_round() {

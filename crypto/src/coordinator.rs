@@ -400,18 +400,8 @@ impl Coordinator {
                     ))
                 } else {
                     let asked: BTreeSet<PartyId> = u3.iter().copied().collect();
-                    self.request_unmask(&u2, &u3, &asked, &BTreeMap::new());
-                    Ok((
-                        State::Unmask(Box::new(Unmask {
-                            u1,
-                            u2,
-                            sum,
-                            u3,
-                            asked,
-                            responses: BTreeMap::new(),
-                        })),
-                        n,
-                    ))
+                    let next = self.start_unmasking(u1, u2, sum, u3, asked, &BTreeMap::new());
+                    Ok((next, n))
                 }
             }
             State::Check(st) => {
@@ -424,19 +414,9 @@ impl Coordinator {
                 } = *st;
                 self.enough(Phase::ConsistencyCheck, signatures.len())?;
                 let asked: BTreeSet<PartyId> = signatures.keys().copied().collect();
-                self.request_unmask(&u2, &u3, &asked, &signatures);
                 let n = asked.len();
-                Ok((
-                    State::Unmask(Box::new(Unmask {
-                        u1,
-                        u2,
-                        sum,
-                        u3,
-                        asked,
-                        responses: BTreeMap::new(),
-                    })),
-                    n,
-                ))
+                let next = self.start_unmasking(u1, u2, sum, u3, asked, &signatures);
+                Ok((next, n))
             }
             State::Unmask(st) => {
                 self.enough(Phase::Unmasking, st.responses.len())?;
@@ -446,6 +426,27 @@ impl Coordinator {
             }
             State::Closed => Err(Error::Closed),
         }
+    }
+
+    /// Asks `asked` to unmask and moves to collecting their responses.
+    fn start_unmasking(
+        &mut self,
+        u1: BTreeMap<PartyId, KeyAdvertisement>,
+        u2: BTreeSet<PartyId>,
+        sum: Vec<u32>,
+        u3: Vec<PartyId>,
+        asked: BTreeSet<PartyId>,
+        signatures: &BTreeMap<PartyId, SurvivorSignature>,
+    ) -> State {
+        self.request_unmask(&u2, &u3, &asked, signatures);
+        State::Unmask(Box::new(Unmask {
+            u1,
+            u2,
+            sum,
+            u3,
+            asked,
+            responses: BTreeMap::new(),
+        }))
     }
 
     /// Sends each party the survivor and dropout lists and, in active mode,

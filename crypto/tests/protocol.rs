@@ -18,6 +18,16 @@ fn scenario(parties: u32, graph: GraphSpec, threshold: usize, bits: u8, len: usi
     }
 }
 
+/// The error with which `party` refused a coordinator message.
+fn refusal(sim: &shroud_crypto::sim::Sim, party: u32) -> Error {
+    sim.party_errors
+        .iter()
+        .find(|(p, _)| *p == PartyId(party))
+        .unwrap_or_else(|| panic!("party {party} refused nothing"))
+        .1
+        .clone()
+}
+
 fn run(
     s: &Scenario,
     drops: &[(u32, Phase)],
@@ -220,13 +230,7 @@ fn party0_refusal(lie: impl FnMut(PartyId, &mut Message) + 'static) -> Error {
     let mut sim = s.sim(&inputs, NoMeter).unwrap();
     sim.set_tamper(Box::new(lie));
     let res = sim.run();
-    let err = sim
-        .party_errors
-        .iter()
-        .find(|(p, _)| *p == PartyId(0))
-        .expect("party 0 refused")
-        .1
-        .clone();
+    let err = refusal(&sim, 0);
     // Party 0 revealed nothing: it is still waiting to unmask. Its masked
     // input is in the sum and the others' shares remove its masks.
     assert_eq!(
@@ -318,14 +322,9 @@ fn asked_for_both_shares_is_refused() {
         }
     }));
     let _ = sim.run();
-    let err = &sim
-        .party_errors
-        .iter()
-        .find(|(p, _)| *p == PartyId(2))
-        .expect("party 2 refused")
-        .1;
+    let err = refusal(&sim, 2);
     assert_eq!(
-        *err,
+        err,
         Error::PeerMisbehaved {
             peer: Peer::Coordinator,
             kind: Misbehaviour::AskedForBothShares { of: PartyId(4) }
@@ -344,12 +343,7 @@ fn tampered_ciphertext_is_rejected() {
         }
     }));
     let res = sim.run();
-    let err = &sim
-        .party_errors
-        .iter()
-        .find(|(p, _)| *p == PartyId(1))
-        .unwrap()
-        .1;
+    let err = refusal(&sim, 1);
     assert!(
         matches!(
             err,
@@ -379,12 +373,7 @@ fn tampered_key_signature_is_rejected() {
         }
     }));
     let _ = sim.run();
-    let err = &sim
-        .party_errors
-        .iter()
-        .find(|(p, _)| *p == PartyId(3))
-        .unwrap()
-        .1;
+    let err = refusal(&sim, 3);
     assert!(
         matches!(
             err,

@@ -110,18 +110,24 @@ pub fn ddg_round(
     ))
 }
 
-/// The ideal analysis of the same round: a continuous Gaussian of total std
-/// `sigma_total` and no rounding, ρ = Δ²/(2σ²).
-pub fn ideal_round(sigma_total: f64) -> Result<RoundMeasurement, AccountingError> {
-    let function = Function::new(|x: &Vec<i64>| x.clone());
-    let map = PrivacyMap::new(move |d_in: &f64| d_in * d_in / (2.0 * sigma_total * sigma_total));
+/// A measurement for accounting alone: the identity function with the
+/// given privacy map, so opendp composes and converts the map.
+fn accounting_measurement(
+    map: impl Fn(&f64) -> f64 + 'static + Send + Sync,
+) -> Result<RoundMeasurement, AccountingError> {
     od(Measurement::new(
         VectorDomain::new(AtomDomain::default()),
         L2Distance::default(),
         ZeroConcentratedDivergence,
-        function,
-        map,
+        Function::new(|x: &Vec<i64>| x.clone()),
+        PrivacyMap::new(map),
     ))
+}
+
+/// The ideal analysis of the same round: a continuous Gaussian of total std
+/// `sigma_total` and no rounding, ρ = Δ²/(2σ²).
+pub fn ideal_round(sigma_total: f64) -> Result<RoundMeasurement, AccountingError> {
+    accounting_measurement(move |d_in| d_in * d_in / (2.0 * sigma_total * sigma_total))
 }
 
 /// ε at `delta` after composing `rounds` copies of `round` at sensitivity
@@ -147,15 +153,7 @@ pub fn zcdp_epsilon_of_rho(rho: f64, delta: f64) -> Result<f64, AccountingError>
         return Ok(0.0);
     }
     // A unit-sensitivity measurement whose map is the charged ρ.
-    let function = Function::new(|x: &Vec<i64>| x.clone());
-    let map = PrivacyMap::new(move |d_in: &f64| rho * d_in * d_in);
-    let m: RoundMeasurement = od(Measurement::new(
-        VectorDomain::new(AtomDomain::default()),
-        L2Distance::default(),
-        ZeroConcentratedDivergence,
-        function,
-        map,
-    ))?;
+    let m = accounting_measurement(move |d_in| rho * d_in * d_in)?;
     let approx = od(make_zCDP_to_approxDP(m))?;
     let fixed = od(make_fix_delta(&approx, delta))?;
     Ok(od(fixed.map(&1.0))?.0)
