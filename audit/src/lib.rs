@@ -1,6 +1,17 @@
-//! Membership-inference audits for Shroud: attacks over per-record signals,
-//! ROC metrics, empirical-ε bounds, the release gate and report writers.
+//! Membership-inference audits for Shroud: metrics over per-record attack
+//! scores, empirical-ε lower bounds, the release gate and the report
+//! writers.
 //!
-//! This crate depends on no other Shroud crate: it reads scores, not models.
-//! Its contents arrive with the audit work; until then it is empty on
-//! purpose, so the workspace layout is fixed from the start.
+//! This crate depends on no other Shroud crate: it reads scores (or binned
+//! counts of scores), not models. Convention throughout: a **higher score
+//! means "more likely a member"**.
+
+pub mod canary;
+pub mod epsilon;
+pub mod gate;
+pub mod report;
+pub mod roc;
+pub mod stats;
+
+pub use gate::{Decision, GateCheck, GateLimits};
+pub use roc::Roc;

@@ -1,0 +1,75 @@
+//! The release gate: the audit's figures against the policy's limits. Any
+//! empirical ε lower bound above the ε the ledger says was spent is a
+//! defect in the privacy machinery, and blocks release like any breach.
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GateLimits {
+    pub max_auc: f64,
+    /// `(fpr, max tpr)`.
+    pub max_tpr_at_fpr: Option<(f64, f64)>,
+    /// Defaults to the ε spent.
+    pub max_epsilon_lower_bound: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct GateCheck {
+    pub check: String,
+    pub attack: String,
+    pub value: f64,
+    pub limit: f64,
+    pub passed: bool,
+    /// `limit − value`: how far inside (positive) or beyond (negative).
+    pub margin: f64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Release,
+    Block,
+}
+
+/// Figures of one attack that the gate looks at.
+pub struct AttackFigures<'a> {
+    pub attack: &'a str,
+    pub auc: Option<f64>,
+    /// TPR at the policy's FPR, if the attack has a ROC.
+    pub tpr_at_fpr: Option<f64>,
+    pub epsilon_lower_bound: f64,
+}
+
+pub fn evaluate(limits: &GateLimits, figures: &[AttackFigures<'_>]) -> (Vec<GateCheck>, Decision) {
+    let mut checks = Vec::new();
+    let mut push = |check: String, attack: &str, value: f64, limit: f64| {
+        checks.push(GateCheck {
+            check,
+            attack: attack.to_string(),
+            value,
+            limit,
+            passed: value <= limit,
+            margin: limit - value,
+        });
+    };
+    for f in figures {
+        if let Some(auc) = f.auc {
+            push("auc".into(), f.attack, auc, limits.max_auc);
+        }
+        if let (Some(tpr), Some((fpr, max))) = (f.tpr_at_fpr, limits.max_tpr_at_fpr) {
+            push(format!("tpr_at_fpr_{fpr}"), f.attack, tpr, max);
+        }
+        push(
+            "epsilon_lower_bound".into(),
+            f.attack,
+            f.epsilon_lower_bound,
+            limits.max_epsilon_lower_bound,
+        );
+    }
+    let decision = if checks.iter().all(|c| c.passed) {
+        Decision::Release
+    } else {
+        Decision::Block
+    };
+    (checks, decision)
+}
