@@ -5,12 +5,14 @@
 //! policies, privacy accounting, models and the service. `cli` sits on top
 //! and nothing depends on it.
 
+pub mod audit;
 pub mod cli;
 pub mod data;
 pub mod dp;
 pub mod job;
 pub mod model;
 pub mod policy;
+pub mod release;
 pub mod secagg_sim;
 pub mod store;
 pub mod strategy;

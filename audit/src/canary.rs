@@ -8,11 +8,11 @@
 //! guess counts tried are paid for with a Bonferroni correction. This is
 //! the pure-ε form of their bound: it takes the δ term as zero.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stats::binomial_sf;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CanaryAudit {
     pub canaries: usize,
     pub included: usize,

@@ -12,17 +12,18 @@
 //! Bonferroni correction: the error budget `1 − confidence` is split over
 //! every threshold tried and the four bounds each uses.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::roc::Roc;
 use crate::stats::{cp_lower, cp_upper};
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpsilonBound {
     /// The lower bound on ε (0 when nothing can be certified).
     pub epsilon: f64,
-    /// The threshold that gave it, and in which direction.
-    pub threshold: f64,
+    /// The threshold that gave it (none when nothing was certified), and
+    /// in which direction.
+    pub threshold: Option<f64>,
     pub direction: Direction,
     pub tpr_lower: f64,
     pub fpr_upper: f64,
@@ -33,7 +34,7 @@ pub struct EpsilonBound {
     pub certifiable_max: f64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Flags members: TPR against FPR.
@@ -86,7 +87,7 @@ pub fn lower_bound(roc: &Roc, delta: f64, confidence: f64) -> EpsilonBound {
     let (m, n) = (roc.members, roc.non_members);
     let mut best = EpsilonBound {
         epsilon: 0.0,
-        threshold: f64::INFINITY,
+        threshold: None,
         direction: Direction::Members,
         tpr_lower: 0.0,
         fpr_upper: 1.0,
@@ -98,7 +99,7 @@ pub fn lower_bound(roc: &Roc, delta: f64, confidence: f64) -> EpsilonBound {
             epsilon_at(p.true_positives, m, p.false_positives, n, delta, alpha);
         if e > best.epsilon {
             best.epsilon = e;
-            best.threshold = p.threshold;
+            best.threshold = Some(p.threshold);
             best.direction = dir;
             best.tpr_lower = tpr_lo;
             best.fpr_upper = fpr_hi;

@@ -2,9 +2,9 @@
 //! empirical ε lower bound above the ε the ledger says was spent is a
 //! defect in the privacy machinery, and blocks release like any breach.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GateLimits {
     pub max_auc: f64,
     /// `(fpr, max tpr)`.
@@ -13,7 +13,7 @@ pub struct GateLimits {
     pub max_epsilon_lower_bound: f64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct GateCheck {
     pub check: String,
     pub attack: String,
@@ -24,7 +24,7 @@ pub struct GateCheck {
     pub margin: f64,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     Release,

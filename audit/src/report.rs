@@ -4,13 +4,13 @@
 
 use std::io::{self, Write};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::canary::CanaryAudit;
 use crate::epsilon::EpsilonBound;
 use crate::gate::{Decision, GateCheck};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CohortEntry {
     pub party: u32,
     pub name: String,
@@ -20,7 +20,7 @@ pub struct CohortEntry {
 }
 
 /// TPR at one FPR, with its one-sided Clopper–Pearson interval.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TprAtFpr {
     pub fpr: f64,
     pub tpr: f64,
@@ -28,7 +28,7 @@ pub struct TprAtFpr {
     pub tpr_upper: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AttackResult {
     pub attack: String,
     /// What the attack assumes and how it was run (seeds included).
@@ -42,7 +42,7 @@ pub struct AttackResult {
     pub roc: Vec<(f64, f64)>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuditReport {
     pub format: String,
     pub job: String,

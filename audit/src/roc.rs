@@ -3,11 +3,11 @@
 //! scores move together, so the curve has one point per distinct score and
 //! the AUC equals the Mann–Whitney statistic with ties counted as ½.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One operating point: flag as member every record scoring at least
 /// `threshold`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RocPoint {
     pub threshold: f64,
     pub fpr: f64,
@@ -17,7 +17,7 @@ pub struct RocPoint {
     pub false_positives: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Roc {
     /// From the strictest threshold (nothing flagged) to the loosest
     /// (everything flagged).

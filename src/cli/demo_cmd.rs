@@ -5,16 +5,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
+use crate::audit;
 use crate::data::{partition, prepare, Partition};
 use crate::dp::plan::PrivacyPlan;
 use crate::job::{demo_identity_seed, run_job, JobParty, JobSpec};
 use crate::model::{train_central, Mlp};
-use crate::policy::{hex, Policy, Unit};
+use crate::policy::{Policy, Unit};
+use crate::release::{gate_and_report, ReleaseInputs};
 use crate::store::PrivacyLedger;
 use crate::strategy::fedavg::FedAvg;
 use crate::strategy::Strategy;
+use shroud_audit::gate::Decision;
+use shroud_audit::report::CohortEntry;
 
 #[derive(clap::Args)]
 pub struct DemoFlags {
@@ -103,6 +106,12 @@ struct DemoSummary {
     db: Option<String>,
     accuracy_by_round: Vec<f64>,
     epsilon_by_round: Vec<Option<f64>>,
+    decision: Decision,
+    auc: f64,
+    epsilon_lower_bound: f64,
+    report_html: String,
+    report_json: String,
+    failed_checks: Vec<String>,
 }
 
 fn dataset_path(name: &str) -> PathBuf {
@@ -311,13 +320,23 @@ pub fn run(f: DemoFlags) -> Result<()> {
     }
     let mut ledger = PrivacyLedger::open(&db)?;
     let job_id = format!("demo-{}-{}", data.name, f.seed);
-    let parties: Vec<JobParty> = parts
+    // The audit is set up before training: canaries drawn and coins flipped
+    // for every party's audit sample; non-members never reach training.
+    let party_data: Vec<crate::data::Dataset> =
+        parts.iter().map(|idx| data.train.subset(idx)).collect();
+    let views: Vec<(u32, &crate::data::Dataset)> = party_data
         .iter()
         .enumerate()
-        .map(|(i, idx)| JobParty {
+        .map(|(i, d)| (i as u32, d))
+        .collect();
+    let (audit_setup, training) = audit::prepare(&views, policy.audit.canaries as usize, f.seed);
+    let parties: Vec<JobParty> = training
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| JobParty {
             id: i as u32,
             identity_seed: demo_identity_seed(i as u32),
-            data: data.train.subset(idx),
+            data: d,
         })
         .collect();
     let s = &policy.strategy;
@@ -365,15 +384,74 @@ pub fn run(f: DemoFlags) -> Result<()> {
     })?;
     bar.finish();
 
-    let released = !outcome.no_dp;
-    let (model_path, model_hash) = if released {
-        let p = f.out.join("model.safetensors");
-        strategy.model().save_safetensors(&p)?;
-        let hash = hex(&Sha256::digest(std::fs::read(&p)?));
-        (Some(p.display().to_string()), Some(hash))
+    // The audit, the gate and the report; the model leaves only on a pass.
+    let seeds: Vec<zeroize::Zeroizing<[u8; 32]>> =
+        (0..n_parties as u32).map(demo_identity_seed).collect();
+    let audit_parties: Vec<audit::AuditParty<'_>> = party_data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| audit::AuditParty {
+            id: i as u32,
+            identity_seed: &seeds[i],
+            data: d,
+        })
+        .collect();
+    let findings = audit::run(
+        strategy.model(),
+        &audit_setup,
+        &audit_parties,
+        &policy,
+        &job_id,
+        policy.privacy.delta,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let cohort = policy
+        .parties
+        .iter()
+        .zip(&audit_setup.samples)
+        .map(|(p, s)| CohortEntry {
+            party: p.id,
+            name: p.name.clone(),
+            records: party_data[p.id as usize].len(),
+            audit_members: s.members.len(),
+            audit_non_members: s.non_members.len(),
+        })
+        .collect();
+    let policy_text = std::fs::read_to_string(&f.policy).unwrap_or_default();
+    let release = gate_and_report(
+        ReleaseInputs {
+            policy: &policy,
+            policy_text,
+            job: &job_id,
+            model: strategy.model(),
+            findings,
+            epsilon_spent: outcome.epsilon_spent,
+            noise_std_per_party: plan.noise_std_per_party,
+            cohort,
+            out: &f.out,
+        },
+        &mut ledger,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let report = &release.report;
+    let released = release.model.is_some();
+    let model_path = release.model.as_ref().map(|p| p.display().to_string());
+    let model_hash = if released {
+        report.model_sha256.clone()
     } else {
-        (None, None)
+        None
     };
+    let auc = report
+        .attacks
+        .iter()
+        .map(|a| a.auc)
+        .fold(f64::NAN, f64::max);
+    let epsilon_lower_bound = report
+        .attacks
+        .iter()
+        .map(|a| a.epsilon.epsilon)
+        .chain(report.canary.as_ref().map(|c| c.epsilon_lower_bound))
+        .fold(0.0, f64::max);
     let summary_path = f.out.join("summary.json");
     let summary = DemoSummary {
         dataset: data.name.clone(),
@@ -400,14 +478,30 @@ pub fn run(f: DemoFlags) -> Result<()> {
         model: model_path.clone(),
         model_sha256: model_hash.clone(),
         summary: summary_path.display().to_string(),
-        db: (!outcome.no_dp).then(|| db.display().to_string()),
+        db: Some(db.display().to_string()),
         accuracy_by_round: outcome.rounds.iter().map(|r| r.accuracy).collect(),
         epsilon_by_round: outcome.rounds.iter().map(|r| r.epsilon_spent).collect(),
+        decision: report.decision,
+        auc,
+        epsilon_lower_bound,
+        report_html: release.report_html.display().to_string(),
+        report_json: release.report_json.display().to_string(),
+        failed_checks: report
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| {
+                format!(
+                    "{} ({}): {:.4} above the limit {:.4} by {:.4}",
+                    c.check, c.attack, c.value, c.limit, -c.margin
+                )
+            })
+            .collect(),
     };
     std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?)?;
     if f.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
-        return Ok(());
+        return blocked(&summary);
     }
     println!(
         "{} parties on {} ({} training / {} test records), {} partition{}",
@@ -447,12 +541,36 @@ pub fn run(f: DemoFlags) -> Result<()> {
         "dropouts survived   {} ({} rounds aborted, still charged)",
         outcome.dropouts_survived, outcome.aborted_rounds
     );
-    if let (Some(p), Some(h)) = (&model_path, &model_hash) {
-        println!("model               {p} (sha256 {})", &h[..16]);
+    match (&model_path, &model_hash) {
+        (Some(p), Some(h)) => println!("model               {p} (sha256 {})", &h[..16]),
+        _ => println!("model               not released"),
     }
+    println!(
+        "audit               AUC {:.3} (highest of {} attacks), empirical ε ≥ {:.3}",
+        summary.auc,
+        report.attacks.len() + usize::from(report.canary.is_some()),
+        summary.epsilon_lower_bound
+    );
+    println!(
+        "decision            {}",
+        match summary.decision {
+            Decision::Release => "RELEASE: every gate check passed",
+            Decision::Block => "BLOCKED: the model was not written",
+        }
+    );
+    println!(
+        "report              {} (and {})",
+        summary.report_html, summary.report_json
+    );
     println!("summary             {}", summary_path.display());
-    if !outcome.no_dp {
-        println!("ledger              {}", db.display());
+    println!("ledger and log      {}", db.display());
+    blocked(&summary)
+}
+
+/// A blocked release is a failure of the command: say which checks failed.
+fn blocked(s: &DemoSummary) -> Result<()> {
+    if s.decision == Decision::Block {
+        bail!("release blocked: {}", s.failed_checks.join("; "));
     }
     Ok(())
 }

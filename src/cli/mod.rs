@@ -9,6 +9,7 @@ use shroud_crypto::Phase;
 
 use crate::secagg_sim::{self, DropPhase, Neighbours, SimArgs};
 
+mod audit_cmd;
 mod bench_cmd;
 mod budget_cmd;
 mod demo_cmd;
@@ -39,9 +40,38 @@ enum Command {
     /// Run a whole consortium job on bundled data in this process: parties,
     /// coordinator, secure aggregation, DP noise and the ledger.
     Demo(demo_cmd::DemoFlags),
+    /// Re-render the audit report of a job's release decision from the log.
+    Audit {
+        #[arg(long)]
+        db: std::path::PathBuf,
+        #[arg(long)]
+        job: String,
+        /// Folder for audit-report.html and audit-report.json.
+        #[arg(long, default_value = "out")]
+        out: std::path::PathBuf,
+    },
+    /// Work with audit reports.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Check the tamper-evident log's hash chain; name the first broken entry.
+    VerifyLog {
+        #[arg(long)]
+        db: std::path::PathBuf,
+    },
     /// Measure pipeline speed against raw ChaCha keystream in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Check a JSON report against the log entry that records it.
+    Verify {
+        file: std::path::PathBuf,
+        /// The coordinator's database holding the log.
+        #[arg(long)]
+        db: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -227,6 +257,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::SecaggSim(f) => secagg_sim(f),
         Command::Demo(f) => demo_cmd::run(f),
+        Command::Audit { db, job, out } => audit_cmd::rerender(&db, &job, &out),
+        Command::Report(ReportCommand::Verify { file, db }) => audit_cmd::verify(&file, &db),
+        Command::VerifyLog { db } => audit_cmd::verify_log(&db),
         Command::Policy(PolicyCommand::Check { file, json }) => policy_cmd::check(&file, json),
         Command::Budget(BudgetCommand::Show { db, json }) => budget_cmd::show(&db, json),
         Command::Bench(BenchCommand::Encoding { len, sigma, json }) => {

@@ -137,6 +137,7 @@ impl PrivacyLedger {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::log::SCHEMA)?;
         Ok(PrivacyLedger { conn })
     }
 
@@ -289,6 +290,25 @@ impl PrivacyLedger {
         )?;
         let rows = stmt.query_map(params![job], row_to_charge)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Appends an entry to the tamper-evident log.
+    pub fn log_append(
+        &mut self,
+        kind: &str,
+        job: &str,
+        content: &str,
+    ) -> Result<super::log::LogEntry, LedgerError> {
+        super::log::append(&mut self.conn, kind, job, content)
+    }
+
+    pub fn log_entries(&self) -> Result<Vec<super::log::LogEntry>, LedgerError> {
+        super::log::entries(&self.conn)
+    }
+
+    /// `Ok(entries)` when the chain holds, else the first broken entry.
+    pub fn log_verify(&self) -> Result<Result<usize, super::log::Break>, LedgerError> {
+        super::log::verify(&self.conn)
     }
 
     pub fn consortia(&self) -> Result<Vec<String>, LedgerError> {

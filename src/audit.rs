@@ -1,0 +1,535 @@
+//! Membership-inference audits of a trained model, wired into the job.
+//!
+//! Two audits, neither of which moves a party's records:
+//!
+//! 1. **Canaries** (Steinke, Nasr, Jagielski 2023). Before training the
+//!    coordinator derives `m` canary records from a secret seed — random
+//!    inputs with random labels, the hardest case to learn without
+//!    memorising — flips a fair coin for each, and the job inserts the "in"
+//!    canaries into the parties' training data. After training it scores
+//!    every canary (negative loss) and turns guesses on the most confident
+//!    ones into an ε lower bound.
+//! 2. **Population audit on real records.** Before training each party
+//!    splits an audit sample of its records into members and non-members by
+//!    coin flip; non-members are held out of training. After training each
+//!    party scores its own audit records with the policy's attacks and
+//!    contributes only counts per score bin, members and non-members apart,
+//!    through secure aggregation. The coordinator turns the summed counts
+//!    into the consortium-wide ROC.
+
+use std::collections::BTreeMap;
+
+use rand_chacha::rand_core::{OsRng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde_json::json;
+use shroud_audit::canary::{self, CanaryAudit};
+use shroud_audit::epsilon::lower_bound;
+use shroud_audit::report::{thin, AttackResult, TprAtFpr};
+use shroud_audit::stats::{cp_lower, cp_upper};
+use shroud_audit::Roc;
+use shroud_crypto::sim::{NoMeter, Sim};
+use shroud_crypto::{GraphSpec, IdentityKey, PartyId, Round, RoundConfig, SessionParams};
+
+use crate::data::{shuffled, Dataset};
+use crate::model::{matrix, train_central, Mlp};
+use crate::policy::{Neighbours, Policy};
+
+/// Score bins per attack: fine enough to resolve TPR at 0.1 % FPR.
+pub const BINS: usize = 2000;
+/// Share of each party's records drawn into its audit sample.
+pub const AUDIT_FRACTION: f64 = 0.3;
+/// Reference models each party trains at home for LiRA and RMIA.
+pub const REFERENCE_MODELS: usize = 4;
+
+#[derive(Clone, Debug)]
+pub struct Canary {
+    pub features: Vec<f64>,
+    pub label: usize,
+    pub included: bool,
+    /// The party whose training data carries it, when included.
+    pub party: u32,
+}
+
+/// One party's audit sample, as indices into its records.
+#[derive(Clone, Debug)]
+pub struct PartySample {
+    pub party: u32,
+    pub members: Vec<usize>,
+    pub non_members: Vec<usize>,
+}
+
+/// Everything decided before training.
+pub struct AuditSetup {
+    pub canaries: Vec<Canary>,
+    pub samples: Vec<PartySample>,
+    /// The secret canary seed, disclosed in the report after training.
+    pub canary_seed: u64,
+    pub sample_seed: u64,
+}
+
+fn coin(rng: &mut ChaCha20Rng) -> bool {
+    rng.next_u32() & 1 == 1
+}
+
+fn gaussian(rng: &mut ChaCha20Rng) -> f64 {
+    let u1 = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let u2 = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Draws the canaries and the audit samples. `parties` holds each party's
+/// records; the returned training sets drop the audit non-members and add
+/// the "in" canaries.
+pub fn prepare(
+    parties: &[(u32, &Dataset)],
+    canaries: usize,
+    sample_seed: u64,
+) -> (AuditSetup, Vec<Dataset>) {
+    let canary_seed = OsRng.next_u64();
+    let mut crng = ChaCha20Rng::seed_from_u64(canary_seed);
+    let (dim, classes) = (parties[0].1.dim(), parties[0].1.classes);
+    let list: Vec<Canary> = (0..canaries)
+        .map(|i| Canary {
+            features: (0..dim).map(|_| gaussian(&mut crng)).collect(),
+            label: (crng.next_u64() % classes as u64) as usize,
+            included: coin(&mut crng),
+            party: parties[i % parties.len()].0,
+        })
+        .collect();
+    let mut srng = ChaCha20Rng::seed_from_u64(sample_seed ^ 0x00a0_d175);
+    let mut samples = Vec::new();
+    let mut training = Vec::new();
+    for &(id, d) in parties {
+        let order = shuffled(d.len(), &mut srng);
+        let take = ((d.len() as f64) * AUDIT_FRACTION).round() as usize;
+        let (mut members, mut non_members) = (Vec::new(), Vec::new());
+        for &i in &order[..take] {
+            if coin(&mut srng) {
+                members.push(i);
+            } else {
+                non_members.push(i);
+            }
+        }
+        let held_out: std::collections::BTreeSet<usize> = non_members.iter().copied().collect();
+        let keep: Vec<usize> = (0..d.len()).filter(|i| !held_out.contains(i)).collect();
+        let mut t = d.subset(&keep);
+        for c in list.iter().filter(|c| c.included && c.party == id) {
+            t.features.push(c.features.clone());
+            t.labels.push(c.label);
+        }
+        training.push(t);
+        samples.push(PartySample {
+            party: id,
+            members,
+            non_members,
+        });
+    }
+    (
+        AuditSetup {
+            canaries: list,
+            samples,
+            canary_seed,
+            sample_seed,
+        },
+        training,
+    )
+}
+
+/// Fixed score ranges for the bins, per attack.
+fn range(attack: &str) -> (f64, f64) {
+    match attack {
+        // −ln(loss): losses from e^5 down to e^-30.
+        "loss" => (-5.0, 30.0),
+        "lira" => (-30.0, 30.0),
+        _ => (0.0, 1.0),
+    }
+}
+
+fn bin(attack: &str, s: f64) -> usize {
+    let (lo, hi) = range(attack);
+    let t = ((s - lo) / (hi - lo) * BINS as f64).floor();
+    if t.is_nan() {
+        0
+    } else {
+        (t.max(0.0) as usize).min(BINS - 1)
+    }
+}
+
+fn lower_edges(attack: &str) -> Vec<f64> {
+    let (lo, hi) = range(attack);
+    (0..BINS)
+        .map(|i| lo + (hi - lo) * i as f64 / BINS as f64)
+        .collect()
+}
+
+/// Per-record loss of the true class.
+fn losses(model: &Mlp, d: &Dataset, idx: &[usize]) -> Vec<f64> {
+    if idx.is_empty() {
+        return Vec::new();
+    }
+    let x = matrix(d, Some(idx));
+    let y: Vec<usize> = idx.iter().map(|&i| d.labels[i]).collect();
+    model.losses(x.view(), &y)
+}
+
+/// Logit-scaled confidence ln(p/(1−p)) of the true class, from its loss.
+fn logit_conf(loss: f64) -> f64 {
+    -loss - (-(-loss).exp_m1()).max(1e-300).ln()
+}
+
+/// One party's scores for its audit sample, per attack: (members, non-members).
+fn party_scores(
+    model: &Mlp,
+    d: &Dataset,
+    sample: &PartySample,
+    attacks: &[String],
+    seed: u64,
+) -> BTreeMap<String, (Vec<f64>, Vec<f64>)> {
+    let mut out = BTreeMap::new();
+    let lm = losses(model, d, &sample.members);
+    let ln = losses(model, d, &sample.non_members);
+    let need_refs = attacks.iter().any(|a| a == "lira" || a == "rmia");
+    // Reference models, trained at home on random halves of the records
+    // outside the audit sample: every audit record is "out" for them.
+    let refs: Vec<Mlp> = if need_refs {
+        let in_sample: std::collections::BTreeSet<usize> = sample
+            .members
+            .iter()
+            .chain(&sample.non_members)
+            .copied()
+            .collect();
+        let pool: Vec<usize> = (0..d.len()).filter(|i| !in_sample.contains(i)).collect();
+        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ u64::from(sample.party));
+        (0..REFERENCE_MODELS)
+            .map(|k| {
+                let half: Vec<usize> = pool.iter().copied().filter(|_| coin(&mut rng)).collect();
+                let mut m = Mlp::new(&model.sizes(), seed ^ (k as u64 + 1));
+                if !half.is_empty() {
+                    train_central(
+                        &mut m,
+                        &d.subset(&half),
+                        20,
+                        16,
+                        0.05,
+                        0.9,
+                        seed ^ (k as u64 + 7),
+                    );
+                }
+                m
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let ref_losses =
+        |idx: &[usize]| -> Vec<Vec<f64>> { refs.iter().map(|r| losses(r, d, idx)).collect() };
+    for a in attacks {
+        match a.as_str() {
+            "loss" => {
+                let s = |l: &[f64]| l.iter().map(|x| -(x.max(1e-30)).ln()).collect::<Vec<_>>();
+                out.insert(a.clone(), (s(&lm), s(&ln)));
+            }
+            "lira" => {
+                let (rm, rn) = (ref_losses(&sample.members), ref_losses(&sample.non_members));
+                // Offline LiRA with a fixed variance: one σ pooled over all
+                // reference confidences of the sample.
+                let all: Vec<f64> = rm
+                    .iter()
+                    .chain(&rn)
+                    .flatten()
+                    .map(|l| logit_conf(*l))
+                    .collect();
+                let mean_all = all.iter().sum::<f64>() / all.len().max(1) as f64;
+                let sigma = (all.iter().map(|v| (v - mean_all).powi(2)).sum::<f64>()
+                    / all.len().max(2) as f64)
+                    .sqrt()
+                    .max(1e-3);
+                let score = |target: &[f64], r: &[Vec<f64>]| -> Vec<f64> {
+                    target
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| {
+                            let mu =
+                                r.iter().map(|rl| logit_conf(rl[i])).sum::<f64>() / r.len() as f64;
+                            (logit_conf(*l) - mu) / sigma
+                        })
+                        .collect()
+                };
+                out.insert(a.clone(), (score(&lm, &rm), score(&ln, &rn)));
+            }
+            "rmia" => {
+                let (rm, rn) = (ref_losses(&sample.members), ref_losses(&sample.non_members));
+                // Pr(x|θ) / Pr(x), Pr(x) averaged over the reference models.
+                let ratio = |target: &[f64], r: &[Vec<f64>]| -> Vec<f64> {
+                    target
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| {
+                            let p_ref =
+                                r.iter().map(|rl| (-rl[i]).exp()).sum::<f64>() / r.len() as f64;
+                            (-l).exp() / p_ref.max(1e-300)
+                        })
+                        .collect()
+                };
+                let (qm, qn) = (ratio(&lm, &rm), ratio(&ln, &rn));
+                // Population z: the party's held-out non-members (leaving
+                // the record itself out); score = share of z it dominates.
+                let dominated = |q: f64, skip: Option<usize>| -> f64 {
+                    let zs: Vec<f64> = qn
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| Some(*j) != skip)
+                        .map(|(_, v)| *v)
+                        .collect();
+                    if zs.is_empty() {
+                        return 0.5;
+                    }
+                    zs.iter().filter(|&&z| q >= z).count() as f64 / zs.len() as f64
+                };
+                let sm = qm.iter().map(|&q| dominated(q, None)).collect();
+                let sn = qn
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &q)| dominated(q, Some(i)))
+                    .collect();
+                out.insert(a.clone(), (sm, sn));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What the audit found.
+pub struct Findings {
+    pub attacks: Vec<AttackResult>,
+    pub canary: Option<CanaryAudit>,
+}
+
+/// Identities that take part in the counts' secure sum.
+pub struct AuditParty<'a> {
+    pub id: u32,
+    pub identity_seed: &'a [u8; 32],
+    pub data: &'a Dataset,
+}
+
+/// Runs both audits on `model`. Party-side scoring happens per party; only
+/// the summed bin counts reach the coordinator.
+pub fn run(
+    model: &Mlp,
+    setup: &AuditSetup,
+    parties: &[AuditParty<'_>],
+    policy: &Policy,
+    job: &str,
+    delta: f64,
+) -> Result<Findings, String> {
+    let attacks: Vec<String> = policy
+        .audit
+        .attacks
+        .iter()
+        .filter(|a| a.as_str() != "canary")
+        .cloned()
+        .collect();
+    let confidence = policy.audit.confidence;
+    // Each party: counts per bin, members then non-members, per attack.
+    let width = 2 * BINS * attacks.len();
+    let mut inputs: BTreeMap<PartyId, Vec<u32>> = BTreeMap::new();
+    for p in parties {
+        let sample = setup
+            .samples
+            .iter()
+            .find(|s| s.party == p.id)
+            .ok_or("missing audit sample")?;
+        let scores = party_scores(model, p.data, sample, &attacks, setup.sample_seed);
+        let mut counts = vec![0u32; width];
+        for (k, a) in attacks.iter().enumerate() {
+            let (m, n) = &scores[a];
+            let base = 2 * BINS * k;
+            m.iter().for_each(|&s| counts[base + bin(a, s)] += 1);
+            n.iter().for_each(|&s| counts[base + BINS + bin(a, s)] += 1);
+        }
+        inputs.insert(PartyId(p.id), counts);
+    }
+    let summed = secure_sum(policy, parties, &inputs, job)?;
+    let mut results = Vec::new();
+    for (k, a) in attacks.iter().enumerate() {
+        let base = 2 * BINS * k;
+        let mc: Vec<u64> = summed[base..base + BINS]
+            .iter()
+            .map(|&c| u64::from(c))
+            .collect();
+        let nc: Vec<u64> = summed[base + BINS..base + 2 * BINS]
+            .iter()
+            .map(|&c| u64::from(c))
+            .collect();
+        let roc = Roc::from_counts(&mc, &nc, &lower_edges(a));
+        let parameters = match a.as_str() {
+            "loss" => {
+                json!({"score": "-ln(cross-entropy loss)", "threshold": "every bin edge", "bins": BINS, "sample_seed": setup.sample_seed})
+            }
+            "lira" => {
+                json!({"variant": "offline", "reference_models_per_party": REFERENCE_MODELS, "reference_training": "random halves of the party's records outside its audit sample, 20 epochs", "statistic": "logit-scaled confidence ln(p/(1-p))", "variance": "fixed, pooled per party", "bins": BINS, "sample_seed": setup.sample_seed})
+            }
+            _ => {
+                json!({"variant": "offline", "reference_models_per_party": REFERENCE_MODELS, "gamma": 1.0, "population": "the party's held-out audit non-members, leave-one-out", "bins": BINS, "sample_seed": setup.sample_seed})
+            }
+        };
+        results.push(attack_result(
+            a, parameters, &roc, delta, confidence, policy,
+        ));
+    }
+    let canary = if setup.canaries.is_empty() {
+        None
+    } else {
+        let d = Dataset {
+            features: setup.canaries.iter().map(|c| c.features.clone()).collect(),
+            labels: setup.canaries.iter().map(|c| c.label).collect(),
+            classes: model.sizes().last().copied().unwrap_or(2),
+            feature_names: Vec::new(),
+        };
+        let idx: Vec<usize> = (0..d.len()).collect();
+        let x = matrix_of(&d, &idx, model.sizes()[0]);
+        let l = model.losses(x.view(), &d.labels);
+        let scores: Vec<f64> = l.iter().map(|v| -v).collect();
+        let included: Vec<bool> = setup.canaries.iter().map(|c| c.included).collect();
+        // The canaries as one more attack: their own ROC and bounds.
+        let (ins, outs): (Vec<f64>, Vec<f64>) = {
+            let ins = scores
+                .iter()
+                .zip(&included)
+                .filter(|(_, &b)| b)
+                .map(|(s, _)| *s)
+                .collect();
+            let outs = scores
+                .iter()
+                .zip(&included)
+                .filter(|(_, &b)| !b)
+                .map(|(s, _)| *s)
+                .collect();
+            (ins, outs)
+        };
+        let roc = Roc::from_scores(&ins, &outs);
+        results.push(attack_result(
+            "canary",
+            json!({"canaries": setup.canaries.len(), "inputs": "standard normal in the standardised feature space", "labels": "uniform at random", "inclusion": "fair coin each", "score": "-(cross-entropy loss)", "canary_seed": setup.canary_seed}),
+            &roc,
+            delta,
+            confidence,
+            policy,
+        ));
+        Some(canary::audit(&scores, &included, confidence))
+    };
+    Ok(Findings {
+        attacks: results,
+        canary,
+    })
+}
+
+/// AUC, TPR at the standard FPRs (and the policy's), the ε lower bound and
+/// a thinned curve for one attack.
+fn attack_result(
+    attack: &str,
+    parameters: serde_json::Value,
+    roc: &Roc,
+    delta: f64,
+    confidence: f64,
+    policy: &Policy,
+) -> AttackResult {
+    let eps = lower_bound(roc, delta, confidence);
+    let alpha = (1.0 - confidence) / 2.0;
+    let mut fprs = vec![0.001, 0.01, 0.1];
+    if let Some((f, _)) = policy.audit.max_tpr_at_fpr {
+        if !fprs.iter().any(|x| (x - f).abs() < 1e-12) {
+            fprs.push(f);
+        }
+    }
+    let tpr_at_fpr = fprs
+        .iter()
+        .map(|&fpr| {
+            let tp = roc
+                .points
+                .iter()
+                .filter(|p| p.fpr <= fpr + 1e-12)
+                .map(|p| p.true_positives)
+                .max()
+                .unwrap_or(0);
+            TprAtFpr {
+                fpr,
+                tpr: roc.tpr_at_fpr(fpr),
+                tpr_lower: cp_lower(tp, roc.members, alpha),
+                tpr_upper: cp_upper(tp, roc.members, alpha),
+            }
+        })
+        .collect();
+    let pts: Vec<(f64, f64)> = roc.points.iter().map(|p| (p.fpr, p.tpr)).collect();
+    AttackResult {
+        attack: attack.to_string(),
+        parameters,
+        members: roc.members,
+        non_members: roc.non_members,
+        auc: roc.auc(),
+        tpr_at_fpr,
+        epsilon: eps,
+        roc: thin(&pts, 400),
+    }
+}
+
+fn matrix_of(d: &Dataset, idx: &[usize], dim: usize) -> ndarray::Array2<f64> {
+    let flat: Vec<f64> = idx
+        .iter()
+        .flat_map(|&i| d.features[i].iter().copied())
+        .collect();
+    ndarray::Array2::from_shape_vec((idx.len(), dim), flat)
+        .expect("canaries have the model's width")
+}
+
+/// Sums the parties' count vectors with secure aggregation (32-bit words,
+/// no noise: counts of the parties' own audit records).
+fn secure_sum(
+    policy: &Policy,
+    parties: &[AuditParty<'_>],
+    inputs: &BTreeMap<PartyId, Vec<u32>>,
+    job: &str,
+) -> Result<Vec<u32>, String> {
+    let identities: Vec<(PartyId, IdentityKey)> = parties
+        .iter()
+        .map(|p| (PartyId(p.id), IdentityKey::from_seed(p.identity_seed)))
+        .collect();
+    let len = inputs.values().next().map_or(0, Vec::len);
+    let n = identities.len();
+    let mut graph_seed = [0u8; 32];
+    OsRng.fill_bytes(&mut graph_seed);
+    let round = Round::new(RoundConfig {
+        session: SessionParams {
+            consortium: policy.consortium.id.clone(),
+            job: job.to_string(),
+            // The audit's sum follows every training round.
+            round: u64::from(policy.privacy.rounds) + 1,
+            task: 0,
+        },
+        roster: identities.iter().map(|(id, k)| (*id, k.public())).collect(),
+        threshold: policy.consortium.threshold.min(n),
+        graph: match policy.consortium.neighbours {
+            Neighbours::Fixed(k) if (k as usize) < n - 1 => GraphSpec::Regular { degree: k },
+            _ => GraphSpec::Complete,
+        },
+        graph_seed,
+        bits: 32,
+        len,
+        active: policy.consortium.active,
+        phase_timeout: std::time::Duration::from_secs_f64(policy.consortium.phase_timeout_secs),
+    })
+    .map_err(|e| e.to_string())?;
+    let mut sim = Sim::new(round, identities, inputs.clone(), OsRng.next_u64(), NoMeter)
+        .map_err(|e| e.to_string())?;
+    let agg = sim
+        .run()
+        .map_err(|e| format!("the audit's secure sum failed: {e}"))?;
+    if agg.contributors.len() != n {
+        return Err(format!(
+            "only {} of {n} parties contributed audit counts",
+            agg.contributors.len()
+        ));
+    }
+    Ok(agg.sum)
+}

@@ -1,0 +1,227 @@
+//! The audit at the end of a job: an overfit model without DP is blocked,
+//! the same job with strong DP is released, reports verify against the
+//! tamper-evident log, tampering is found, and the HTML page renders.
+
+mod common;
+use common::{shroud, temp_dir};
+
+use std::path::Path;
+
+fn json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn an_overfit_model_without_dp_is_blocked() {
+    let dir = temp_dir("overfit");
+    let out = dir.display().to_string();
+    let (code, stdout, stderr) = shroud(&[
+        "demo",
+        "--no-dp",
+        "--allow-no-dp",
+        "--rounds",
+        "150",
+        "--dropout",
+        "0",
+        "--json",
+        "--out",
+        &out,
+    ]);
+    assert_ne!(code, 0, "a blocked release must fail the command");
+    assert!(stderr.contains("release blocked"), "{stderr}");
+    let v = json(&stdout);
+    assert_eq!(v["decision"], "block");
+    assert!(v["auc"].as_f64().unwrap() > 0.75, "{stdout}");
+    assert!(v["epsilon_lower_bound"].as_f64().unwrap() > 0.5, "{stdout}");
+    assert!(
+        !dir.join("model.safetensors").exists(),
+        "a blocked model is never written"
+    );
+    // The report names the failed checks by how much they failed.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("audit-report.json")).unwrap())
+            .unwrap();
+    let failed: Vec<&serde_json::Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .collect();
+    assert!(failed
+        .iter()
+        .any(|c| c["check"] == "auc" && c["margin"].as_f64().unwrap() < 0.0));
+}
+
+#[test]
+fn the_same_job_with_strong_dp_is_released_below_its_claimed_epsilon() {
+    let dir = temp_dir("strongdp");
+    let out = dir.display().to_string();
+    let (code, stdout, stderr) = shroud(&[
+        "demo",
+        "--epsilon",
+        "1",
+        "--rounds",
+        "150",
+        "--dropout",
+        "0",
+        "--json",
+        "--out",
+        &out,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v = json(&stdout);
+    assert_eq!(v["decision"], "release", "{stdout}");
+    let claimed = v["epsilon_spent"].as_f64().unwrap();
+    assert!(
+        v["epsilon_lower_bound"].as_f64().unwrap() < claimed,
+        "{stdout}"
+    );
+    let model = dir.join("model.safetensors");
+    assert!(model.exists());
+    // The report carries the released model's hash.
+    use sha2::Digest;
+    let hash = shroud::policy::hex(&sha2::Sha256::digest(std::fs::read(&model).unwrap()));
+    assert_eq!(v["model_sha256"], hash.as_str());
+
+    // The report verifies against the log; a tampered copy does not.
+    let db = v["db"].as_str().unwrap();
+    let report = v["report_json"].as_str().unwrap();
+    let (code, stdout, stderr) = shroud(&["report", "verify", report, "--db", db]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("matches log entry 1"), "{stdout}");
+    let forged = dir.join("forged.json");
+    let text = std::fs::read_to_string(report)
+        .unwrap()
+        .replacen("\"release\"", "\"block\"", 1);
+    std::fs::write(&forged, text).unwrap();
+    let (code, _, stderr) = shroud(&["report", "verify", forged.to_str().unwrap(), "--db", db]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("differs from what log entry 1 recorded"),
+        "{stderr}"
+    );
+
+    // Re-rendering from the log gives the same report.
+    let again = dir.join("again");
+    let (code, _, stderr) = shroud(&[
+        "audit",
+        "--db",
+        db,
+        "--job",
+        "demo-digits-1",
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        std::fs::read(report).unwrap(),
+        std::fs::read(again.join("audit-report.json")).unwrap()
+    );
+
+    // A tampered log entry is found, and named.
+    let (code, stdout, _) = shroud(&["verify-log", "--db", db]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("unbroken"), "{stdout}");
+    {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute(
+            "UPDATE audit_log SET content = replace(content, 'release', 'blocked') WHERE seq = 1",
+            [],
+        )
+        .unwrap();
+    }
+    let (code, _, stderr) = shroud(&["verify-log", "--db", db]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("first broken entry is 1"), "{stderr}");
+}
+
+/// Renders a report in headless Chromium and checks that the page shows
+/// the decision and the ROC. Ignored (not passed) where Chromium is absent;
+/// `.ci/run` installs it.
+#[test]
+#[cfg_attr(
+    not(has_chromium),
+    ignore = "needs headless Chromium (Debian package `chromium`)"
+)]
+fn the_html_report_renders_in_chromium() {
+    let dir = temp_dir("chromium");
+    let out = dir.display().to_string();
+    let (code, stdout, stderr) = shroud(&[
+        "demo",
+        "--rounds",
+        "4",
+        "--dropout",
+        "0",
+        "--json",
+        "--out",
+        &out,
+    ]);
+    assert!(code == 0 || stderr.contains("release blocked"), "{stderr}");
+    let v = json(&stdout);
+    let html = Path::new(v["report_html"].as_str().unwrap())
+        .canonicalize()
+        .unwrap();
+    let chromium = std::env::var("SHROUD_CHROMIUM").unwrap_or_else(|_| {
+        ["chromium", "chromium-browser", "google-chrome"]
+            .iter()
+            .find(|c| Command::new(c).arg("--version").output().is_ok())
+            .expect("chromium on PATH")
+            .to_string()
+    });
+    let profile = dir.join("profile");
+    let shot = dir.join("report.png");
+    let base_args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ];
+    let profile_arg = format!("--user-data-dir={}", profile.display());
+    let url = format!("file://{}", html.display());
+    let dom = Command::new(&chromium)
+        .args(base_args)
+        .arg(&profile_arg)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let decision = if v["decision"] == "release" {
+        "Decision: RELEASE"
+    } else {
+        "Decision: BLOCKED"
+    };
+    assert!(
+        dom.contains(decision),
+        "the rendered page does not show the decision"
+    );
+    assert!(
+        dom.contains("<svg") && dom.contains("class=\"roc-curve\""),
+        "no ROC in the rendered page"
+    );
+    let status = Command::new(&chromium)
+        .args(base_args)
+        .arg(&profile_arg)
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1000,1600")
+        .arg(&url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a blank page? {} bytes",
+        png.len()
+    );
+}
+
+use std::process::Command;
