@@ -197,3 +197,27 @@ fn the_secure_sum_inside_a_job_equals_the_plain_sum() {
     assert!(probe.checked >= 3, "{} rounds checked", probe.checked);
     assert!(outcome.no_dp && outcome.epsilon_spent.is_none());
 }
+
+#[test]
+fn party_level_dp_runs_under_its_policy() {
+    let dir = tmp("party");
+    let (code, out, err) = shroud(&[
+        "demo",
+        "--policy",
+        "policies/party-level.toml",
+        "--dropout",
+        "0",
+        "--json",
+        "--out",
+        &dir,
+    ]);
+    // Released or blocked, the job ran to its end and was charged.
+    assert!(code == 0 || err.contains("release blocked"), "{err}");
+    let v = json(&out);
+    assert_eq!(v["unit"], "party");
+    assert_eq!(v["rounds"], 10);
+    let eps = v["epsilon_spent"].as_f64().unwrap();
+    assert!(eps > 0.0 && eps <= 6.0, "{eps}");
+    let ledger = PrivacyLedger::open(Path::new(v["db"].as_str().unwrap())).unwrap();
+    assert_eq!(ledger.charges(None).unwrap().len(), 10);
+}
