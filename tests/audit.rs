@@ -3,13 +3,9 @@
 //! tamper-evident log, tampering is found, and the HTML page renders.
 
 mod common;
-use common::{shroud, temp_dir};
+use common::{json, shroud, temp_dir};
 
 use std::path::Path;
-
-fn json(stdout: &str) -> serde_json::Value {
-    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
 
 #[test]
 fn an_overfit_model_without_dp_is_blocked() {

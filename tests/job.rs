@@ -2,7 +2,7 @@
 //! inside a job, dropouts, the ledger's charges and the no-DP switch.
 
 mod common;
-use common::shroud;
+use common::{json, shroud};
 
 use std::path::Path;
 
@@ -17,10 +17,6 @@ use shroud::strategy::{Contribution, PartyView, RoundPlan, Strategy, TaskResult,
 
 fn tmp(name: &str) -> String {
     common::temp_dir(name).display().to_string()
-}
-
-fn json(stdout: &str) -> serde_json::Value {
-    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 #[test]

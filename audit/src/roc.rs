@@ -36,13 +36,7 @@ impl Roc {
             .filter(|(s, _)| !s.is_nan())
             .collect();
         all.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut points = vec![RocPoint {
-            threshold: f64::INFINITY,
-            fpr: 0.0,
-            tpr: 0.0,
-            true_positives: 0,
-            false_positives: 0,
-        }];
+        let mut points = vec![point(f64::INFINITY, 0, 0, 1, 1)];
         let (m, n) = (members.len() as u64, non_members.len() as u64);
         let (mut tp, mut fp) = (0u64, 0u64);
         let mut i = 0;
@@ -72,13 +66,7 @@ impl Roc {
         assert_eq!(member_bins.len(), lower_edges.len());
         let m: u64 = member_bins.iter().sum();
         let n: u64 = non_member_bins.iter().sum();
-        let mut points = vec![RocPoint {
-            threshold: f64::INFINITY,
-            fpr: 0.0,
-            tpr: 0.0,
-            true_positives: 0,
-            false_positives: 0,
-        }];
+        let mut points = vec![point(f64::INFINITY, 0, 0, 1, 1)];
         let (mut tp, mut fp) = (0u64, 0u64);
         for i in (0..member_bins.len()).rev() {
             if member_bins[i] == 0 && non_member_bins[i] == 0 {
