@@ -77,22 +77,31 @@ pub fn gate_and_report(
             .max_epsilon_lower_bound
             .unwrap_or(r.epsilon_spent.unwrap_or(0.0)),
     };
-    let mut figures: Vec<AttackFigures<'_>> = r
-        .findings
-        .attacks
-        .iter()
-        .map(|a| AttackFigures {
-            attack: &a.attack,
-            auc: Some(a.auc),
-            tpr_at_fpr: limits.max_tpr_at_fpr.and_then(|(fpr, _)| {
-                a.tpr_at_fpr
-                    .iter()
-                    .find(|t| (t.fpr - fpr).abs() < 1e-12)
-                    .map(|t| t.tpr)
-            }),
-            epsilon_lower_bound: a.epsilon.epsilon,
-        })
-        .collect();
+    let mut figures: Vec<AttackFigures<'_>> =
+        r.findings
+            .attacks
+            .iter()
+            .map(|a| {
+                // A few hundred canaries make AUC and TPR too noisy to gate on
+                // directly; canaries are gated through their ε lower bounds,
+                // which account for the sample size. Population attacks are
+                // gated on all three.
+                let population = a.attack != "canary";
+                AttackFigures {
+                    attack: &a.attack,
+                    auc: population.then_some(a.auc),
+                    tpr_at_fpr: limits.max_tpr_at_fpr.filter(|_| population).and_then(
+                        |(fpr, _)| {
+                            a.tpr_at_fpr
+                                .iter()
+                                .find(|t| (t.fpr - fpr).abs() < 1e-12)
+                                .map(|t| t.tpr)
+                        },
+                    ),
+                    epsilon_lower_bound: a.epsilon.epsilon,
+                }
+            })
+            .collect();
     if let Some(c) = &r.findings.canary {
         figures.push(AttackFigures {
             attack: "canary (one-run bound)",

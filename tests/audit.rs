@@ -45,7 +45,8 @@ fn an_overfit_model_without_dp_is_blocked() {
         .collect();
     assert!(failed
         .iter()
-        .any(|c| c["check"] == "auc" && c["margin"].as_f64().unwrap() < 0.0));
+        .any(|c| c["check"] == "epsilon_lower_bound" && c["margin"].as_f64().unwrap() < 0.0));
+    assert!(failed.iter().any(|c| c["check"] == "differential_privacy"));
 }
 
 #[test]

@@ -39,7 +39,9 @@ fn fedavg_without_noise_matches_central_training() {
         "--out",
         &dir,
     ]);
-    assert_eq!(code, 0, "{err}");
+    // Without DP the gate always blocks: the command fails, the job ran.
+    assert_ne!(code, 0);
+    assert!(err.contains("release blocked"), "{err}");
     let v = json(&out);
     let fed = v["accuracy"].as_f64().unwrap();
     assert!(central > 0.93, "central {central}");
@@ -77,7 +79,8 @@ fn demo_with_dropouts_finishes_and_charges_every_round() {
         "--out",
         &dir,
     ]);
-    assert_eq!(code, 0, "{err}");
+    // The job runs to its end whatever the gate decides.
+    assert!(code == 0 || err.contains("release blocked"), "{err}");
     let v = json(&out);
     for key in ["accuracy", "epsilon_spent", "delta", "rounds", "parties"] {
         assert!(!v[key].is_null(), "missing {key}: {out}");
@@ -88,7 +91,8 @@ fn demo_with_dropouts_finishes_and_charges_every_round() {
     let eps = v["epsilon_spent"].as_f64().unwrap();
     assert!(eps > 0.0 && eps <= v["epsilon_budget"].as_f64().unwrap() * (1.0 + 1e-9));
     assert!(v["accuracy"].as_f64().unwrap() > 0.5, "{out}");
-    assert!(Path::new(&dir).join("model.safetensors").exists());
+    let released = v["decision"] == "release";
+    assert_eq!(Path::new(&dir).join("model.safetensors").exists(), released);
     assert!(Path::new(&dir).join("summary.json").exists());
     // One charge per round, aborted rounds included, in the ledger.
     let db = v["db"].as_str().unwrap().to_string();
