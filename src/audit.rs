@@ -520,8 +520,14 @@ fn secure_sum(
         phase_timeout: std::time::Duration::from_secs_f64(policy.consortium.phase_timeout_secs),
     })
     .map_err(|e| e.to_string())?;
-    let mut sim = Sim::new(round, identities, inputs.clone(), OsRng.next_u64(), NoMeter)
-        .map_err(|e| e.to_string())?;
+    let mut sim = Sim::with_master_secret(
+        round,
+        identities,
+        inputs.clone(),
+        &crate::job::master_secret(),
+        NoMeter,
+    )
+    .map_err(|e| e.to_string())?;
     let agg = sim
         .run()
         .map_err(|e| format!("the audit's secure sum failed: {e}"))?;

@@ -133,6 +133,13 @@ impl From<crate::store::LedgerError> for JobError {
     }
 }
 
+/// Fresh 256-bit randomness for one round's party secrets.
+pub fn master_secret() -> zeroize::Zeroizing<[u8; 32]> {
+    let mut m = zeroize::Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(m.as_mut());
+    m
+}
+
 /// Public per-round randomness (graph and rotation seeds), bound to the job.
 fn public_seed(label: &str, job: &str, round: u32, task: u32) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -351,11 +358,11 @@ fn run_task(
         phase_timeout: std::time::Duration::from_secs_f64(policy.consortium.phase_timeout_secs),
     })
     .map_err(JobError::Protocol)?;
-    let mut sim = Sim::new(
+    let mut sim = Sim::with_master_secret(
         crypto_round,
         identities,
         inputs.clone(),
-        OsRng.next_u64(),
+        &master_secret(),
         NoMeter,
     )
     .map_err(JobError::Protocol)?;

@@ -73,19 +73,47 @@ struct PartyOutput {
 
 impl<M: Meter> Sim<M> {
     /// Builds a round over `round`'s roster. `identities` and `inputs` are
-    /// per party; party randomness comes from `seed`.
+    /// per party; party randomness comes from `seed`, reproducibly (tests,
+    /// benches and the simulator).
     pub fn new(
         round: Round,
         identities: Vec<(PartyId, IdentityKey)>,
-        mut inputs: BTreeMap<PartyId, Vec<u32>>,
+        inputs: BTreeMap<PartyId, Vec<u32>>,
         seed: u64,
         meter: M,
+    ) -> Result<Self, Error> {
+        Self::build(round, identities, inputs, meter, |id| party_rng(seed, id))
+    }
+
+    /// As [`Sim::new`], with every party's randomness drawn from a 256-bit
+    /// master secret (one ChaCha20 stream per party): for jobs, whose
+    /// round secrets must be unpredictable.
+    pub fn with_master_secret(
+        round: Round,
+        identities: Vec<(PartyId, IdentityKey)>,
+        inputs: BTreeMap<PartyId, Vec<u32>>,
+        master: &zeroize::Zeroizing<[u8; 32]>,
+        meter: M,
+    ) -> Result<Self, Error> {
+        Self::build(round, identities, inputs, meter, |id| {
+            let mut rng = ChaCha20Rng::from_seed(**master);
+            rng.set_stream(u64::from(id.0));
+            rng
+        })
+    }
+
+    fn build(
+        round: Round,
+        identities: Vec<(PartyId, IdentityKey)>,
+        mut inputs: BTreeMap<PartyId, Vec<u32>>,
+        meter: M,
+        rng_for: impl Fn(PartyId) -> ChaCha20Rng,
     ) -> Result<Self, Error> {
         let time = Instant::now();
         let coordinator = Coordinator::new(round.clone(), time);
         let mut parties = BTreeMap::new();
         for (id, identity) in identities {
-            let mut rng = party_rng(seed, id);
+            let mut rng = rng_for(id);
             let input = inputs
                 .remove(&id)
                 .ok_or_else(|| Error::Config(format!("no input for party {id}")))?;
