@@ -230,7 +230,10 @@ fn core(policy: &Policy, s: &Shape, z: f64, bits: u8) -> Result<Core, PlanError>
     let enc = choose_gamma(policy, s, z, bits)?;
     let scaled_clip = policy.privacy.clip_norm / enc.gamma;
     let sensitivity = rounded_sensitivity(scaled_clip, s.padded);
-    let sigma_party = z * scaled_clip / (s.honest as f64).sqrt();
+    // Rounded up to a whole number of integer units: more noise, never
+    // less, and an integer scale keeps opendp's exact sampler in small
+    // rationals (a fractional f64 scale makes it several times slower).
+    let sigma_party = (z * scaled_clip / (s.honest as f64).sqrt()).ceil();
     let inflation = sensitivity / scaled_clip;
     if inflation > MAX_INFLATION && policy.encoding.gamma.is_some() {
         return Err(PlanError {
