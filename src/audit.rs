@@ -221,8 +221,11 @@ fn party_scores(
     } else {
         Vec::new()
     };
+    // Every reference model's losses on the sample, computed once for both
+    // attacks that use them (empty without reference models).
     let ref_losses =
         |idx: &[usize]| -> Vec<Vec<f64>> { refs.iter().map(|r| losses(r, d, idx)).collect() };
+    let (rm, rn) = (ref_losses(&sample.members), ref_losses(&sample.non_members));
     for a in attacks {
         match a.as_str() {
             "loss" => {
@@ -230,7 +233,6 @@ fn party_scores(
                 out.insert(a.clone(), (s(&lm), s(&ln)));
             }
             "lira" => {
-                let (rm, rn) = (ref_losses(&sample.members), ref_losses(&sample.non_members));
                 // Offline LiRA with a fixed variance: one σ pooled over all
                 // reference confidences of the sample.
                 let all: Vec<f64> = rm
@@ -258,7 +260,6 @@ fn party_scores(
                 out.insert(a.clone(), (score(&lm, &rm), score(&ln, &rn)));
             }
             "rmia" => {
-                let (rm, rn) = (ref_losses(&sample.members), ref_losses(&sample.non_members));
                 // Pr(x|θ) / Pr(x), Pr(x) averaged over the reference models.
                 let ratio = |target: &[f64], r: &[Vec<f64>]| -> Vec<f64> {
                     target
