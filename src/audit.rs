@@ -28,11 +28,12 @@ use shroud_audit::report::{thin, AttackResult, TprAtFpr};
 use shroud_audit::stats::{cp_lower, cp_upper};
 use shroud_audit::Roc;
 use shroud_crypto::sim::{NoMeter, Sim};
-use shroud_crypto::{GraphSpec, IdentityKey, PartyId, Round, RoundConfig, SessionParams};
+use shroud_crypto::{IdentityKey, PartyId};
 
 use crate::data::{shuffled, Dataset};
 use crate::model::{matrix, train_central, Mlp};
-use crate::policy::{Neighbours, Policy};
+use crate::policy::Policy;
+use crate::sampling::{fair_coin, standard_normal};
 
 /// Score bins per attack: fine enough to resolve TPR at 0.1 % FPR.
 pub const BINS: usize = 2000;
@@ -67,16 +68,6 @@ pub struct AuditSetup {
     pub sample_seed: u64,
 }
 
-fn coin(rng: &mut ChaCha20Rng) -> bool {
-    rng.next_u32() & 1 == 1
-}
-
-fn gaussian(rng: &mut ChaCha20Rng) -> f64 {
-    let u1 = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    let u2 = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
 /// Draws the canaries and the audit samples. `parties` holds each party's
 /// records; the returned training sets drop the audit non-members and add
 /// the "in" canaries.
@@ -90,9 +81,9 @@ pub fn prepare(
     let (dim, classes) = (parties[0].1.dim(), parties[0].1.classes);
     let list: Vec<Canary> = (0..canaries)
         .map(|i| Canary {
-            features: (0..dim).map(|_| gaussian(&mut crng)).collect(),
+            features: (0..dim).map(|_| standard_normal(&mut crng)).collect(),
             label: (crng.next_u64() % classes as u64) as usize,
-            included: coin(&mut crng),
+            included: fair_coin(&mut crng),
             party: parties[i % parties.len()].0,
         })
         .collect();
@@ -104,7 +95,7 @@ pub fn prepare(
         let take = ((d.len() as f64) * AUDIT_FRACTION).round() as usize;
         let (mut members, mut non_members) = (Vec::new(), Vec::new());
         for &i in &order[..take] {
-            if coin(&mut srng) {
+            if fair_coin(&mut srng) {
                 members.push(i);
             } else {
                 non_members.push(i);
@@ -202,7 +193,11 @@ fn party_scores(
         let mut rng = ChaCha20Rng::seed_from_u64(seed ^ u64::from(sample.party));
         (0..REFERENCE_MODELS)
             .map(|k| {
-                let half: Vec<usize> = pool.iter().copied().filter(|_| coin(&mut rng)).collect();
+                let half: Vec<usize> = pool
+                    .iter()
+                    .copied()
+                    .filter(|_| fair_coin(&mut rng))
+                    .collect();
                 let mut m = Mlp::new(&model.sizes(), seed ^ (k as u64 + 1));
                 if !half.is_empty() {
                     train_central(
@@ -386,10 +381,9 @@ pub fn run(
             features: setup.canaries.iter().map(|c| c.features.clone()).collect(),
             labels: setup.canaries.iter().map(|c| c.label).collect(),
             classes: model.sizes().last().copied().unwrap_or(2),
-            feature_names: Vec::new(),
+            feature_names: (0..model.sizes()[0]).map(|i| format!("x{i}")).collect(),
         };
-        let idx: Vec<usize> = (0..d.len()).collect();
-        let x = matrix_of(&d, &idx, model.sizes()[0]);
+        let x = matrix(&d, None);
         let l = model.losses(x.view(), &d.labels);
         let scores: Vec<f64> = l.iter().map(|v| -v).collect();
         let included: Vec<bool> = setup.canaries.iter().map(|c| c.included).collect();
@@ -475,15 +469,6 @@ fn attack_result(
     }
 }
 
-fn matrix_of(d: &Dataset, idx: &[usize], dim: usize) -> ndarray::Array2<f64> {
-    let flat: Vec<f64> = idx
-        .iter()
-        .flat_map(|&i| d.features[i].iter().copied())
-        .collect();
-    ndarray::Array2::from_shape_vec((idx.len(), dim), flat)
-        .expect("canaries have the model's width")
-}
-
 /// Sums the parties' count vectors with secure aggregation (32-bit words,
 /// no noise: counts of the parties' own audit records).
 fn secure_sum(
@@ -498,28 +483,16 @@ fn secure_sum(
         .collect();
     let len = inputs.values().next().map_or(0, Vec::len);
     let n = identities.len();
-    let mut graph_seed = [0u8; 32];
-    OsRng.fill_bytes(&mut graph_seed);
-    let round = Round::new(RoundConfig {
-        session: SessionParams {
-            consortium: policy.consortium.id.clone(),
-            job: job.to_string(),
-            // The audit's sum follows every training round.
-            round: u64::from(policy.privacy.rounds) + 1,
-            task: 0,
-        },
-        roster: identities.iter().map(|(id, k)| (*id, k.public())).collect(),
-        threshold: policy.consortium.threshold.min(n),
-        graph: match policy.consortium.neighbours {
-            Neighbours::Fixed(k) if (k as usize) < n - 1 => GraphSpec::Regular { degree: k },
-            _ => GraphSpec::Complete,
-        },
-        graph_seed,
-        bits: 32,
+    // The audit's sum follows every training round.
+    let round = crate::job::protocol_round(
+        policy,
+        job,
+        policy.privacy.rounds + 1,
+        0,
+        &identities,
+        32,
         len,
-        active: policy.consortium.active,
-        phase_timeout: std::time::Duration::from_secs_f64(policy.consortium.phase_timeout_secs),
-    })
+    )
     .map_err(|e| e.to_string())?;
     let mut sim = Sim::with_master_secret(
         round,

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+use crate::sampling::{standard_normal, uniform_open};
+
 /// A CSV that could not be read.
 #[derive(Debug)]
 pub struct DataError {
@@ -457,30 +459,20 @@ fn cut_points(w: &[f64], n: usize) -> Vec<usize> {
     cuts
 }
 
-fn uniform(rng: &mut ChaCha20Rng) -> f64 {
-    // In (0, 1): never zero, so logs are finite.
-    ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-}
-
-fn normal(rng: &mut ChaCha20Rng) -> f64 {
-    let (u1, u2) = (uniform(rng), uniform(rng));
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
 /// Gamma(shape, 1) by Marsaglia–Tsang (boosted for shape < 1).
 fn gamma(shape: f64, rng: &mut ChaCha20Rng) -> f64 {
     if shape < 1.0 {
-        return gamma(shape + 1.0, rng) * uniform(rng).powf(1.0 / shape);
+        return gamma(shape + 1.0, rng) * uniform_open(rng).powf(1.0 / shape);
     }
     let d = shape - 1.0 / 3.0;
     let c = 1.0 / (9.0 * d).sqrt();
     loop {
-        let x = normal(rng);
+        let x = standard_normal(rng);
         let v = (1.0 + c * x).powi(3);
         if v <= 0.0 {
             continue;
         }
-        let u = uniform(rng);
+        let u = uniform_open(rng);
         if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
             return d * v;
         }

@@ -290,6 +290,43 @@ enum TaskOutcome {
     },
 }
 
+/// The secure-aggregation round of one task: the policy's threshold,
+/// neighbour graph, consistency check and deadline over `identities`, with
+/// the graph seed public and bound to the job, round and task.
+pub fn protocol_round(
+    policy: &Policy,
+    job: &str,
+    round: u32,
+    task: u32,
+    identities: &[(PartyId, IdentityKey)],
+    bits: u8,
+    len: usize,
+) -> Result<Round, shroud_crypto::Error> {
+    let n = identities.len();
+    Round::new(RoundConfig {
+        session: SessionParams {
+            consortium: policy.consortium.id.clone(),
+            job: job.to_string(),
+            round: u64::from(round),
+            task,
+        },
+        roster: identities.iter().map(|(id, k)| (*id, k.public())).collect(),
+        threshold: policy.consortium.threshold.min(n),
+        graph: match policy.consortium.neighbours {
+            // A cohort smaller than the graph's degree is complete.
+            Neighbours::Fixed(k) if (k as usize) < n.saturating_sub(1) => {
+                GraphSpec::Regular { degree: k }
+            }
+            _ => GraphSpec::Complete,
+        },
+        graph_seed: public_seed("graph", job, round, task),
+        bits,
+        len,
+        active: policy.consortium.active,
+        phase_timeout: std::time::Duration::from_secs_f64(policy.consortium.phase_timeout_secs),
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_task(
     spec: &JobSpec<'_>,
@@ -335,28 +372,15 @@ fn run_task(
     }
 
     // Secure aggregation over the cohort.
-    let crypto_round = Round::new(RoundConfig {
-        session: SessionParams {
-            consortium: policy.consortium.id.clone(),
-            job: spec.job_id.clone(),
-            round: u64::from(round),
-            task: task.id,
-        },
-        roster: identities.iter().map(|(id, k)| (*id, k.public())).collect(),
-        threshold: policy.consortium.threshold.min(identities.len()),
-        graph: match policy.consortium.neighbours {
-            Neighbours::All => GraphSpec::Complete,
-            Neighbours::Fixed(k) if (k as usize) < identities.len() - 1 => {
-                GraphSpec::Regular { degree: k }
-            }
-            Neighbours::Fixed(_) => GraphSpec::Complete,
-        },
-        graph_seed: public_seed("graph", &spec.job_id, round, task.id),
-        bits: plan.bits,
-        len: scheme.padded,
-        active: policy.consortium.active,
-        phase_timeout: std::time::Duration::from_secs_f64(policy.consortium.phase_timeout_secs),
-    })
+    let crypto_round = protocol_round(
+        policy,
+        &spec.job_id,
+        round,
+        task.id,
+        &identities,
+        plan.bits,
+        scheme.padded,
+    )
     .map_err(JobError::Protocol)?;
     let mut sim = Sim::with_master_secret(
         crypto_round,
@@ -369,9 +393,7 @@ fn run_task(
     sim.set_threads(1);
     let mut dropped = Vec::new();
     for &p in &task.cohort {
-        if spec.dropout > 0.0
-            && ((rng.next_u64() >> 11) as f64) < spec.dropout * (1u64 << 53) as f64
-        {
+        if spec.dropout > 0.0 && crate::sampling::bernoulli(rng, spec.dropout) {
             let phase = Phase::ALL[(rng.next_u32() % 5) as usize];
             sim.drop_party(PartyId(p), phase);
             dropped.push(p);

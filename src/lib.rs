@@ -13,6 +13,7 @@ pub mod job;
 pub mod model;
 pub mod policy;
 pub mod release;
+pub mod sampling;
 pub mod secagg_sim;
 pub mod store;
 pub mod strategy;

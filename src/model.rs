@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
-use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use crate::data::Dataset;
+use crate::sampling::standard_normal;
 
 #[derive(Clone, Debug)]
 pub struct Dense {
@@ -38,12 +39,6 @@ impl std::fmt::Display for ModelError {
 
 impl std::error::Error for ModelError {}
 
-fn gaussian(rng: &mut ChaCha20Rng) -> f64 {
-    let u1 = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    let u2 = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
 impl Mlp {
     /// `sizes` = [inputs, hidden…, classes]; He initialisation from `seed`.
     pub fn new(sizes: &[usize], seed: u64) -> Mlp {
@@ -56,7 +51,7 @@ impl Mlp {
                 let scale = (2.0 / fan_in as f64).sqrt();
                 Dense {
                     w: Array2::from_shape_simple_fn((fan_out, fan_in), || {
-                        gaussian(&mut rng) * scale
+                        standard_normal(&mut rng) * scale
                     }),
                     b: Array1::zeros(fan_out),
                 }
@@ -128,13 +123,7 @@ impl Mlp {
             let gb = delta.sum_axis(Axis(0)) / n;
             grads.push((gw, gb));
             if i > 0 {
-                let mut prev = delta.dot(&l.w);
-                prev.zip_mut_with(&inputs[i], |d, a| {
-                    if *a <= 0.0 {
-                        *d = 0.0
-                    }
-                });
-                delta = prev;
+                delta = backprop(&delta, l, &inputs[i]);
             }
         }
         grads.reverse();
@@ -178,13 +167,7 @@ impl Mlp {
                 }
             }
             if i > 0 {
-                let mut prev = delta.dot(&l.w);
-                prev.zip_mut_with(&inputs[i], |d, a| {
-                    if *a <= 0.0 {
-                        *d = 0.0
-                    }
-                });
-                delta = prev;
+                delta = backprop(&delta, l, &inputs[i]);
             }
         }
         out
@@ -333,6 +316,18 @@ impl Mlp {
         }
         Ok(Mlp { layers })
     }
+}
+
+/// `∂loss/∂(layer input)` from `∂loss/∂(layer output)`, through the ReLU
+/// that produced the input (a zero input means a clamped unit).
+fn backprop(delta: &Array2<f64>, layer: &Dense, input: &Array2<f64>) -> Array2<f64> {
+    let mut prev = delta.dot(&layer.w);
+    prev.zip_mut_with(input, |d, a| {
+        if *a <= 0.0 {
+            *d = 0.0
+        }
+    });
+    prev
 }
 
 /// Rows of `d` (or of the listed indices) as a matrix.

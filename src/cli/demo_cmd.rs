@@ -148,15 +148,11 @@ fn parse_partition(f: &DemoFlags) -> Result<Partition> {
 /// overrides given on the command line. It is validated like any policy.
 fn adapt_policy(
     f: &DemoFlags,
+    mut t: toml::Table,
     parties: &[(u32, usize)],
     inputs: usize,
     classes: usize,
 ) -> Result<Policy> {
-    let text = std::fs::read_to_string(&f.policy)
-        .with_context(|| format!("{}: cannot read the policy file", f.policy.display()))?;
-    let mut t: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {}", f.policy.display(), e.message()))?;
     let n_policy = t
         .get("party")
         .and_then(|p| p.as_array())
@@ -241,31 +237,19 @@ pub fn run(f: DemoFlags) -> Result<()> {
     }
     let path = dataset_path(&f.dataset);
     let data = prepare(&path, f.seed)?;
-    let hidden: Vec<usize> = {
-        let text = std::fs::read_to_string(&f.policy).unwrap_or_default();
-        let t: toml::Table = text.parse().unwrap_or_default();
-        t.get("strategy")
-            .and_then(|s| s.get("hidden"))
-            .and_then(|h| h.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_integer())
-                    .map(|v| v as usize)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    // The policy file, read once: the demo adapts it to its roster and data.
+    let policy_text = std::fs::read_to_string(&f.policy)
+        .with_context(|| format!("{}: cannot read the policy file", f.policy.display()))?;
+    let policy_table: toml::Table = policy_text
+        .parse()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {}", f.policy.display(), e.message()))?;
 
     let n_parties = match f.parties {
         Some(n) => n as usize,
-        None => {
-            let text = std::fs::read_to_string(&f.policy)
-                .with_context(|| format!("{}: cannot read the policy file", f.policy.display()))?;
-            let t: toml::Table = text.parse().unwrap_or_default();
-            t.get("party")
-                .and_then(|p| p.as_array())
-                .map_or(8, |a| a.len())
-        }
+        None => policy_table
+            .get("party")
+            .and_then(|p| p.as_array())
+            .map_or(8, |a| a.len()),
     };
     if n_parties < 2 {
         bail!("--parties must be at least 2");
@@ -283,7 +267,13 @@ pub fn run(f: DemoFlags) -> Result<()> {
         .enumerate()
         .map(|(i, p)| (i as u32, p.len()))
         .collect();
-    let policy = adapt_policy(&f, &counts, data.train.dim(), data.train.classes)?;
+    let policy = adapt_policy(
+        &f,
+        policy_table,
+        &counts,
+        data.train.dim(),
+        data.train.classes,
+    )?;
     let plan = PrivacyPlan::for_policy(&policy)
         .map_err(|e| anyhow::anyhow!("{}: `{}`: {}", policy.source.display(), e.key, e.message))?;
 
@@ -318,7 +308,7 @@ pub fn run(f: DemoFlags) -> Result<()> {
             pooled.labels.extend(&t.labels);
         }
         let mut sizes = vec![data.train.dim()];
-        sizes.extend(&hidden);
+        sizes.extend(&policy.strategy.hidden);
         sizes.push(data.train.classes);
         let mut model = Mlp::new(&sizes, f.seed);
         train_central(&mut model, &pooled, 30, 32, 0.05, 0.9, f.seed);
@@ -425,7 +415,6 @@ pub fn run(f: DemoFlags) -> Result<()> {
             audit_non_members: s.non_members.len(),
         })
         .collect();
-    let policy_text = std::fs::read_to_string(&f.policy).unwrap_or_default();
     let release = gate_and_report(
         ReleaseInputs {
             policy: &policy,

@@ -7,12 +7,12 @@
 //! - Party unit (DDGauss): each party trains locally from the global model
 //!   and contributes its model delta; the coordinator adds the mean delta.
 
-use rand_chacha::rand_core::RngCore;
 use rand_chacha::ChaCha20Rng;
 
 use super::{Contribution, PartyView, RoundPlan, Strategy, TaskResult, TaskSpec};
 use crate::model::{matrix, Mlp, Sgd};
 use crate::policy::Unit;
+use crate::sampling::bernoulli;
 
 pub struct FedAvg {
     model: Mlp,
@@ -50,10 +50,6 @@ impl FedAvg {
     }
 }
 
-fn coin(rng: &mut ChaCha20Rng, p: f64) -> bool {
-    ((rng.next_u64() >> 11) as f64) < p * (1u64 << 53) as f64
-}
-
 impl Strategy for FedAvg {
     fn name(&self) -> &'static str {
         "fedavg"
@@ -84,7 +80,7 @@ impl Strategy for FedAvg {
         let d = party.data;
         if self.record_level() {
             let sampled: Vec<usize> = (0..d.len())
-                .filter(|_| coin(rng, self.sampling_rate))
+                .filter(|_| bernoulli(rng, self.sampling_rate))
                 .collect();
             if sampled.is_empty() {
                 return Contribution::PerRecord(Vec::new());
