@@ -65,7 +65,66 @@ pub struct AuditSetup {
     pub samples: Vec<PartySample>,
     /// The secret canary seed, disclosed in the report after training.
     pub canary_seed: u64,
-    pub sample_seed: u64,
+    /// The seed of the audit samples when one party drew them all (the
+    /// in-process job); each party draws its own over the network.
+    pub sample_seed: Option<u64>,
+}
+
+/// Draws `m` canaries from a secret seed: standard-normal inputs in the
+/// standardised feature space, uniform labels, a fair inclusion coin each,
+/// dealt round-robin to `parties`.
+pub fn draw_canaries(
+    seed: u64,
+    m: usize,
+    dim: usize,
+    classes: usize,
+    parties: &[u32],
+) -> Vec<Canary> {
+    let mut crng = ChaCha20Rng::seed_from_u64(seed);
+    (0..m)
+        .map(|i| Canary {
+            features: (0..dim).map(|_| standard_normal(&mut crng)).collect(),
+            label: (crng.next_u64() % classes.max(1) as u64) as usize,
+            included: fair_coin(&mut crng),
+            party: parties[i % parties.len()],
+        })
+        .collect()
+}
+
+/// One party's audit sample: a share of its records, split into members
+/// and non-members by fair coins drawn from `rng`.
+pub fn draw_sample(party: u32, d: &Dataset, rng: &mut ChaCha20Rng) -> PartySample {
+    let order = shuffled(d.len(), rng);
+    let take = ((d.len() as f64) * AUDIT_FRACTION).round() as usize;
+    let (mut members, mut non_members) = (Vec::new(), Vec::new());
+    for &i in &order[..take] {
+        if fair_coin(rng) {
+            members.push(i);
+        } else {
+            non_members.push(i);
+        }
+    }
+    PartySample {
+        party,
+        members,
+        non_members,
+    }
+}
+
+/// What a party trains on: its records without the audit non-members, plus
+/// the "in" canaries dealt to it.
+pub fn training_set(d: &Dataset, sample: &PartySample, canaries: &[Canary]) -> Dataset {
+    let held_out: std::collections::BTreeSet<usize> = sample.non_members.iter().copied().collect();
+    let keep: Vec<usize> = (0..d.len()).filter(|i| !held_out.contains(i)).collect();
+    let mut t = d.subset(&keep);
+    for c in canaries
+        .iter()
+        .filter(|c| c.included && c.party == sample.party)
+    {
+        t.features.push(c.features.clone());
+        t.labels.push(c.label);
+    }
+    t
 }
 
 /// Draws the canaries and the audit samples. `parties` holds each party's
@@ -77,50 +136,23 @@ pub fn prepare(
     sample_seed: u64,
 ) -> (AuditSetup, Vec<Dataset>) {
     let canary_seed = OsRng.next_u64();
-    let mut crng = ChaCha20Rng::seed_from_u64(canary_seed);
     let (dim, classes) = (parties[0].1.dim(), parties[0].1.classes);
-    let list: Vec<Canary> = (0..canaries)
-        .map(|i| Canary {
-            features: (0..dim).map(|_| standard_normal(&mut crng)).collect(),
-            label: (crng.next_u64() % classes as u64) as usize,
-            included: fair_coin(&mut crng),
-            party: parties[i % parties.len()].0,
-        })
-        .collect();
+    let ids: Vec<u32> = parties.iter().map(|p| p.0).collect();
+    let list = draw_canaries(canary_seed, canaries, dim, classes, &ids);
     let mut srng = ChaCha20Rng::seed_from_u64(sample_seed ^ 0x00a0_d175);
     let mut samples = Vec::new();
     let mut training = Vec::new();
     for &(id, d) in parties {
-        let order = shuffled(d.len(), &mut srng);
-        let take = ((d.len() as f64) * AUDIT_FRACTION).round() as usize;
-        let (mut members, mut non_members) = (Vec::new(), Vec::new());
-        for &i in &order[..take] {
-            if fair_coin(&mut srng) {
-                members.push(i);
-            } else {
-                non_members.push(i);
-            }
-        }
-        let held_out: std::collections::BTreeSet<usize> = non_members.iter().copied().collect();
-        let keep: Vec<usize> = (0..d.len()).filter(|i| !held_out.contains(i)).collect();
-        let mut t = d.subset(&keep);
-        for c in list.iter().filter(|c| c.included && c.party == id) {
-            t.features.push(c.features.clone());
-            t.labels.push(c.label);
-        }
-        training.push(t);
-        samples.push(PartySample {
-            party: id,
-            members,
-            non_members,
-        });
+        let sample = draw_sample(id, d, &mut srng);
+        training.push(training_set(d, &sample, &list));
+        samples.push(sample);
     }
     (
         AuditSetup {
             canaries: list,
             samples,
             canary_seed,
-            sample_seed,
+            sample_seed: Some(sample_seed),
         },
         training,
     )
@@ -309,6 +341,43 @@ pub struct AuditParty<'a> {
     pub data: &'a Dataset,
 }
 
+/// The attacks scored on real records: the policy's list without "canary".
+pub fn population_attacks(policy: &Policy) -> Vec<String> {
+    policy
+        .audit
+        .attacks
+        .iter()
+        .filter(|a| a.as_str() != "canary")
+        .cloned()
+        .collect()
+}
+
+/// Width of the count vector each party contributes.
+pub fn counts_width(attacks: &[String]) -> usize {
+    2 * BINS * attacks.len()
+}
+
+/// Party side: scores the party's audit sample with every attack and bins
+/// the scores, members then non-members per attack. Only these counts leave
+/// the party, and only inside a secure sum.
+pub fn party_counts(
+    model: &Mlp,
+    d: &Dataset,
+    sample: &PartySample,
+    attacks: &[String],
+    seed: u64,
+) -> Vec<u32> {
+    let scores = party_scores(model, d, sample, attacks, seed);
+    let mut counts = vec![0u32; counts_width(attacks)];
+    for (k, a) in attacks.iter().enumerate() {
+        let (m, n) = &scores[a];
+        let base = 2 * BINS * k;
+        m.iter().for_each(|&s| counts[base + bin(a, s)] += 1);
+        n.iter().for_each(|&s| counts[base + BINS + bin(a, s)] += 1);
+    }
+    counts
+}
+
 /// Runs both audits on `model`. Party-side scoring happens per party; only
 /// the summed bin counts reach the coordinator.
 pub fn run(
@@ -319,16 +388,8 @@ pub fn run(
     job: &str,
     delta: f64,
 ) -> Result<Findings, String> {
-    let attacks: Vec<String> = policy
-        .audit
-        .attacks
-        .iter()
-        .filter(|a| a.as_str() != "canary")
-        .cloned()
-        .collect();
-    let confidence = policy.audit.confidence;
-    // Each party: counts per bin, members then non-members, per attack.
-    let width = 2 * BINS * attacks.len();
+    let attacks = population_attacks(policy);
+    let seed = setup.sample_seed.unwrap_or(0);
     let mut inputs: BTreeMap<PartyId, Vec<u32>> = BTreeMap::new();
     for p in parties {
         let sample = setup
@@ -336,17 +397,26 @@ pub fn run(
             .iter()
             .find(|s| s.party == p.id)
             .ok_or("missing audit sample")?;
-        let scores = party_scores(model, p.data, sample, &attacks, setup.sample_seed);
-        let mut counts = vec![0u32; width];
-        for (k, a) in attacks.iter().enumerate() {
-            let (m, n) = &scores[a];
-            let base = 2 * BINS * k;
-            m.iter().for_each(|&s| counts[base + bin(a, s)] += 1);
-            n.iter().for_each(|&s| counts[base + BINS + bin(a, s)] += 1);
-        }
-        inputs.insert(PartyId(p.id), counts);
+        inputs.insert(
+            PartyId(p.id),
+            party_counts(model, p.data, sample, &attacks, seed),
+        );
     }
     let summed = secure_sum(policy, parties, &inputs, job)?;
+    Ok(findings(model, setup, &summed, policy, delta))
+}
+
+/// Coordinator side: the consortium-wide ROC of every attack from the
+/// summed counts, and the canary audit from the canaries it drew.
+pub fn findings(
+    model: &Mlp,
+    setup: &AuditSetup,
+    summed: &[u32],
+    policy: &Policy,
+    delta: f64,
+) -> Findings {
+    let attacks = population_attacks(policy);
+    let confidence = policy.audit.confidence;
     let mut results = Vec::new();
     for (k, a) in attacks.iter().enumerate() {
         let base = 2 * BINS * k;
@@ -414,10 +484,10 @@ pub fn run(
         ));
         Some(canary::audit(&scores, &included, confidence))
     };
-    Ok(Findings {
+    Findings {
         attacks: results,
         canary,
-    })
+    }
 }
 
 /// AUC, TPR at the standard FPRs (and the policy's), the ε lower bound and
@@ -489,7 +559,10 @@ fn secure_sum(
         job,
         policy.privacy.rounds + 1,
         0,
-        &identities,
+        &identities
+            .iter()
+            .map(|(id, k)| (*id, k.public()))
+            .collect::<Vec<_>>(),
         32,
         len,
     )

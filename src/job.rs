@@ -16,7 +16,9 @@ use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use shroud_crypto::sim::{plain_sum, NoMeter, Sim};
-use shroud_crypto::{GraphSpec, IdentityKey, PartyId, Phase, Round, RoundConfig, SessionParams};
+use shroud_crypto::{
+    GraphSpec, IdentityKey, IdentityPublicKey, PartyId, Phase, Round, RoundConfig, SessionParams,
+};
 
 use crate::data::Dataset;
 use crate::dp::encode::EncodingScheme;
@@ -168,19 +170,7 @@ pub fn run_job(
         return Err(JobError::NoDpNotAllowed);
     }
     // Every party's key must be the one the roster lists.
-    let roster: BTreeMap<u32, shroud_crypto::IdentityPublicKey> = policy
-        .parties
-        .iter()
-        .map(|p| {
-            let bytes: [u8; 32] = crate::policy::unhex(&p.identity_key)
-                .and_then(|b| b.try_into().ok())
-                .expect("validated policy");
-            (
-                p.id,
-                shroud_crypto::IdentityPublicKey::from_bytes(&bytes).expect("validated policy"),
-            )
-        })
-        .collect();
+    let roster = policy.roster_keys();
     for p in &spec.parties {
         if roster.get(&p.id) != Some(&IdentityKey::from_seed(&p.identity_seed).public()) {
             return Err(JobError::IdentityMismatch { party: p.id });
@@ -292,17 +282,18 @@ enum TaskOutcome {
 
 /// The secure-aggregation round of one task: the policy's threshold,
 /// neighbour graph, consistency check and deadline over `identities`, with
-/// the graph seed public and bound to the job, round and task.
+/// the graph seed public and bound to the job, round and task. Coordinator
+/// and parties build it alike from the policy and the cohort's public keys.
 pub fn protocol_round(
     policy: &Policy,
     job: &str,
     round: u32,
     task: u32,
-    identities: &[(PartyId, IdentityKey)],
+    cohort: &[(PartyId, IdentityPublicKey)],
     bits: u8,
     len: usize,
 ) -> Result<Round, shroud_crypto::Error> {
-    let n = identities.len();
+    let n = cohort.len();
     Round::new(RoundConfig {
         session: SessionParams {
             consortium: policy.consortium.id.clone(),
@@ -310,7 +301,7 @@ pub fn protocol_round(
             round: u64::from(round),
             task,
         },
-        roster: identities.iter().map(|(id, k)| (*id, k.public())).collect(),
+        roster: cohort.iter().copied().collect(),
         threshold: policy.consortium.threshold.min(n),
         graph: match policy.consortium.neighbours {
             // A cohort smaller than the graph's degree is complete.
@@ -327,6 +318,53 @@ pub fn protocol_round(
     })
 }
 
+/// Party side of one task: the local computation, each vector rotated,
+/// clipped and rounded, the party's discrete Gaussian noise share added,
+/// and the result wrapped to words mod 2^bits for secure aggregation.
+pub fn party_input(
+    strategy: &dyn Strategy,
+    task: &TaskSpec,
+    view: &PartyView<'_>,
+    scheme: &EncodingScheme,
+    noise: Option<&DiscreteGaussianShare>,
+    rng: &mut ChaCha20Rng,
+) -> Result<Vec<u32>, JobError> {
+    let mut acc = match strategy.contribute(task, view, rng) {
+        Contribution::PerRecord(list) => {
+            let mut acc = vec![0i64; scheme.padded];
+            for g in list {
+                let q = scheme.quantize(&g, rng).map_err(JobError::Encode)?;
+                acc.iter_mut().zip(q).for_each(|(a, b)| *a += b);
+            }
+            acc
+        }
+        Contribution::Whole(v) => scheme.quantize(&v, rng).map_err(JobError::Encode)?,
+    };
+    if let Some(n) = noise {
+        n.add_to(&mut acc).map_err(JobError::Noise)?;
+    }
+    Ok(scheme.wrap(&acc))
+}
+
+/// The policy a job runs under: the consortium's policy with the job's own
+/// ε and round count when the operator set them (never above the policy's).
+pub fn job_policy(policy: &Policy, epsilon: Option<f64>, rounds: Option<u32>) -> Policy {
+    let mut p = policy.clone();
+    if let Some(e) = epsilon {
+        p.privacy.epsilon = e;
+    }
+    if let Some(r) = rounds {
+        p.privacy.rounds = r;
+    }
+    p
+}
+
+/// The rotation seed of one task (public, bound to the job).
+pub fn rotation_seed(policy: &Policy, job: &str, round: u32, task: u32) -> Option<[u8; 32]> {
+    (policy.encoding.rotation == Rotation::Hadamard)
+        .then(|| public_seed("rotation", job, round, task))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_task(
     spec: &JobSpec<'_>,
@@ -339,8 +377,7 @@ fn run_task(
     rng: &mut ChaCha20Rng,
 ) -> Result<TaskOutcome, JobError> {
     let policy = spec.policy;
-    let rotation = (policy.encoding.rotation == Rotation::Hadamard)
-        .then(|| public_seed("rotation", &spec.job_id, round, task.id));
+    let rotation = rotation_seed(policy, &spec.job_id, round, task.id);
     let scheme = EncodingScheme::from_plan(plan, rotation);
 
     // Parties: local computation, encoding and noise share.
@@ -353,31 +390,20 @@ fn run_task(
             id: p.id,
             data: &p.data,
         };
-        let mut acc = match strategy.contribute(task, &view, &mut prng) {
-            Contribution::PerRecord(list) => {
-                let mut acc = vec![0i64; scheme.padded];
-                for g in list {
-                    let q = scheme.quantize(&g, &mut prng).map_err(JobError::Encode)?;
-                    acc.iter_mut().zip(q).for_each(|(a, b)| *a += b);
-                }
-                acc
-            }
-            Contribution::Whole(v) => scheme.quantize(&v, &mut prng).map_err(JobError::Encode)?,
-        };
-        if let Some(n) = noise {
-            n.add_to(&mut acc).map_err(JobError::Noise)?;
-        }
-        inputs.insert(PartyId(p.id), scheme.wrap(&acc));
+        let words = party_input(&*strategy, task, &view, &scheme, noise, &mut prng)?;
+        inputs.insert(PartyId(p.id), words);
         identities.push((PartyId(p.id), IdentityKey::from_seed(&p.identity_seed)));
     }
 
     // Secure aggregation over the cohort.
+    let publics: Vec<(PartyId, IdentityPublicKey)> =
+        identities.iter().map(|(id, k)| (*id, k.public())).collect();
     let crypto_round = protocol_round(
         policy,
         &spec.job_id,
         round,
         task.id,
-        &identities,
+        &publics,
         plan.bits,
         scheme.padded,
     )

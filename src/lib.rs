@@ -7,10 +7,15 @@
 
 pub mod audit;
 pub mod cli;
+pub mod coordinator;
 pub mod data;
 pub mod dp;
 pub mod job;
+pub mod keyfile;
+pub mod localnet;
 pub mod model;
+pub mod net;
+pub mod party;
 pub mod policy;
 pub mod release;
 pub mod sampling;

@@ -364,6 +364,24 @@ impl Sgd {
         }
     }
 
+    /// The momentum buffer, saved with the model so a restarted
+    /// coordinator continues the same optimisation.
+    pub fn velocity(&self) -> &[f64] {
+        &self.velocity
+    }
+
+    pub fn set_velocity(&mut self, v: &[f64]) -> Result<(), ModelError> {
+        if v.len() != self.velocity.len() {
+            return Err(ModelError(format!(
+                "momentum buffer has {} values, the model {}",
+                v.len(),
+                self.velocity.len()
+            )));
+        }
+        self.velocity.copy_from_slice(v);
+        Ok(())
+    }
+
     pub fn step(&mut self, params: &mut [f64], grad: &[f64]) {
         for ((p, v), g) in params.iter_mut().zip(self.velocity.iter_mut()).zip(grad) {
             *v = self.momentum * *v + g;

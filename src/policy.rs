@@ -287,6 +287,22 @@ pub const MODELS: &[&str] = &["softmax", "mlp"];
 pub const ATTACKS: &[&str] = &["loss", "lira", "rmia", "canary"];
 
 impl Policy {
+    /// The roster's public identity keys by party id.
+    pub fn roster_keys(&self) -> std::collections::BTreeMap<u32, shroud_crypto::IdentityPublicKey> {
+        self.parties
+            .iter()
+            .map(|p| {
+                let bytes: [u8; 32] = unhex(&p.identity_key)
+                    .and_then(|b| b.try_into().ok())
+                    .expect("validated policy");
+                (
+                    p.id,
+                    shroud_crypto::IdentityPublicKey::from_bytes(&bytes).expect("validated policy"),
+                )
+            })
+            .collect()
+    }
+
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
             file: path.to_path_buf(),

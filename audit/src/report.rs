@@ -15,8 +15,10 @@ pub struct CohortEntry {
     pub party: u32,
     pub name: String,
     pub records: usize,
-    pub audit_members: usize,
-    pub audit_non_members: usize,
+    /// Audit sample sizes; `None` where each party drew its sample at home
+    /// and only the summed counts reached the coordinator.
+    pub audit_members: Option<usize>,
+    pub audit_non_members: Option<usize>,
 }
 
 /// TPR at one FPR, with its one-sided Clopper–Pearson interval.
@@ -149,8 +151,10 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
                 c.party,
                 esc(&c.name),
                 c.records,
-                c.audit_members,
+                c.audit_members
+                    .map_or("kept by the party".to_string(), |n| n.to_string()),
                 c.audit_non_members
+                    .map_or("kept by the party".to_string(), |n| n.to_string())
             )?;
         }
         writeln!(w, "</table>")?;

@@ -35,6 +35,12 @@ impl IdentityKey {
         Signature(self.0.sign(msg).to_bytes())
     }
 
+    /// Signs a transport request's canonical form. The domain label keeps
+    /// these signatures apart from every protocol signature.
+    pub fn sign_request(&self, canonical: &[u8]) -> Signature {
+        self.sign(&request_transcript(canonical))
+    }
+
     /// Signs a survivor list as the consistency check does.
     pub fn sign_survivor_list(
         &self,
@@ -72,6 +78,22 @@ impl IdentityPublicKey {
     pub(crate) fn verify(&self, msg: &[u8], sig: &Signature) -> bool {
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         self.0.verify_strict(msg, &sig).is_ok()
+    }
+}
+
+/// What a request signature covers: a fixed label, then the canonical form.
+fn request_transcript(canonical: &[u8]) -> Vec<u8> {
+    const LABEL: &[u8] = b"shroud transport request v1\0";
+    let mut m = Vec::with_capacity(LABEL.len() + canonical.len());
+    m.extend_from_slice(LABEL);
+    m.extend_from_slice(canonical);
+    m
+}
+
+impl IdentityPublicKey {
+    /// Checks a request signature made by [`IdentityKey::sign_request`].
+    pub fn verify_request(&self, canonical: &[u8], sig: &Signature) -> bool {
+        self.verify(&request_transcript(canonical), sig)
     }
 }
 

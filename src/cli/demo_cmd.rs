@@ -411,8 +411,8 @@ pub fn run(f: DemoFlags) -> Result<()> {
             party: p.id,
             name: p.name.clone(),
             records: party_data[p.id as usize].len(),
-            audit_members: s.members.len(),
-            audit_non_members: s.non_members.len(),
+            audit_members: Some(s.members.len()),
+            audit_non_members: Some(s.non_members.len()),
         })
         .collect();
     let release = gate_and_report(

@@ -14,6 +14,7 @@ mod bench_cmd;
 mod budget_cmd;
 mod demo_cmd;
 mod policy_cmd;
+pub mod service_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +62,17 @@ enum Command {
     /// Measure pipeline speed against raw ChaCha keystream in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Make a party's (or the operator's) ed25519 identity key, or with
+    /// --tls a self-signed certificate for the coordinator.
+    Keygen(service_cmd::KeygenFlags),
+    /// Run the coordinator: the HTTP API over TLS, the job engine and the
+    /// store.
+    Serve(service_cmd::ServeFlags),
+    /// Run one party next to its data, joining the coordinator's jobs.
+    Party(service_cmd::PartyFlags),
+    /// Start, watch or abort jobs on a running coordinator (operator).
+    #[command(subcommand)]
+    Job(service_cmd::JobCommand),
 }
 
 #[derive(Subcommand)]
@@ -265,6 +277,10 @@ pub fn main() -> ExitCode {
         Command::Bench(BenchCommand::Encoding { len, sigma, json }) => {
             bench_cmd::encoding(len, sigma, json)
         }
+        Command::Keygen(f) => service_cmd::keygen(f),
+        Command::Serve(f) => service_cmd::serve(f),
+        Command::Party(f) => service_cmd::party(f),
+        Command::Job(c) => service_cmd::job(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -88,7 +88,7 @@ pub struct Spent {
 }
 
 pub struct PrivacyLedger {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 const SCHEMA: &str = "
@@ -138,6 +138,7 @@ impl PrivacyLedger {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::log::SCHEMA)?;
+        conn.execute_batch(super::service::SCHEMA)?;
         Ok(PrivacyLedger { conn })
     }
 
@@ -235,6 +236,20 @@ impl PrivacyLedger {
         task: u32,
         charge: &RoundCharge,
     ) -> Result<ChargeRecord, LedgerError> {
+        self.charge_with(job, round, task, charge, |_, _| Ok(()))
+    }
+
+    /// [`charge`](Self::charge), running `also` (given the charge id) in the
+    /// same transaction, so that what it writes commits with the charge or
+    /// not at all.
+    pub fn charge_with(
+        &mut self,
+        job: &str,
+        round: u32,
+        task: u32,
+        charge: &RoundCharge,
+        also: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> rusqlite::Result<()>,
+    ) -> Result<ChargeRecord, LedgerError> {
         let tx = self.conn.transaction()?;
         let consortium: String = tx
             .query_row(
@@ -260,6 +275,7 @@ impl PrivacyLedger {
             "UPDATE charges SET accountant = ?1, epsilon_after = ?2, delta = ?3 WHERE id = ?4",
             params![b.accountant.name(), eps, b.delta, id],
         )?;
+        also(&tx, id)?;
         tx.commit()?;
         self.charge_by_id(id)
     }

@@ -2,5 +2,6 @@
 
 pub mod ledger;
 pub mod log;
+pub mod service;
 
 pub use ledger::{LedgerError, PrivacyLedger};

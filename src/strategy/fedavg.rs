@@ -45,6 +45,42 @@ impl FedAvg {
         }
     }
 
+    /// The FedAvg of `policy`, from a model initialised with `seed`.
+    pub fn for_policy(policy: &crate::policy::Policy, seed: u64) -> FedAvg {
+        let s = &policy.strategy;
+        let mut sizes = vec![s.inputs];
+        sizes.extend(&s.hidden);
+        sizes.push(s.classes);
+        FedAvg::new(
+            Mlp::new(&sizes, seed),
+            policy.privacy.unit,
+            policy.privacy.sampling_rate,
+            s.learning_rate,
+            s.momentum,
+            s.local_epochs,
+        )
+    }
+
+    /// Replaces the global model's parameters (a party receiving the
+    /// round's model).
+    pub fn set_global(&mut self, params: &[f64]) -> Result<(), crate::model::ModelError> {
+        self.model.set_flat(params)
+    }
+
+    /// The coordinator's state: parameters, then the momentum buffer.
+    pub fn server_state(&self) -> (Vec<f64>, Vec<f64>) {
+        (self.model.to_flat(), self.server.velocity().to_vec())
+    }
+
+    pub fn restore_server_state(
+        &mut self,
+        params: &[f64],
+        velocity: &[f64],
+    ) -> Result<(), crate::model::ModelError> {
+        self.model.set_flat(params)?;
+        self.server.set_velocity(velocity)
+    }
+
     fn record_level(&self) -> bool {
         self.unit != Unit::Party
     }

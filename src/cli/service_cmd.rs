@@ -1,0 +1,437 @@
+//! `shroud keygen`, `shroud serve`, `shroud party` and `shroud job`: the
+//! networked service from the command line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use shroud_crypto::IdentityKey;
+
+use crate::coordinator::{Engine, EngineConfig};
+use crate::dp::plan::PrivacyPlan;
+use crate::net::api::JobStatus;
+use crate::net::auth::Signer;
+use crate::net::client::Client;
+use crate::net::metrics::Metrics;
+use crate::net::server::{self, AppState, Listen};
+use crate::net::tls;
+use crate::party::{self, PartyConfig};
+use crate::policy::Policy;
+use crate::store::PrivacyLedger;
+
+#[derive(clap::Args)]
+pub struct KeygenFlags {
+    /// Where to write the key (refuses to overwrite). With --tls, the
+    /// prefix of FILE.crt and FILE.key.
+    #[arg(long)]
+    out: PathBuf,
+    /// Make a self-signed TLS certificate and key instead, for trying the
+    /// service out.
+    #[arg(long)]
+    tls: bool,
+    /// Host names or IP addresses the certificate is for (with --tls).
+    #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+    names: Vec<String>,
+}
+
+pub fn keygen(f: KeygenFlags) -> Result<()> {
+    if f.tls {
+        let (cert, key) = tls::self_signed(&f.names).map_err(anyhow::Error::msg)?;
+        let crt = f.out.with_extension("crt");
+        let keyp = f.out.with_extension("key");
+        for p in [&crt, &keyp] {
+            if p.exists() {
+                bail!("{}: already exists; refusing to overwrite", p.display());
+            }
+        }
+        std::fs::write(&crt, cert).with_context(|| format!("cannot write {}", crt.display()))?;
+        write_secret(&keyp, key.as_bytes())?;
+        println!(
+            "certificate  {}  (give it to every party: --ca)",
+            crt.display()
+        );
+        println!(
+            "private key  {}  (the coordinator's: --tls-key)",
+            keyp.display()
+        );
+        println!("valid for    {}", f.names.join(", "));
+        return Ok(());
+    }
+    let public = crate::keyfile::generate(&f.out).map_err(anyhow::Error::msg)?;
+    println!("wrote {} (keep it secret)", f.out.display());
+    println!("roster line for the policy:");
+    println!("identity_key = \"{public}\"");
+    Ok(())
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ServeFlags {
+    /// The consortium's policy.
+    #[arg(long)]
+    policy: PathBuf,
+    /// The coordinator's SQLite store (ledger, jobs, rounds, audit log).
+    #[arg(long)]
+    db: PathBuf,
+    /// Address to listen on, e.g. 0.0.0.0:8443.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP: only on a trusted network or behind a TLS proxy.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    insecure_http: bool,
+    /// The operator's identity key file (from `shroud keygen`); requests
+    /// signed with it may start and abort jobs.
+    #[arg(long)]
+    operator_key: Option<PathBuf>,
+    /// Folder for audit reports and released models.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Serve jobs under a policy without differential privacy (never
+    /// released).
+    #[arg(long)]
+    allow_no_dp: bool,
+}
+
+/// The largest request body the coordinator accepts for `policy`: the
+/// bigger of a training or audit vector at 4 bytes a word, plus room for
+/// key and share lists.
+pub fn body_limit(policy: &Policy, plan: &PrivacyPlan) -> usize {
+    let attacks = crate::audit::population_attacks(policy);
+    let words = plan
+        .padded_dimension
+        .max(crate::audit::counts_width(&attacks));
+    words * 4 + 256 * 1024 + policy.parties.len() * 1024
+}
+
+pub fn serve(f: ServeFlags) -> Result<()> {
+    let listen = match (&f.tls_cert, &f.tls_key, f.insecure_http) {
+        (Some(c), Some(k), false) => Listen::Tls(tls::server_config(c, k).map_err(anyhow::Error::msg)?),
+        (None, None, true) => Listen::InsecureHttp,
+        _ => bail!(
+            "give --tls-cert and --tls-key (make a self-signed pair with `shroud keygen --tls --out server`), \
+             or --insecure-http to serve plain HTTP"
+        ),
+    };
+    let text = std::fs::read_to_string(&f.policy)
+        .with_context(|| format!("{}: cannot read the policy file", f.policy.display()))?;
+    let policy = Policy::parse(&f.policy, &text)?;
+    let plan = PrivacyPlan::for_policy(&policy)
+        .map_err(|e| anyhow::anyhow!("{}: `{}`: {}", f.policy.display(), e.key, e.message))?;
+    let operator = match &f.operator_key {
+        Some(p) => Some(
+            IdentityKey::from_seed(&*crate::keyfile::load(p).map_err(anyhow::Error::msg)?).public(),
+        ),
+        None => None,
+    };
+    let store = PrivacyLedger::open(&f.db)
+        .with_context(|| format!("{}: cannot open the store", f.db.display()))?;
+    let metrics = Arc::new(Metrics::default());
+    let limit = body_limit(&policy, &plan);
+    let engine = Engine::open(
+        EngineConfig {
+            policy,
+            policy_text: text,
+            out: f.out.clone(),
+            allow_no_dp: f.allow_no_dp,
+            observer: None,
+        },
+        store,
+        metrics.clone(),
+        Instant::now(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let state = AppState::new(engine, operator, metrics, limit);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let handle = axum_server::Handle::new();
+        let h2 = handle.clone();
+        let tls = matches!(listen, Listen::Tls(_));
+        tokio::spawn(async move {
+            if let Some(addr) = h2.listening().await {
+                eprintln!(
+                    "shroud coordinator on {}://{addr} (store {}){}",
+                    if tls { "https" } else { "http" },
+                    f.db.display(),
+                    if operator.is_none() {
+                        "; no --operator-key: jobs cannot be started"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        });
+        let h3 = handle.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            h3.graceful_shutdown(Some(Duration::from_secs(5)));
+        });
+        server::serve(state, f.listen, listen, handle).await
+    })?;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct PartyFlags {
+    /// The consortium's policy (the same file the coordinator runs).
+    #[arg(long)]
+    policy: PathBuf,
+    /// This party's id in the policy's roster.
+    #[arg(long)]
+    id: u32,
+    /// This party's identity key file (from `shroud keygen`).
+    #[arg(long)]
+    key: PathBuf,
+    /// This party's records: CSV with feature columns then `label`,
+    /// preprocessed as the consortium agreed.
+    #[arg(long)]
+    data: PathBuf,
+    /// The coordinator's URL, e.g. https://coordinator.example:8443.
+    #[arg(long)]
+    coordinator: String,
+    /// The coordinator's certificate (or its CA), PEM.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Join only this job.
+    #[arg(long)]
+    job: Option<String>,
+    /// Exit after one job instead of waiting for the next.
+    #[arg(long)]
+    once: bool,
+    /// Give up when the coordinator stays unreachable this many seconds.
+    #[arg(long, default_value_t = 600)]
+    patience_secs: u64,
+}
+
+fn client_tls(url: &str, ca: Option<&Path>) -> Result<Option<rustls::ClientConfig>> {
+    match (url.starts_with("https://"), ca) {
+        (true, Some(ca)) => Ok(Some(tls::client_config(ca).map_err(anyhow::Error::msg)?)),
+        (true, None) => bail!("{url} is https: give the coordinator's certificate with --ca"),
+        (false, _) if url.starts_with("http://") => Ok(None),
+        _ => bail!("--coordinator must be an https:// (or http://) URL, got `{url}`"),
+    }
+}
+
+pub fn party(f: PartyFlags) -> Result<()> {
+    let policy = Policy::load(&f.policy)?;
+    let seed = crate::keyfile::load(&f.key).map_err(anyhow::Error::msg)?;
+    let mut data = crate::data::load_csv(&f.data)?.train;
+    let classes = policy.strategy.classes;
+    if let Some(l) = data.labels.iter().find(|&&l| l >= classes) {
+        bail!(
+            "{}: label {l} is outside the policy's {classes} classes",
+            f.data.display()
+        );
+    }
+    data.classes = classes;
+    let tls = client_tls(&f.coordinator, f.ca.as_deref())?;
+    let cfg = PartyConfig {
+        policy,
+        id: f.id,
+        identity_seed: seed,
+        data,
+        coordinator: f.coordinator,
+        tls,
+        job: f.job,
+        once: f.once,
+        patience: Duration::from_secs(f.patience_secs),
+        dropout: 0.0,
+        input_tap: None,
+    };
+    let id = cfg.id;
+    let rt = tokio::runtime::Runtime::new()?;
+    let report = rt.block_on(party::run(cfg))?;
+    for (job, state) in &report.jobs {
+        println!("party {id}: job {job} ended {state}");
+    }
+    println!(
+        "party {id}: {} rounds contributed, {} missed, {} requests retried",
+        report.rounds_contributed, report.rounds_missed, report.retries
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct JobFlags {
+    /// The coordinator's URL.
+    #[arg(long)]
+    coordinator: String,
+    /// The operator's identity key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// The coordinator's certificate (or its CA), PEM.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum JobCommand {
+    /// Start a job under the coordinator's policy.
+    Start {
+        #[command(flatten)]
+        conn: JobFlags,
+        /// Job id (letters, digits, `.`, `_`, `-`).
+        #[arg(long)]
+        job: String,
+        /// The job's ε, at most the policy's budget.
+        #[arg(long)]
+        epsilon: Option<f64>,
+        /// Rounds, at most the policy's.
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Seed of the initial model.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Wait until the job ends and print its final status.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a job (or every job).
+    Status {
+        #[command(flatten)]
+        conn: JobFlags,
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Abort a running job; its charged rounds stay charged.
+    Abort {
+        #[command(flatten)]
+        conn: JobFlags,
+        #[arg(long)]
+        job: String,
+    },
+}
+
+fn operator_client(c: &JobFlags) -> Result<Client> {
+    let seed = crate::keyfile::load(&c.key).map_err(anyhow::Error::msg)?;
+    let tls = client_tls(&c.coordinator, c.ca.as_deref())?;
+    Ok(Client::new(
+        &c.coordinator,
+        tls,
+        IdentityKey::from_seed(&seed),
+        Signer::Operator,
+        Duration::from_secs(30),
+    )?)
+}
+
+fn print_status(s: &JobStatus, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    let finished = s.history.iter().filter(|r| r.state == "finished").count();
+    let aborted = s.history.iter().filter(|r| r.state == "aborted").count();
+    println!("job {} ({}): {}", s.job, s.consortium, s.state);
+    println!(
+        "rounds   {finished} finished, {aborted} aborted, of {} (+ the audit's sum)",
+        s.rounds
+    );
+    if let Some(l) = &s.live {
+        println!(
+            "now      round {} task {} ({}), phase {}, cohort of {}",
+            l.round,
+            l.task,
+            l.kind,
+            l.phase,
+            l.cohort.len()
+        );
+    }
+    match s.epsilon_spent {
+        Some(e) => println!(
+            "privacy  ε spent {e:.4} (job budget {}, δ = {})",
+            s.epsilon, s.delta
+        ),
+        None => println!("privacy  no DP (never released)"),
+    }
+    if let Some(r) = &s.release {
+        println!("decision {}", r.decision);
+        println!("report   {}", r.report_html);
+        if let (Some(p), Some(h)) = (&r.model_path, &r.model_sha256) {
+            println!("model    {p} (sha256 {h})");
+        }
+    }
+    if let Some(r) = &s.reason {
+        println!("reason   {r}");
+    }
+    Ok(())
+}
+
+pub fn job(cmd: JobCommand) -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        match cmd {
+            JobCommand::Start {
+                conn,
+                job,
+                epsilon,
+                rounds,
+                seed,
+                wait,
+            } => {
+                let mut c = operator_client(&conn)?;
+                let body = serde_json::json!({ "job": job, "epsilon": epsilon, "rounds": rounds, "seed": seed });
+                let mut s: JobStatus = c.post_json("/v1/jobs", &job, &body).await?;
+                while wait && (s.state == "running" || s.state == "auditing") {
+                    s = c
+                        .json(&format!("/v1/jobs/{job}?after={}&wait_ms=10000", s.version), &job)
+                        .await?;
+                }
+                print_status(&s, conn.json)
+            }
+            JobCommand::Status { conn, job } => {
+                let mut c = operator_client(&conn)?;
+                match job {
+                    Some(j) => {
+                        let s: JobStatus = c.json(&format!("/v1/jobs/{j}"), &j).await?;
+                        print_status(&s, conn.json)
+                    }
+                    None => {
+                        let all: Vec<JobStatus> = c.json("/v1/jobs", "").await?;
+                        if conn.json {
+                            println!("{}", serde_json::to_string_pretty(&all)?);
+                        } else if all.is_empty() {
+                            println!("no jobs");
+                        }
+                        if !conn.json {
+                            for s in &all {
+                                print_status(s, false)?;
+                            }
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            JobCommand::Abort { conn, job } => {
+                let mut c = operator_client(&conn)?;
+                let s: JobStatus = c
+                    .post_json(&format!("/v1/jobs/{job}/abort"), &job, &serde_json::json!({}))
+                    .await?;
+                print_status(&s, conn.json)
+            }
+        }
+    })
+}

@@ -1,0 +1,67 @@
+//! Identity key files: the 32-byte ed25519 seed in hex, with the public key
+//! in a comment so an operator can check which roster entry a file is.
+
+use std::io::Write;
+use std::path::Path;
+
+use shroud_crypto::IdentityKey;
+use zeroize::Zeroizing;
+
+use crate::policy::{hex, unhex};
+
+/// Writes a fresh identity to `path` (mode 0600, never over an existing
+/// file) and returns its public key in hex.
+pub fn generate(path: &Path) -> Result<String, String> {
+    let key = IdentityKey::generate(&mut rand_core::OsRng);
+    let public = hex(&key.public().to_bytes());
+    let seed = key.to_seed();
+    let text = Zeroizing::new(format!(
+        "# shroud identity key (ed25519 seed). Keep this file secret.\n# public key: {public}\n{}\n",
+        hex(seed.as_ref())
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            format!(
+                "{}: already exists; refusing to overwrite a key",
+                path.display()
+            )
+        } else {
+            format!("{}: cannot create: {e}", path.display())
+        }
+    })?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+    Ok(public)
+}
+
+/// Reads the seed from a key file.
+pub fn load(path: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read the key file: {e}", path.display()))?,
+    );
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .ok_or_else(|| format!("{}: holds no key", path.display()))?;
+    let bytes = Zeroizing::new(
+        unhex(line).ok_or_else(|| format!("{}: the key line is not hex", path.display()))?,
+    );
+    let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        format!(
+            "{}: the key is {} bytes, an ed25519 seed is 32",
+            path.display(),
+            bytes.len()
+        )
+    })?;
+    Ok(Zeroizing::new(seed))
+}

@@ -1,0 +1,227 @@
+//! A signed HTTP client for the coordinator's API, shared by parties and
+//! the operator's `shroud job` commands: every request is signed afresh,
+//! and an unreachable, failing or restarting coordinator is retried with
+//! exponential backoff up to a patience.
+
+use std::time::Duration;
+
+use rand_core::{OsRng, RngCore};
+use reqwest::{Method, StatusCode};
+use shroud_crypto::IdentityKey;
+
+use super::api::ErrorBody;
+use super::auth::{self, Signer};
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// The coordinator stayed unreachable longer than the patience.
+    Unreachable(String),
+    /// The coordinator refused a request.
+    Refused { status: StatusCode, body: ErrorBody },
+    /// Something this side will not do (wrong policy, bad data from the
+    /// coordinator, …).
+    Refusing(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Unreachable(m) => write!(f, "the coordinator is unreachable: {m}"),
+            ClientError::Refused { status, body } => write!(
+                f,
+                "the coordinator refused the request ({status}, {}): {}",
+                body.error, body.message
+            ),
+            ClientError::Refusing(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: IdentityKey,
+    signer: Signer,
+    patience: Duration,
+    retries: usize,
+}
+
+pub enum Body {
+    Empty,
+    Octets(Vec<u8>),
+    Json(Vec<u8>),
+}
+
+impl Client {
+    /// Sends a signed request, retrying (and re-signing) with backoff while
+    /// the coordinator is unreachable, failing or restarting.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        job: &str,
+        round: u32,
+        body: Body,
+    ) -> Result<reqwest::Response, ClientError> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let bytes = match &body {
+                Body::Empty => Vec::new(),
+                Body::Octets(b) | Body::Json(b) => b.clone(),
+            };
+            let headers = auth::sign(
+                &self.key,
+                self.signer,
+                method.as_str(),
+                path,
+                &bytes,
+                job,
+                u64::from(round),
+            );
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base));
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            match body {
+                Body::Empty => {}
+                Body::Octets(_) => {
+                    req = req
+                        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                        .body(bytes)
+                }
+                Body::Json(_) => {
+                    req = req
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(bytes)
+                }
+            }
+            let why = match req.send().await {
+                Ok(r) if r.status().is_server_error() => format!("HTTP {}", r.status()),
+                Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
+                    let status = r.status();
+                    let body = error_body(r).await;
+                    if body.error != "signed_before_restart" {
+                        return Err(ClientError::Refused { status, body });
+                    }
+                    body.message
+                }
+                Ok(r) => return Ok(r),
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() > self.patience {
+                return Err(ClientError::Unreachable(why));
+            }
+            self.retries += 1;
+            let jitter = Duration::from_millis(OsRng.next_u64() % 50);
+            tokio::time::sleep(backoff + jitter).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    pub async fn json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &str,
+        job: &str,
+    ) -> Result<T, ClientError> {
+        let r = self.send(Method::GET, path, job, 0, Body::Empty).await?;
+        let r = ok(r).await?;
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Refusing(format!("the coordinator's answer to {path}: {e}")))
+    }
+}
+
+async fn error_body(r: reqwest::Response) -> ErrorBody {
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(ErrorBody {
+        error: status.as_str().into(),
+        message: text,
+    })
+}
+
+pub async fn ok(r: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    if r.status().is_success() {
+        Ok(r)
+    } else {
+        let status = r.status();
+        Err(ClientError::Refused {
+            status,
+            body: error_body(r).await,
+        })
+    }
+}
+
+impl Client {
+    /// A client signing as `signer` with `key`; `tls` trusts the
+    /// coordinator's certificate (required for `https://`).
+    pub fn new(
+        base: &str,
+        tls: Option<rustls::ClientConfig>,
+        key: IdentityKey,
+        signer: Signer,
+        patience: Duration,
+    ) -> Result<Client, ClientError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1);
+        match tls {
+            Some(tls) => builder = builder.use_preconfigured_tls(tls),
+            None if base.starts_with("https://") => {
+                return Err(ClientError::Refusing(
+                    "an https coordinator needs its certificate or CA (--ca)".into(),
+                ))
+            }
+            None => {}
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Refusing(format!("HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            key,
+            signer,
+            patience,
+            retries: 0,
+        })
+    }
+
+    /// Requests retried so far.
+    pub fn retries(&self) -> usize {
+        self.retries
+    }
+
+    /// A signed JSON POST.
+    pub async fn post_json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &str,
+        job: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, ClientError> {
+        let r = self
+            .send(
+                Method::POST,
+                path,
+                job,
+                0,
+                Body::Json(body.to_string().into_bytes()),
+            )
+            .await?;
+        let bytes = ok(r)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Refusing(format!("the coordinator's answer to {path}: {e}")))
+    }
+}

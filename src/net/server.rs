@@ -1,0 +1,605 @@
+//! The coordinator's HTTP API on axum. Handlers are thin: authenticate
+//! (the [`Signed`] extractor), check the path against what was signed, call
+//! the [`Engine`] off the async workers, and map its answer; every error
+//! becomes a status code and a JSON [`ErrorBody`] in [`ApiError`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::sync::watch;
+use utoipa::OpenApi;
+
+use super::api::{ErrorBody, JobStatus, PartySetup, StartJob};
+use super::auth::{unix_now, AuthError, Claimed, Signer, Verifier};
+use super::metrics::Metrics;
+use crate::coordinator::{Engine, ErrorKind, ServiceError};
+
+/// Every route, as (method, path) in OpenAPI syntax; `/openapi.json` must
+/// document exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/v1/jobs"),
+    ("post", "/v1/jobs"),
+    ("get", "/v1/jobs/{job}"),
+    ("post", "/v1/jobs/{job}/abort"),
+    ("get", "/v1/jobs/{job}/setup"),
+    ("get", "/v1/jobs/{job}/rounds/{round}/model"),
+    ("get", "/v1/jobs/{job}/rounds/{round}/messages"),
+    ("post", "/v1/jobs/{job}/rounds/{round}/messages"),
+];
+
+/// Longest a long-poll may wait.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Mutex<Engine>>,
+    verifier: Arc<Mutex<Verifier>>,
+    pub metrics: Arc<Metrics>,
+    changed: watch::Sender<u64>,
+    body_limit: usize,
+}
+
+impl AppState {
+    pub fn new(
+        engine: Engine,
+        operator: Option<shroud_crypto::IdentityPublicKey>,
+        metrics: Arc<Metrics>,
+        body_limit: usize,
+    ) -> AppState {
+        let verifier = Verifier::new(engine.policy().roster_keys(), operator, unix_now());
+        let (changed, _) = watch::channel(engine.version());
+        AppState {
+            engine: Arc::new(Mutex::new(engine)),
+            verifier: Arc::new(Mutex::new(verifier)),
+            metrics,
+            changed,
+            body_limit,
+        }
+    }
+
+    /// Runs `f` on the engine on a blocking thread (unmasking may take
+    /// seconds), then wakes long-polls if anything changed.
+    pub async fn engine<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Engine) -> T + Send + 'static,
+    ) -> T {
+        let engine = self.engine.clone();
+        let (out, version) = tokio::task::spawn_blocking(move || {
+            let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+            let out = f(&mut e);
+            (out, e.version())
+        })
+        .await
+        .expect("engine call panicked");
+        self.changed.send_if_modified(|v| {
+            let moved = *v != version;
+            *v = version;
+            moved
+        });
+        out
+    }
+}
+
+/// An error answer: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+/// Marks a refused response with its code, for the metrics layer.
+#[derive(Clone, Copy)]
+struct Refusal(&'static str);
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let (status, code) = match e.kind {
+            ErrorKind::UnknownJob => (StatusCode::NOT_FOUND, "unknown_job"),
+            ErrorKind::WrongRound => (StatusCode::CONFLICT, "wrong_round"),
+            ErrorKind::WrongPhase => (StatusCode::CONFLICT, "wrong_phase"),
+            ErrorKind::InvalidMessage => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_message"),
+            ErrorKind::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, e.message)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let code = match e {
+            AuthError::Replay => "replay",
+            AuthError::UnknownSigner(_) => "unknown_signer",
+            AuthError::BeforeRestart => "signed_before_restart",
+            _ => "unauthenticated",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(ErrorBody {
+                error: self.code.into(),
+                message: self.message,
+            }),
+        )
+            .into_response();
+        r.extensions_mut().insert(Refusal(self.code));
+        r
+    }
+}
+
+/// An authenticated request: who signed it, what they signed, the body.
+pub struct Signed {
+    pub signer: Signer,
+    pub job: String,
+    pub round: u64,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Signed {
+    /// The signed job and round must be the ones in the path.
+    fn expect(&self, job: &str, round: u64) -> Result<(), ApiError> {
+        if self.job != job || self.round != round {
+            return Err(ApiError::invalid(format!(
+                "the signed headers name job `{}` round {}, the path job `{job}` round {round}",
+                self.job, self.round
+            )));
+        }
+        Ok(())
+    }
+
+    fn party(&self) -> Result<u32, ApiError> {
+        match self.signer {
+            Signer::Party(id) => Ok(id),
+            Signer::Operator => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only a party may do this",
+            )),
+        }
+    }
+
+    fn operator(&self) -> Result<(), ApiError> {
+        match self.signer {
+            Signer::Operator => Ok(()),
+            Signer::Party(id) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("only the operator may do this, not party {id}"),
+            )),
+        }
+    }
+
+    fn content_type(&self, want: &str) -> Result<(), ApiError> {
+        let got = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if got.split(';').next().map(str::trim) != Some(want) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                format!("the body must be {want}, got `{got}`"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn query(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        let Some(q) = self.path.split_once('?').map(|(_, q)| q) else {
+            return Ok(None);
+        };
+        for pair in q.split('&') {
+            if let Some(v) = pair.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+                return v.parse().map(Some).map_err(|_| {
+                    ApiError::invalid(format!("query `{name}` must be an unsigned integer"))
+                });
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl FromRequest<AppState> for Signed {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let limit = state.body_limit;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body exceeds this coordinator's limit of {limit} bytes"),
+            )
+        };
+        // Far beyond the limit: refuse without reading (the connection closes).
+        if declared.is_some_and(|n| n > (limit + DRAIN_MAX) as u64) {
+            return Err(too_large());
+        }
+        let body = read_bounded(body, limit).await?.ok_or_else(too_large)?;
+        Metrics::add(&state.metrics.bytes_received, body.len() as u64);
+        let claim = Claimed::from_headers(|h| {
+            parts
+                .headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })?;
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |p| p.as_str())
+            .to_string();
+        let signer = state
+            .verifier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .verify(&claim, parts.method.as_str(), &path, &body, unix_now())?;
+        Ok(Signed {
+            signer,
+            job: claim.job,
+            round: claim.round,
+            path,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// How much of an oversize body is read and dropped so that the client,
+/// still sending, receives the 413 instead of a reset connection.
+const DRAIN_MAX: usize = 16 << 20;
+
+/// Reads a body of at most `limit` bytes; `None` when it was longer (the
+/// excess, up to [`DRAIN_MAX`], read and dropped; memory stays bounded).
+async fn read_bounded(mut body: axum::body::Body, limit: usize) -> Result<Option<Bytes>, ApiError> {
+    use http_body_util::BodyExt;
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::invalid(format!("the body could not be read: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                kept.extend_from_slice(&data);
+            } else if seen > limit + DRAIN_MAX {
+                return Ok(None);
+            }
+        }
+    }
+    Ok((seen <= limit).then(|| Bytes::from(kept)))
+}
+
+fn octets(state: &AppState, bytes: Vec<u8>) -> Response {
+    Metrics::add(&state.metrics.bytes_sent, bytes.len() as u64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        bytes,
+    )
+        .into_response()
+}
+
+fn wait_of(s: &Signed) -> Result<Duration, ApiError> {
+    Ok(Duration::from_millis(s.query("wait_ms")?.unwrap_or(0)).min(MAX_WAIT))
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The coordinator is up.")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text exposition: rounds, dropouts, bytes, refusals.", content_type = "text/plain")))]
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This document.")))]
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("document serialises"),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/v1/jobs", responses((status = 200, body = [JobStatus]), (status = 401, body = ErrorBody)))]
+async fn list_jobs(
+    State(s): State<AppState>,
+    req: Signed,
+) -> Result<Json<Vec<JobStatus>>, ApiError> {
+    req.expect("", 0)?;
+    Ok(Json(s.engine(|e| e.jobs()).await?))
+}
+
+#[utoipa::path(post, path = "/v1/jobs", request_body = StartJob,
+    responses((status = 201, body = JobStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+async fn start_job(
+    State(s): State<AppState>,
+    req: Signed,
+) -> Result<(StatusCode, Json<JobStatus>), ApiError> {
+    req.operator()?;
+    req.content_type("application/json")?;
+    let start: StartJob = serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::invalid(format!("the body is not a valid job request: {e}")))?;
+    req.expect(&start.job, 0)?;
+    let now = Instant::now();
+    let status = s.engine(move |e| e.start_job(start, now)).await?;
+    Ok((StatusCode::CREATED, Json(status)))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{job}",
+    params(("job" = String, Path, description = "Job id"),
+           ("after" = Option<u64>, Query, description = "Wait until the status version differs from this"),
+           ("wait_ms" = Option<u64>, Query, description = "Longest wait, at most 30000")),
+    responses((status = 200, body = JobStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn job_status(
+    State(s): State<AppState>,
+    Path(job): Path<String>,
+    req: Signed,
+) -> Result<Json<JobStatus>, ApiError> {
+    req.expect(&job, 0)?;
+    if let Some(after) = req.query("after")? {
+        let mut rx = s.changed.subscribe();
+        if *rx.borrow_and_update() == after {
+            let _ = tokio::time::timeout(wait_of(&req)?, rx.changed()).await;
+        }
+    }
+    Ok(Json(s.engine(move |e| e.status(&job)).await?))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{job}/abort", params(("job" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobStatus), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn abort_job(
+    State(s): State<AppState>,
+    Path(job): Path<String>,
+    req: Signed,
+) -> Result<Json<JobStatus>, ApiError> {
+    req.operator()?;
+    req.expect(&job, 0)?;
+    Ok(Json(s.engine(move |e| e.abort_job(&job)).await?))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{job}/setup", params(("job" = String, Path, description = "Job id")),
+    responses((status = 200, body = PartySetup), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn party_setup(
+    State(s): State<AppState>,
+    Path(job): Path<String>,
+    req: Signed,
+) -> Result<Json<PartySetup>, ApiError> {
+    let party = req.party()?;
+    req.expect(&job, 0)?;
+    Ok(Json(s.engine(move |e| e.setup(&job, party)).await?))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{job}/rounds/{round}/model",
+    params(("job" = String, Path, description = "Job id"), ("round" = u32, Path, description = "Round being collected")),
+    responses((status = 200, description = "The global model's parameters, little-endian f64", content_type = "application/octet-stream"),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn round_model(
+    State(s): State<AppState>,
+    Path((job, round)): Path<(String, u32)>,
+    req: Signed,
+) -> Result<Response, ApiError> {
+    req.party()?;
+    req.expect(&job, u64::from(round))?;
+    let params = s.engine(move |e| e.model(&job, round)).await?;
+    Ok(octets(
+        &s,
+        params.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{job}/rounds/{round}/messages",
+    params(("job" = String, Path, description = "Job id"), ("round" = u32, Path, description = "Round being collected")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "One protocol message in the versioned binary codec"),
+    responses((status = 202, description = "Accepted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn post_message(
+    State(s): State<AppState>,
+    Path((job, round)): Path<(String, u32)>,
+    req: Signed,
+) -> Result<StatusCode, ApiError> {
+    let party = req.party()?;
+    req.expect(&job, u64::from(round))?;
+    req.content_type("application/octet-stream")?;
+    let now = Instant::now();
+    let body = req.body;
+    s.engine(move |e| e.post_message(&job, party, round, &body, now))
+        .await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{job}/rounds/{round}/messages",
+    params(("job" = String, Path, description = "Job id"), ("round" = u32, Path, description = "Round being collected"),
+           ("wait_ms" = Option<u64>, Query, description = "Wait up to this long for a message, at most 30000")),
+    responses((status = 200, description = "The next protocol message for this party", content_type = "application/octet-stream"),
+              (status = 204, description = "No message yet"), (status = 409, body = ErrorBody)))]
+async fn next_message(
+    State(s): State<AppState>,
+    Path((job, round)): Path<(String, u32)>,
+    req: Signed,
+) -> Result<Response, ApiError> {
+    let party = req.party()?;
+    req.expect(&job, u64::from(round))?;
+    let deadline = tokio::time::Instant::now() + wait_of(&req)?;
+    let mut rx = s.changed.subscribe();
+    loop {
+        rx.borrow_and_update();
+        let j = job.clone();
+        if let Some(m) = s.engine(move |e| e.next_message(&j, party, round)).await? {
+            return Ok(octets(&s, m));
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Shroud coordinator",
+        description = "Secure aggregation with distributed differential privacy. Every /v1 request is signed with the caller's ed25519 identity over method, path, body hash, job, round, timestamp and nonce (headers x-shroud-*)."
+    ),
+    paths(
+        healthz,
+        metrics,
+        openapi,
+        list_jobs,
+        start_job,
+        job_status,
+        abort_job,
+        party_setup,
+        round_model,
+        post_message,
+        next_message
+    ),
+    components(schemas(StartJob, JobStatus, PartySetup, ErrorBody))
+)]
+pub struct ApiDoc;
+
+async fn count(State(s): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+    let r = next.run(req).await;
+    Metrics::add(&s.metrics.requests, 1);
+    if let Some(Refusal(code)) = r.extensions().get::<Refusal>() {
+        s.metrics.refused(code);
+    }
+    r
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/jobs", get(list_jobs).post(start_job))
+        .route("/v1/jobs/{job}", get(job_status))
+        .route("/v1/jobs/{job}/abort", post(abort_job))
+        .route("/v1/jobs/{job}/setup", get(party_setup))
+        .route("/v1/jobs/{job}/rounds/{round}/model", get(round_model))
+        .route(
+            "/v1/jobs/{job}/rounds/{round}/messages",
+            get(next_message).post(post_message),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; see /openapi.json",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+/// Closes phases at their deadlines, for as long as the server runs.
+pub async fn run_ticker(state: AppState) {
+    loop {
+        let next = state.engine(|e| e.next_deadline()).await;
+        let wait = next
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_millis(200))
+            .min(Duration::from_millis(200));
+        tokio::time::sleep(wait).await;
+        let now = Instant::now();
+        state.engine(move |e| e.tick(now)).await;
+    }
+}
+
+/// How the server listens.
+pub enum Listen {
+    Tls(Arc<rustls::ServerConfig>),
+    InsecureHttp,
+}
+
+/// Serves until `handle` is told to shut down; reports the bound address
+/// through `handle.listening()`.
+pub async fn serve(
+    state: AppState,
+    addr: SocketAddr,
+    listen: Listen,
+    handle: axum_server::Handle,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    let ticker = tokio::spawn(run_ticker(state));
+    let result = match listen {
+        Listen::Tls(cfg) => {
+            axum_server::bind_rustls(
+                addr,
+                axum_server::tls_rustls::RustlsConfig::from_config(cfg),
+            )
+            .handle(handle)
+            .serve(app.into_make_service())
+            .await
+        }
+        Listen::InsecureHttp => {
+            axum_server::bind(addr)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+        }
+    };
+    ticker.abort();
+    result
+}

@@ -1,0 +1,456 @@
+//! The party client: runs next to a party's data, joins the coordinator's
+//! jobs, and for each round computes its update, adds its noise share and
+//! takes part in secure aggregation over HTTPS. Its records and its
+//! individual update never leave it in the clear.
+//!
+//! The client is patient: a coordinator that is unreachable or restarting
+//! is retried with exponential backoff, and a round that moved on while the
+//! party was away is left for the next one.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rand_chacha::rand_core::{OsRng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use reqwest::{Method, StatusCode};
+use sha2::{Digest, Sha256};
+use shroud_crypto::{IdentityKey, IdentityPublicKey, Party, PartyId};
+use zeroize::Zeroizing;
+
+use crate::audit::{self, Canary, PartySample};
+use crate::data::Dataset;
+use crate::dp::encode::EncodingScheme;
+use crate::dp::noise::DiscreteGaussianShare;
+use crate::dp::plan::PrivacyPlan;
+use crate::job::{job_policy, party_input, protocol_round, rotation_seed};
+use crate::model::Mlp;
+use crate::net::api::{JobStatus, LiveTask, PartySetup};
+use crate::net::auth::Signer;
+use crate::net::client::{ok, Body, Client, ClientError};
+use crate::policy::{Policy, Unit};
+use crate::strategy::fedavg::FedAvg;
+use crate::strategy::{PartyView, Strategy, TaskSpec};
+
+/// One party's input to one secure sum, as observed at the party (tests
+/// check sums end to end with it).
+#[derive(Debug, Clone)]
+pub struct ObservedInput {
+    pub party: u32,
+    pub job: String,
+    pub round: u32,
+    pub task: u32,
+    pub words: Vec<u32>,
+}
+
+pub struct PartyConfig {
+    pub policy: Policy,
+    pub id: u32,
+    pub identity_seed: Zeroizing<[u8; 32]>,
+    pub data: Dataset,
+    /// Base URL, `https://host:port` (or `http://` with `insecure_http`).
+    pub coordinator: String,
+    /// Trust for the coordinator's certificate; `None` only for plain HTTP.
+    pub tls: Option<rustls::ClientConfig>,
+    /// Join only this job.
+    pub job: Option<String>,
+    /// Stop after one job.
+    pub once: bool,
+    /// Give up when the coordinator stays unreachable this long.
+    pub patience: Duration,
+    /// Demo only: the chance of going silent in a round (at a random phase).
+    pub dropout: f64,
+    pub input_tap: Option<mpsc::Sender<ObservedInput>>,
+}
+
+/// What the party did.
+#[derive(Debug, Default, Clone)]
+pub struct PartyReport {
+    /// Jobs taken part in, with the state each ended in.
+    pub jobs: Vec<(String, String)>,
+    pub rounds_contributed: usize,
+    /// Rounds the party left (simulated dropout, or errors it reported).
+    pub rounds_missed: usize,
+    /// Requests retried after a network failure or a coordinator restart.
+    pub retries: usize,
+}
+
+/// Why a party stopped.
+pub type PartyError = ClientError;
+
+/// A secret of this party's, bound to one job and one use.
+fn party_secret(seed: &[u8; 32], label: &str, job: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [label.as_bytes(), seed.as_slice(), job.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// Everything a party holds for one job.
+struct JobContext {
+    job: String,
+    policy: Policy,
+    plan: PrivacyPlan,
+    /// σ of this party's noise share (integer units); `None` without DP.
+    noise_std: Option<f64>,
+    sample: PartySample,
+    training: Dataset,
+    strategy: FedAvg,
+    rng: ChaCha20Rng,
+    audit_seed: u64,
+}
+
+/// Runs the party until its job ends (`once`) or forever.
+pub async fn run(cfg: PartyConfig) -> Result<PartyReport, PartyError> {
+    if !cfg.policy.parties.iter().any(|p| p.id == cfg.id) {
+        return Err(PartyError::Refusing(format!(
+            "party {} is not in the policy's roster",
+            cfg.id
+        )));
+    }
+    let key = IdentityKey::from_seed(&cfg.identity_seed);
+    if cfg.policy.roster_keys().get(&cfg.id) != Some(&key.public()) {
+        return Err(PartyError::Refusing(format!(
+            "this key file's public key is not the one the policy lists for party {}",
+            cfg.id
+        )));
+    }
+    let mut client = Client::new(
+        &cfg.coordinator,
+        cfg.tls.clone(),
+        key,
+        Signer::Party(cfg.id),
+        cfg.patience,
+    )?;
+    let mut report = PartyReport::default();
+    let mut done: Vec<String> = Vec::new();
+    loop {
+        let jobs: Vec<JobStatus> = client.json("/v1/jobs", "").await?;
+        let next = jobs.into_iter().find(|j| {
+            !done.contains(&j.job)
+                && cfg.job.as_ref().map_or(true, |want| *want == j.job)
+                && (j.state == "running" || j.state == "auditing")
+        });
+        let Some(job) = next else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        let state = run_job(&cfg, &mut client, &job.job, &mut report).await?;
+        report.jobs.push((job.job.clone(), state));
+        done.push(job.job);
+        if cfg.once {
+            report.retries = client.retries();
+            return Ok(report);
+        }
+    }
+}
+
+async fn run_job(
+    cfg: &PartyConfig,
+    client: &mut Client,
+    job: &str,
+    report: &mut PartyReport,
+) -> Result<String, PartyError> {
+    let setup: PartySetup = client.json(&format!("/v1/jobs/{job}/setup"), job).await?;
+    if setup.policy_hash != cfg.policy.hash {
+        return Err(PartyError::Refusing(format!(
+            "the coordinator runs job `{job}` under policy {}…, this party holds {}…; \
+             every member must hold the policy the consortium signed off",
+            &setup.policy_hash[..setup.policy_hash.len().min(12)],
+            &cfg.policy.hash[..12]
+        )));
+    }
+    let policy = job_policy(&cfg.policy, Some(setup.epsilon), Some(setup.rounds));
+    let plan = PrivacyPlan::for_policy(&policy).map_err(|e| {
+        PartyError::Refusing(format!(
+            "job `{job}`'s privacy plan: `{}`: {}",
+            e.key, e.message
+        ))
+    })?;
+    if (plan.noise_std_per_party - setup.noise_std_per_party).abs()
+        > 1e-9 * plan.noise_std_per_party.max(1.0)
+    {
+        return Err(PartyError::Refusing(format!(
+            "the coordinator asks for noise σ = {} per party; this party's plan says {}",
+            setup.noise_std_per_party, plan.noise_std_per_party
+        )));
+    }
+    let (dim, classes) = (policy.strategy.inputs, policy.strategy.classes);
+    if cfg.data.dim() != dim {
+        return Err(PartyError::Refusing(format!(
+            "the data has {} features, the policy's model {dim}",
+            cfg.data.dim()
+        )));
+    }
+    let mut canaries = Vec::new();
+    for c in &setup.canaries {
+        if c.features.len() != dim
+            || c.label >= classes
+            || !c.features.iter().all(|x| x.is_finite())
+        {
+            return Err(PartyError::Refusing(
+                "the coordinator sent a canary that does not fit the model (length, label or non-finite values)".into(),
+            ));
+        }
+        canaries.push(Canary {
+            features: c.features.clone(),
+            label: c.label,
+            included: true,
+            party: cfg.id,
+        });
+    }
+    // The audit sample is drawn from this party's own secret, fixed per job,
+    // so a restarted party holds out the same non-members.
+    let mut srng = ChaCha20Rng::from_seed(party_secret(&cfg.identity_seed, "audit sample", job));
+    let sample = audit::draw_sample(cfg.id, &cfg.data, &mut srng);
+    let training = audit::training_set(&cfg.data, &sample, &canaries);
+    let noise_std = (policy.privacy.unit != Unit::None).then_some(plan.noise_std_per_party);
+    let audit_seed = u64::from_le_bytes(
+        party_secret(&cfg.identity_seed, "audit reference", job)[..8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    let mut ctx = JobContext {
+        job: job.to_string(),
+        strategy: FedAvg::for_policy(&policy, 0),
+        policy,
+        plan,
+        noise_std,
+        sample,
+        training,
+        rng: ChaCha20Rng::from_seed({
+            let mut s = [0u8; 32];
+            OsRng.fill_bytes(&mut s);
+            s
+        }),
+        audit_seed,
+    };
+    let mut version = u64::MAX;
+    let mut last: Option<(u32, u32)> = None;
+    loop {
+        let path = if version == u64::MAX {
+            format!("/v1/jobs/{job}")
+        } else {
+            format!("/v1/jobs/{job}?after={version}&wait_ms=10000")
+        };
+        let st: JobStatus = client.json(&path, job).await?;
+        version = st.version;
+        if st.state != "running" && st.state != "auditing" {
+            return Ok(st.state);
+        }
+        let Some(live) = st.live else { continue };
+        if last == Some((live.round, live.task)) || !live.cohort.contains(&cfg.id) {
+            continue;
+        }
+        last = Some((live.round, live.task));
+        match take_part(cfg, client, &mut ctx, &live).await {
+            Ok(true) => report.rounds_contributed += 1,
+            Ok(false) => report.rounds_missed += 1,
+            Err(PartyError::Refused { status, body })
+                if status == StatusCode::CONFLICT || status == StatusCode::NOT_FOUND =>
+            {
+                // The round moved on (it closed, or the coordinator
+                // restarted and aborted it): wait for the next one.
+                let _ = body;
+                report.rounds_missed += 1;
+            }
+            Err(e @ PartyError::Unreachable(_)) => return Err(e),
+            Err(e) => {
+                eprintln!("party {}: round {}: {e}", cfg.id, live.round);
+                report.rounds_missed += 1;
+            }
+        }
+    }
+}
+
+/// Takes part in one secure sum. `Ok(false)`: went silent (simulated).
+async fn take_part(
+    cfg: &PartyConfig,
+    client: &mut Client,
+    ctx: &mut JobContext,
+    live: &LiveTask,
+) -> Result<bool, PartyError> {
+    let job = ctx.job.clone();
+    let base = format!("/v1/jobs/{job}/rounds/{}", live.round);
+    let r = client
+        .send(
+            Method::GET,
+            &format!("{base}/model"),
+            &job,
+            live.round,
+            Body::Empty,
+        )
+        .await?;
+    let bytes = ok(r)
+        .await?
+        .bytes()
+        .await
+        .map_err(|e| PartyError::Unreachable(e.to_string()))?;
+    let dimension = ctx.strategy.model().dimension();
+    if bytes.len() != dimension * 8 {
+        return Err(PartyError::Refusing(format!(
+            "the coordinator sent a model of {} bytes; the policy's model has {dimension} parameters",
+            bytes.len()
+        )));
+    }
+    let params: Vec<f64> = bytes
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    if !params.iter().all(|x| x.is_finite()) {
+        return Err(PartyError::Refusing(
+            "the coordinator sent a model with non-finite parameters".into(),
+        ));
+    }
+    ctx.strategy
+        .set_global(&params)
+        .map_err(|e| PartyError::Refusing(e.to_string()))?;
+
+    // The party's input: its noisy update, or its audit counts.
+    // CPU work (local training, noise, masking) runs where it does not stall
+    // the async workers.
+    let words = tokio::task::block_in_place(|| -> Result<Vec<u32>, PartyError> {
+        Ok(if live.kind == "audit" {
+            let mut model = Mlp::new(&ctx.strategy.model().sizes(), 0);
+            model
+                .set_flat(&params)
+                .map_err(|e| PartyError::Refusing(e.to_string()))?;
+            let attacks = audit::population_attacks(&ctx.policy);
+            audit::party_counts(&model, &cfg.data, &ctx.sample, &attacks, ctx.audit_seed)
+        } else {
+            let task = TaskSpec {
+                id: live.task,
+                label: "update".into(),
+                cohort: live.cohort.clone(),
+                dimension,
+            };
+            let scheme = EncodingScheme::from_plan(
+                &ctx.plan,
+                rotation_seed(&ctx.policy, &job, live.round, live.task),
+            );
+            if scheme.padded != live.len || ctx.plan.bits != live.bits {
+                return Err(PartyError::Refusing(format!(
+                    "the coordinator expects {} words of {} bits; this party's plan gives {} of {}",
+                    live.len, live.bits, scheme.padded, ctx.plan.bits
+                )));
+            }
+            let view = PartyView {
+                id: cfg.id,
+                data: &ctx.training,
+            };
+            // The sampler is built here, on this thread: it is not Send.
+            let noise = ctx
+                .noise_std
+                .map(DiscreteGaussianShare::new)
+                .transpose()
+                .map_err(|e| PartyError::Refusing(e.to_string()))?;
+            party_input(
+                &ctx.strategy,
+                &task,
+                &view,
+                &scheme,
+                noise.as_ref(),
+                &mut ctx.rng,
+            )
+            .map_err(|e| PartyError::Refusing(e.to_string()))?
+        })
+    })?;
+    if words.len() != live.len {
+        return Err(PartyError::Refusing(format!(
+            "this party's input has {} words, the round expects {}",
+            words.len(),
+            live.len
+        )));
+    }
+    if let Some(tap) = &cfg.input_tap {
+        let _ = tap.send(ObservedInput {
+            party: cfg.id,
+            job: job.clone(),
+            round: live.round,
+            task: live.task,
+            words: words.clone(),
+        });
+    }
+
+    let roster = ctx.policy.roster_keys();
+    let cohort: Vec<(PartyId, IdentityPublicKey)> = live
+        .cohort
+        .iter()
+        .map(|p| {
+            roster.get(p).map(|k| (PartyId(*p), *k)).ok_or_else(|| {
+                PartyError::Refusing(format!(
+                    "the round's cohort names party {p}, not in the roster"
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let round = protocol_round(
+        &ctx.policy,
+        &job,
+        live.round,
+        live.task,
+        &cohort,
+        live.bits,
+        live.len,
+    )
+    .map_err(|e| PartyError::Refusing(format!("round setup: {e}")))?;
+    let session = *round.session();
+    let mut party = Party::new(
+        round,
+        PartyId(cfg.id),
+        IdentityKey::from_seed(&cfg.identity_seed),
+        words,
+        &mut OsRng,
+    )
+    .map_err(|e| PartyError::Refusing(e.to_string()))?;
+    let silent_at = (cfg.dropout > 0.0 && crate::sampling::bernoulli(&mut ctx.rng, cfg.dropout))
+        .then(|| (ctx.rng.next_u32() % 5) as usize);
+    let mut batch = 0usize;
+    loop {
+        let mut outgoing = Vec::new();
+        while let Some(m) = party.poll_outgoing() {
+            outgoing.push(m.encode(&session));
+        }
+        if !outgoing.is_empty() {
+            if silent_at == Some(batch) {
+                return Ok(false);
+            }
+            batch += 1;
+            for bytes in outgoing {
+                let r = client
+                    .send(
+                        Method::POST,
+                        &format!("{base}/messages"),
+                        &job,
+                        live.round,
+                        Body::Octets(bytes),
+                    )
+                    .await?;
+                ok(r).await?;
+            }
+        }
+        if party.is_done() {
+            return Ok(true);
+        }
+        let r = client
+            .send(
+                Method::GET,
+                &format!("{base}/messages?wait_ms=10000"),
+                &job,
+                live.round,
+                Body::Empty,
+            )
+            .await?;
+        let r = ok(r).await?;
+        if r.status() == StatusCode::NO_CONTENT {
+            continue;
+        }
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(|e| PartyError::Unreachable(e.to_string()))?;
+        tokio::task::block_in_place(|| party.handle_bytes(&bytes, &mut OsRng))
+            .map_err(|e| PartyError::Refusing(format!("the coordinator's message: {e}")))?;
+    }
+}

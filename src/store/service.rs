@@ -1,0 +1,429 @@
+//! The coordinator's service state, in the same SQLite file as the ledger
+//! and the log: the consortium and its parties as the policy listed them,
+//! each job's progress (model, optimiser state, next round), every round's
+//! phase and survivors, and release decisions.
+//!
+//! Writes that must agree commit together: a round's charge with its round
+//! row, a round's result with the model it produced. A crash therefore
+//! leaves either the state before a step or the state after it.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::Serialize;
+
+use super::ledger::{LedgerError, PrivacyLedger};
+use crate::policy::Policy;
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS consortium (
+    id          TEXT PRIMARY KEY,
+    policy_hash TEXT NOT NULL,
+    policy      TEXT NOT NULL,
+    updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS parties (
+    consortium   TEXT NOT NULL REFERENCES consortium(id),
+    id           INTEGER NOT NULL,
+    name         TEXT NOT NULL,
+    identity_key TEXT NOT NULL,
+    PRIMARY KEY (consortium, id)
+);
+CREATE TABLE IF NOT EXISTS job_runs (
+    job         TEXT PRIMARY KEY,
+    consortium  TEXT NOT NULL,
+    policy_hash TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    rounds      INTEGER NOT NULL,
+    epsilon     REAL NOT NULL,
+    next_round  INTEGER NOT NULL,
+    seed        INTEGER NOT NULL,
+    canary_seed INTEGER NOT NULL,
+    params      BLOB NOT NULL,
+    velocity    BLOB NOT NULL,
+    reason      TEXT,
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    job        TEXT NOT NULL REFERENCES job_runs(job),
+    round      INTEGER NOT NULL,
+    task       INTEGER NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('running', 'finished', 'aborted')),
+    phase      TEXT NOT NULL,
+    survivors  TEXT NOT NULL DEFAULT '[]',
+    dropped    TEXT NOT NULL DEFAULT '[]',
+    charge_id  INTEGER,
+    reason     TEXT,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (job, round, task)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    job          TEXT PRIMARY KEY REFERENCES job_runs(job),
+    decision     TEXT NOT NULL,
+    model_path   TEXT,
+    model_sha256 TEXT,
+    report_json  TEXT NOT NULL,
+    report_html  TEXT NOT NULL,
+    created_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+";
+
+/// A job's durable progress.
+#[derive(Debug, Clone)]
+pub struct JobRunRecord {
+    pub job: String,
+    pub consortium: String,
+    pub policy_hash: String,
+    pub state: String,
+    pub rounds: u32,
+    /// The job's own ε (at most the policy's).
+    pub epsilon: f64,
+    pub next_round: u32,
+    pub seed: u64,
+    pub canary_seed: u64,
+    pub params: Vec<f64>,
+    pub velocity: Vec<f64>,
+    pub reason: Option<String>,
+}
+
+/// One round (task) as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundRecord {
+    pub round: u32,
+    pub task: u32,
+    pub state: String,
+    pub phase: String,
+    pub survivors: Vec<u32>,
+    pub dropped: Vec<u32>,
+    pub charge_id: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// A release decision as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseRecord {
+    pub decision: String,
+    pub model_path: Option<String>,
+    pub model_sha256: Option<String>,
+    pub report_json: String,
+    pub report_html: String,
+}
+
+pub fn f64s_to_blob(v: &[f64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn blob_to_f64s(b: &[u8]) -> Result<Vec<f64>, LedgerError> {
+    if b.len() % 8 != 0 {
+        return Err(LedgerError::Corrupt(format!(
+            "a stored vector has {} bytes, not a multiple of 8",
+            b.len()
+        )));
+    }
+    Ok(b.chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
+fn ids_json(ids: &[u32]) -> String {
+    serde_json::to_string(ids).expect("a list of integers serialises")
+}
+
+fn ids_from_json(s: &str) -> rusqlite::Result<Vec<u32>> {
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+impl PrivacyLedger {
+    /// Records the consortium and its roster as the policy lists them.
+    pub fn register_consortium(&mut self, policy: &Policy, text: &str) -> Result<(), LedgerError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO consortium (id, policy_hash, policy) VALUES (?1, ?2, ?3)
+             ON CONFLICT(id) DO UPDATE SET policy_hash = ?2, policy = ?3,
+               updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+            params![policy.consortium.id, policy.hash, text],
+        )?;
+        tx.execute(
+            "DELETE FROM parties WHERE consortium = ?1",
+            params![policy.consortium.id],
+        )?;
+        for p in &policy.parties {
+            tx.execute(
+                "INSERT INTO parties (consortium, id, name, identity_key) VALUES (?1, ?2, ?3, ?4)",
+                params![policy.consortium.id, p.id, p.name, p.identity_key],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn insert_job_run(&mut self, r: &JobRunRecord) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "INSERT INTO job_runs (job, consortium, policy_hash, state, rounds, next_round, seed,
+                                   canary_seed, params, velocity, epsilon)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                r.job,
+                r.consortium,
+                r.policy_hash,
+                r.state,
+                r.rounds,
+                r.next_round,
+                r.seed as i64,
+                r.canary_seed as i64,
+                f64s_to_blob(&r.params),
+                f64s_to_blob(&r.velocity),
+                r.epsilon
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn job_run(&self, job: &str) -> Result<Option<JobRunRecord>, LedgerError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT job, consortium, policy_hash, state, rounds, next_round, seed, canary_seed,
+                        params, velocity, reason, epsilon FROM job_runs WHERE job = ?1",
+                params![job],
+                |r| {
+                    Ok((
+                        JobRunRecord {
+                            job: r.get(0)?,
+                            consortium: r.get(1)?,
+                            policy_hash: r.get(2)?,
+                            state: r.get(3)?,
+                            rounds: r.get(4)?,
+                            next_round: r.get(5)?,
+                            seed: r.get::<_, i64>(6)? as u64,
+                            canary_seed: r.get::<_, i64>(7)? as u64,
+                            params: Vec::new(),
+                            velocity: Vec::new(),
+                            reason: r.get(10)?,
+                            epsilon: r.get(11)?,
+                        },
+                        r.get::<_, Vec<u8>>(8)?,
+                        r.get::<_, Vec<u8>>(9)?,
+                    ))
+                },
+            )
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((mut rec, p, v)) => {
+                rec.params = blob_to_f64s(&p)?;
+                rec.velocity = blob_to_f64s(&v)?;
+                Ok(Some(rec))
+            }
+        }
+    }
+
+    /// Jobs in the given states, oldest first.
+    pub fn job_runs_in(&self, states: &[&str]) -> Result<Vec<String>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT job, state FROM job_runs ORDER BY created_at, job")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (job, state) = row?;
+            if states.contains(&state.as_str()) {
+                out.push(job);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn set_job_state(
+        &mut self,
+        job: &str,
+        state: &str,
+        reason: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "UPDATE job_runs SET state = ?2, reason = ?3,
+               updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE job = ?1",
+            params![job, state, reason],
+        )?;
+        Ok(())
+    }
+
+    /// Charges a training round and records it as running, in one
+    /// transaction: a round never runs uncharged.
+    pub fn begin_charged_round(
+        &mut self,
+        job: &str,
+        round: u32,
+        task: u32,
+        charge: &crate::dp::plan::RoundCharge,
+    ) -> Result<super::ledger::ChargeRecord, LedgerError> {
+        let job_s = job.to_string();
+        self.charge_with(job, round, task, charge, move |tx, id| {
+            start_round(tx, &job_s, round, task, Some(id))
+        })
+    }
+
+    /// Records an uncharged round (no DP, or the audit's sum) as running.
+    pub fn begin_round(&mut self, job: &str, round: u32, task: u32) -> Result<(), LedgerError> {
+        let tx = self.conn.transaction()?;
+        start_round(&tx, job, round, task, None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_round_phase(
+        &mut self,
+        job: &str,
+        round: u32,
+        task: u32,
+        phase: &str,
+        survivors: &[u32],
+    ) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "UPDATE rounds SET phase = ?4, survivors = ?5,
+               updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE job = ?1 AND round = ?2 AND task = ?3",
+            params![job, round, task, phase, ids_json(survivors)],
+        )?;
+        Ok(())
+    }
+
+    /// A finished training round: its result absorbed into `params` and
+    /// `velocity`, its charge marked released, all in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish_round(
+        &mut self,
+        job: &str,
+        round: u32,
+        task: u32,
+        survivors: &[u32],
+        dropped: &[u32],
+        model: Option<(&[f64], &[f64])>,
+    ) -> Result<(), LedgerError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE rounds SET state = 'finished', phase = 'done', survivors = ?4, dropped = ?5,
+               updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE job = ?1 AND round = ?2 AND task = ?3",
+            params![job, round, task, ids_json(survivors), ids_json(dropped)],
+        )?;
+        tx.execute(
+            "UPDATE charges SET released = 1
+             WHERE id = (SELECT charge_id FROM rounds WHERE job = ?1 AND round = ?2 AND task = ?3)",
+            params![job, round, task],
+        )?;
+        if let Some((p, v)) = model {
+            tx.execute(
+                "UPDATE job_runs SET params = ?2, velocity = ?3,
+                   updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE job = ?1",
+                params![job, f64s_to_blob(p), f64s_to_blob(v)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A round that could not finish; its charge stays.
+    pub fn abort_round(
+        &mut self,
+        job: &str,
+        round: u32,
+        task: u32,
+        reason: &str,
+        dropped: &[u32],
+    ) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "UPDATE rounds SET state = 'aborted', reason = ?4, dropped = ?5,
+               updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE job = ?1 AND round = ?2 AND task = ?3 AND state = 'running'",
+            params![job, round, task, reason, ids_json(dropped)],
+        )?;
+        Ok(())
+    }
+
+    /// Rounds left running (by a crash), for the restart to abort.
+    pub fn running_rounds(&self, job: &str) -> Result<Vec<RoundRecord>, LedgerError> {
+        Ok(self
+            .rounds(job)?
+            .into_iter()
+            .filter(|r| r.state == "running")
+            .collect())
+    }
+
+    pub fn rounds(&self, job: &str) -> Result<Vec<RoundRecord>, LedgerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT round, task, state, phase, survivors, dropped, charge_id, reason
+             FROM rounds WHERE job = ?1 ORDER BY round, task",
+        )?;
+        let rows = stmt.query_map(params![job], |r| {
+            Ok(RoundRecord {
+                round: r.get(0)?,
+                task: r.get(1)?,
+                state: r.get(2)?,
+                phase: r.get(3)?,
+                survivors: ids_from_json(&r.get::<_, String>(4)?)?,
+                dropped: ids_from_json(&r.get::<_, String>(5)?)?,
+                charge_id: r.get(6)?,
+                reason: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn record_release(&mut self, job: &str, r: &ReleaseRecord) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO releases (job, decision, model_path, model_sha256, report_json, report_html)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                job,
+                r.decision,
+                r.model_path,
+                r.model_sha256,
+                r.report_json,
+                r.report_html
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn release(&self, job: &str) -> Result<Option<ReleaseRecord>, LedgerError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT decision, model_path, model_sha256, report_json, report_html
+                 FROM releases WHERE job = ?1",
+                params![job],
+                |r| {
+                    Ok(ReleaseRecord {
+                        decision: r.get(0)?,
+                        model_path: r.get(1)?,
+                        model_sha256: r.get(2)?,
+                        report_json: r.get(3)?,
+                        report_html: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}
+
+fn start_round(
+    tx: &Transaction<'_>,
+    job: &str,
+    round: u32,
+    task: u32,
+    charge_id: Option<i64>,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO rounds (job, round, task, state, phase, charge_id)
+         VALUES (?1, ?2, ?3, 'running', 'advertise-keys', ?4)",
+        params![job, round, task, charge_id],
+    )?;
+    tx.execute(
+        "UPDATE job_runs SET next_round = MAX(next_round, ?2 + 1),
+           updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE job = ?1",
+        params![job, round],
+    )?;
+    Ok(())
+}

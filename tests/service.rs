@@ -1,0 +1,845 @@
+//! The networked service over loopback: real TLS sockets, real parties as
+//! tokio tasks (each with its own connection), the real coordinator engine
+//! and SQLite store. Sums are checked end to end: every party's input is
+//! observed where it is made and every aggregate where it is unmasked.
+
+mod common;
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{shroud, temp_dir};
+use shroud::coordinator::ObservedSum;
+use shroud::data::{partition, prepare, Dataset, Partition};
+use shroud::job::{demo_identity_seed, demo_public_key_hex};
+use shroud::localnet::{start_coordinator, CoordinatorOptions, LocalCoordinator};
+use shroud::net::api::JobStatus;
+use shroud::net::auth::{self, Signer};
+use shroud::net::client::Client;
+use shroud::party::{ObservedInput, PartyConfig, PartyReport};
+use shroud::policy::Policy;
+use shroud::store::PrivacyLedger;
+use shroud_crypto::IdentityKey;
+
+const OPERATOR_SEED: [u8; 32] = [7u8; 32];
+
+/// Eight parties' digits records (IID) and the policy text for them.
+fn consortium(rounds: u32, phase_timeout: f64) -> (Vec<Dataset>, String) {
+    let data = prepare(Path::new("data/digits.csv"), 3).unwrap();
+    let parts = partition(&data.train.labels, 10, 8, &Partition::Iid, 3).unwrap();
+    let sets: Vec<Dataset> = parts.iter().map(|p| data.train.subset(p)).collect();
+    let mut text = format!(
+        "[consortium]\nid = \"test-net\"\nthreshold = 6\nmax_colluding = 2\nactive = true\n\
+         neighbors = \"all\"\nphase_timeout_secs = {phase_timeout}\n\n"
+    );
+    for (i, d) in sets.iter().enumerate() {
+        text += &format!(
+            "[[party]]\nid = {i}\nname = \"member-{i}\"\nidentity_key = \"{}\"\nrecords = {}\n\n",
+            demo_public_key_hex(i as u32),
+            d.len()
+        );
+    }
+    text += &format!(
+        "[privacy]\nunit = \"record\"\nepsilon = 8.0\ndelta = 1e-5\naccountant = \"zcdp\"\n\
+         clip_norm = 1.0\ncalibrate = true\nrounds = {rounds}\nsampling_rate = 1.0\n\n\
+         [encoding]\nbits = 20\nrotation = \"hadamard\"\n\n\
+         [strategy]\nname = \"fedavg\"\nmodel = \"mlp\"\ninputs = 64\nhidden = [16]\nclasses = 10\n\
+         learning_rate = 1.0\nmomentum = 0.9\n\n\
+         [audit]\nattacks = [\"loss\"]\nmax_auc = 0.65\nconfidence = 0.95\ncanaries = 40\n"
+    );
+    (sets, text)
+}
+
+fn policy_of(text: &str) -> Policy {
+    Policy::parse(Path::new("test-net.toml"), text).unwrap()
+}
+
+fn operator() -> IdentityKey {
+    IdentityKey::from_seed(&OPERATOR_SEED)
+}
+
+async fn coordinator(
+    dir: &Path,
+    text: &str,
+    observer: Option<mpsc::Sender<ObservedSum>>,
+) -> LocalCoordinator {
+    start_coordinator(CoordinatorOptions {
+        policy: policy_of(text),
+        policy_text: text.to_string(),
+        db: &dir.join("coordinator.db"),
+        out: &dir.join("out"),
+        tls_dir: Some(&dir.join("tls")),
+        operator: operator().public(),
+        allow_no_dp: false,
+        observer,
+    })
+    .await
+    .unwrap()
+}
+
+fn spawn_parties(
+    url: &str,
+    tls: Option<rustls::ClientConfig>,
+    text: &str,
+    sets: &[Dataset],
+    tap: Option<mpsc::Sender<ObservedInput>>,
+) -> Vec<tokio::task::JoinHandle<Result<PartyReport, shroud::party::PartyError>>> {
+    sets.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let cfg = PartyConfig {
+                policy: policy_of(text),
+                id: i as u32,
+                identity_seed: demo_identity_seed(i as u32),
+                data: d.clone(),
+                coordinator: url.to_string(),
+                tls: tls.clone(),
+                job: None,
+                once: true,
+                patience: Duration::from_secs(120),
+                dropout: 0.0,
+                input_tap: tap.clone(),
+            };
+            tokio::spawn(shroud::party::run(cfg))
+        })
+        .collect()
+}
+
+fn operator_client(url: &str, tls: Option<rustls::ClientConfig>) -> Client {
+    Client::new(
+        url,
+        tls,
+        operator(),
+        Signer::Operator,
+        Duration::from_secs(120),
+    )
+    .unwrap()
+}
+
+/// opendp's arithmetic swaps the process's panic hook for a silent one
+/// around each call; threads doing so at once can leave the silent one in
+/// place. Taking the hook puts the default back, so failures are reported.
+fn restore_panic_messages() {
+    let _ = std::panic::take_hook();
+}
+
+async fn wait_until_done(op: &mut Client, job: &str) -> JobStatus {
+    let mut s: JobStatus = op.json(&format!("/v1/jobs/{job}"), job).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while s.state == "running" || s.state == "auditing" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job did not finish: {s:?}"
+        );
+        s = op
+            .json(
+                &format!("/v1/jobs/{job}?after={}&wait_ms=5000", s.version),
+                job,
+            )
+            .await
+            .unwrap();
+    }
+    restore_panic_messages();
+    s
+}
+
+/// Every aggregate equals the sum, mod 2^bits, of the inputs its
+/// contributors made for that round and task.
+fn check_sums(sums: &[ObservedSum], inputs: &[ObservedInput]) {
+    assert!(!sums.is_empty());
+    for s in sums {
+        let mask = if s.bits == 32 {
+            u32::MAX
+        } else {
+            (1u32 << s.bits) - 1
+        };
+        let mut want = vec![0u32; s.sum.len()];
+        for c in &s.contributors {
+            let x = inputs
+                .iter()
+                .find(|i| i.party == *c && i.round == s.round && i.task == s.task && i.job == s.job)
+                .unwrap_or_else(|| panic!("no input observed for party {c} round {}", s.round));
+            for (w, v) in want.iter_mut().zip(&x.words) {
+                *w = w.wrapping_add(*v) & mask;
+            }
+        }
+        assert_eq!(
+            s.sum, want,
+            "round {} task {}: secure sum differs",
+            s.round, s.task
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_parties_run_a_whole_job_over_tls() {
+    let dir = temp_dir("net-whole");
+    let (sets, text) = consortium(3, 20.0);
+    let (stx, srx) = mpsc::channel();
+    let (itx, irx) = mpsc::channel();
+    let c = coordinator(&dir, &text, Some(stx)).await;
+    assert!(c.url.starts_with("https://"));
+    let tls = c.client_tls().unwrap();
+    let parties = spawn_parties(&c.url, tls.clone(), &text, &sets, Some(itx));
+    let mut op = operator_client(&c.url, tls);
+    let started: JobStatus = op
+        .post_json("/v1/jobs", "j1", &serde_json::json!({"job": "j1"}))
+        .await
+        .unwrap();
+    assert_eq!(started.state, "running");
+    let s = wait_until_done(&mut op, "j1").await;
+    assert_eq!(s.state, "released", "{s:?}");
+    for p in parties {
+        let r = p.await.unwrap().unwrap();
+        assert_eq!(r.jobs, vec![("j1".to_string(), "released".to_string())]);
+        assert_eq!(
+            r.rounds_contributed, 4,
+            "3 training rounds and the audit's sum"
+        );
+    }
+    let sums: Vec<ObservedSum> = srx.try_iter().collect();
+    let inputs: Vec<ObservedInput> = irx.try_iter().collect();
+    assert_eq!(sums.len(), 4);
+    assert!(sums.iter().all(|s| s.contributors.len() == 8));
+    check_sums(&sums, &inputs);
+    // Rounds and phases as stored; one released charge per training round.
+    let finished: Vec<_> = s.history.iter().filter(|r| r.state == "finished").collect();
+    assert_eq!(finished.len(), 4);
+    assert!(finished.iter().all(|r| r.survivors.len() == 8));
+    let release = s.release.as_ref().unwrap();
+    assert!(Path::new(release.model_path.as_ref().unwrap()).exists());
+    let metrics = reqwest_get(&c, "/metrics").await;
+    assert!(
+        metrics.contains("shroud_rounds_finished_total 4"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("shroud_dropouts_total 0"), "{metrics}");
+    c.shutdown().await;
+    let ledger = PrivacyLedger::open(&dir.join("coordinator.db")).unwrap();
+    let charges = ledger.charges(Some("j1")).unwrap();
+    assert_eq!(charges.len(), 3);
+    assert!(charges.iter().all(|c| c.released));
+    // Calibrated to spend the budget (σ rounded up to whole units: at most).
+    let spent = charges[2].epsilon_after;
+    assert!(spent <= 8.0 + 1e-9 && spent > 7.0, "{spent}");
+    let (code, out, _) = shroud(&[
+        "verify-log",
+        "--db",
+        dir.join("coordinator.db").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+}
+
+async fn reqwest_get(c: &LocalCoordinator, path: &str) -> String {
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(c.client_tls().unwrap().unwrap())
+        .build()
+        .unwrap();
+    client
+        .get(format!("{}{path}", c.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_party_killed_mid_round_is_left_out_and_the_sum_stays_exact() {
+    let dir = temp_dir("net-kill-party");
+    let (sets, text) = consortium(2, 3.0);
+    let (stx, srx) = mpsc::channel();
+    let (itx, irx) = mpsc::channel::<ObservedInput>();
+    let c = coordinator(&dir, &text, Some(stx)).await;
+    let tls = c.client_tls().unwrap();
+    // Party 7 runs with its own tap so the test can kill it the moment it
+    // has made its first input, before it has shared any key.
+    let (tx7, rx7) = mpsc::channel::<ObservedInput>();
+    let mut parties = spawn_parties(&c.url, tls.clone(), &text, &sets[..7], Some(itx.clone()));
+    let seven = spawn_parties(&c.url, tls.clone(), &text, &sets, Some(tx7))
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            if i == 7 {
+                Some(h)
+            } else {
+                h.abort();
+                None
+            }
+        })
+        .next()
+        .unwrap();
+    let mut op = operator_client(&c.url, tls);
+    let _: JobStatus = op
+        .post_json("/v1/jobs", "j2", &serde_json::json!({"job": "j2"}))
+        .await
+        .unwrap();
+    let first = tokio::task::spawn_blocking(move || rx7.recv_timeout(Duration::from_secs(120)))
+        .await
+        .unwrap()
+        .expect("party 7 made an input");
+    seven.abort();
+    assert_eq!(first.round, 1);
+    let s = wait_until_done(&mut op, "j2").await;
+    assert_eq!(s.state, "released", "{s:?}");
+    for p in parties.drain(..) {
+        p.await.unwrap().unwrap();
+    }
+    let sums: Vec<ObservedSum> = srx.try_iter().collect();
+    let mut inputs: Vec<ObservedInput> = irx.try_iter().collect();
+    inputs.push(first);
+    assert_eq!(sums.len(), 3);
+    for s in &sums {
+        assert_eq!(
+            s.contributors,
+            (0..7).collect::<Vec<u32>>(),
+            "round {}",
+            s.round
+        );
+    }
+    check_sums(&sums, &inputs);
+    let r1 = s.history.iter().find(|r| r.round == 1).unwrap();
+    assert_eq!(r1.state, "finished");
+    assert_eq!(r1.dropped, vec![7]);
+    let metrics = reqwest_get(&c, "/metrics").await;
+    assert!(metrics.contains("shroud_dropouts_total 3"), "{metrics}");
+    c.shutdown().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct ServeProcess {
+    child: std::process::Child,
+}
+
+impl ServeProcess {
+    fn start(dir: &Path, port: u16) -> ServeProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shroud"))
+            .args(["serve", "--policy"])
+            .arg(dir.join("policy.toml"))
+            .arg("--db")
+            .arg(dir.join("coordinator.db"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(dir.join("server.crt"))
+            .arg("--tls-key")
+            .arg(dir.join("server.key"))
+            .arg("--operator-key")
+            .arg(dir.join("operator.key"))
+            .arg("--out")
+            .arg(dir.join("out"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        ServeProcess { child }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_killed_mid_job_resumes_and_loses_no_charge() {
+    let dir = temp_dir("net-restart");
+    let (sets, text) = consortium(4, 20.0);
+    std::fs::write(dir.join("policy.toml"), &text).unwrap();
+    let (code, _, err) = shroud(&[
+        "keygen",
+        "--tls",
+        "--out",
+        dir.join("server").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = shroud(&[
+        "keygen",
+        "--out",
+        dir.join("operator.key").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("identity_key = \""), "{out}");
+    let op_seed = shroud::keyfile::load(&dir.join("operator.key")).unwrap();
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut server = ServeProcess::start(&dir, port);
+    let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
+    let parties = spawn_parties(&url, tls.clone(), &text, &sets, None);
+    let mut op = Client::new(
+        &url,
+        tls,
+        IdentityKey::from_seed(&op_seed),
+        Signer::Operator,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let mut s: JobStatus = op
+        .post_json("/v1/jobs", "j3", &serde_json::json!({"job": "j3"}))
+        .await
+        .unwrap();
+    // Wait until round 2 is under way, then kill the coordinator outright.
+    while s.live.as_ref().map_or(true, |l| l.round < 2) {
+        s = op
+            .json(
+                &format!("/v1/jobs/j3?after={}&wait_ms=5000", s.version),
+                "j3",
+            )
+            .await
+            .unwrap();
+    }
+    let killed_in = s.live.clone().unwrap();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _server = ServeProcess::start(&dir, port);
+    let s = wait_until_done(&mut op, "j3").await;
+    assert_eq!(s.state, "released", "{s:?}");
+    for p in parties {
+        let r = p.await.unwrap().unwrap();
+        assert!(
+            r.retries > 0,
+            "every party retried while the coordinator was down"
+        );
+    }
+    let aborted: Vec<_> = s.history.iter().filter(|r| r.state == "aborted").collect();
+    assert_eq!(aborted.len(), 1, "{:?}", s.history);
+    assert_eq!(aborted[0].round, killed_in.round);
+    assert!(aborted[0]
+        .reason
+        .as_ref()
+        .unwrap()
+        .contains("coordinator restarted"));
+    drop(_server);
+    let db = dir.join("coordinator.db");
+    let ledger = PrivacyLedger::open(&db).unwrap();
+    let charges = ledger.charges(Some("j3")).unwrap();
+    // Every round that ran is charged, the aborted one included; only the
+    // finished ones are released.
+    assert_eq!(charges.len(), 4, "{charges:?}");
+    let rounds: Vec<u32> = charges.iter().map(|c| c.round).collect();
+    assert_eq!(rounds, vec![1, 2, 3, 4]);
+    assert_eq!(charges.iter().filter(|c| !c.released).count(), 1);
+    let (code, out, err) = shroud(&["verify-log", "--db", db.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    drop(ledger);
+    // A tampered entry is found.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE audit_log SET content = replace(content, '\"dropped\":[]', '\"dropped\":[5]') WHERE seq = (SELECT MIN(seq) FROM audit_log WHERE kind = 'round-finished')",
+        [],
+    )
+    .unwrap();
+    let seq: i64 = conn
+        .query_row(
+            "SELECT MIN(seq) FROM audit_log WHERE kind = 'round-finished'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    let (code, out, err) = shroud(&["verify-log", "--db", db.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        format!("{out}{err}").contains(&format!("first broken entry is {seq}")),
+        "{out}{err}"
+    );
+}
+
+/// Sends one request signed as `signer` with `key`; returns status and body.
+#[allow(clippy::too_many_arguments)]
+async fn signed(
+    http: &reqwest::Client,
+    base: &str,
+    key: &IdentityKey,
+    signer: Signer,
+    method: &str,
+    path: &str,
+    job: &str,
+    round: u64,
+    body: Vec<u8>,
+    content_type: &str,
+) -> (u16, serde_json::Value) {
+    let headers = auth::sign(key, signer, method, path, &body, job, round);
+    let mut req = http.request(method.parse().unwrap(), format!("{base}{path}"));
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let r = req
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
+    restore_panic_messages();
+    let dir = temp_dir("net-bad");
+    let (_sets, text) = consortium(2, 600.0);
+    let c = coordinator(&dir, &text, None).await;
+    let tls = c.client_tls().unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls.clone().unwrap())
+        .build()
+        .unwrap();
+    let mut op = operator_client(&c.url, tls);
+    let _: JobStatus = op
+        .post_json("/v1/jobs", "j4", &serde_json::json!({"job": "j4"}))
+        .await
+        .unwrap();
+    let before: JobStatus = op.json("/v1/jobs/j4", "j4").await.unwrap();
+    let k0 = IdentityKey::from_seed(&demo_identity_seed(0));
+    let k1 = IdentityKey::from_seed(&demo_identity_seed(1));
+    let base = c.url.as_str();
+    let msgs = "/v1/jobs/j4/rounds/1/messages";
+    let oct = "application/octet-stream";
+
+    let mut cases: Vec<(&str, u16, &str, serde_json::Value)> = Vec::new();
+    // Unsigned.
+    let r = http
+        .post(format!("{base}{msgs}"))
+        .body(vec![1u8, 2])
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    cases.push((
+        "unsigned",
+        st,
+        "unauthenticated",
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    ));
+    // Signed by a key that is not party 0's.
+    let (st, b) = signed(
+        &http,
+        base,
+        &k1,
+        Signer::Party(0),
+        "POST",
+        msgs,
+        "j4",
+        1,
+        vec![1, 2],
+        oct,
+    )
+    .await;
+    cases.push(("wrong key", st, "unauthenticated", b));
+    // A party not in the roster.
+    let (st, b) = signed(
+        &http,
+        base,
+        &k0,
+        Signer::Party(99),
+        "POST",
+        msgs,
+        "j4",
+        1,
+        vec![1, 2],
+        oct,
+    )
+    .await;
+    cases.push(("unknown party", st, "unknown_signer", b));
+    // A replay of an accepted request.
+    let headers = auth::sign(&k0, Signer::Party(0), "GET", "/v1/jobs/j4", b"", "j4", 0);
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        let mut req = http.get(format!("{base}/v1/jobs/j4"));
+        for (k, v) in &headers {
+            req = req.header(*k, v);
+        }
+        let r = req.send().await.unwrap();
+        codes.push(r.status().as_u16());
+        if codes.len() == 2 {
+            cases.push((
+                "replay",
+                codes[1],
+                "replay",
+                serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+            ));
+        }
+    }
+    assert_eq!(codes[0], 200);
+    // A message for a round the job is not in.
+    let (st, b) = signed(
+        &http,
+        base,
+        &k0,
+        Signer::Party(0),
+        "POST",
+        "/v1/jobs/j4/rounds/5/messages",
+        "j4",
+        5,
+        vec![1, 2],
+        oct,
+    )
+    .await;
+    cases.push(("wrong round", st, "wrong_round", b));
+    // A well-formed message of a later phase.
+    let session = {
+        let roster = policy_of(&text).roster_keys();
+        let cohort: Vec<_> = roster
+            .iter()
+            .map(|(i, k)| (shroud_crypto::PartyId(*i), *k))
+            .collect();
+        let len = before.live.as_ref().unwrap().len;
+        *shroud::job::protocol_round(&policy_of(&text), "j4", 1, 0, &cohort, 20, len)
+            .unwrap()
+            .session()
+    };
+    let len = before.live.as_ref().unwrap().len;
+    let masked = shroud_crypto::Message::MaskedInput(shroud_crypto::message::MaskedVector {
+        party: shroud_crypto::PartyId(0),
+        bits: 20,
+        words: vec![0; len],
+    })
+    .encode(&session);
+    let (st, b) = signed(
+        &http,
+        base,
+        &k0,
+        Signer::Party(0),
+        "POST",
+        msgs,
+        "j4",
+        1,
+        masked,
+        oct,
+    )
+    .await;
+    cases.push(("wrong phase", st, "wrong_phase", b));
+    // Bytes that end early (a wrong length).
+    let (st, b) = signed(
+        &http,
+        base,
+        &k0,
+        Signer::Party(0),
+        "POST",
+        msgs,
+        "j4",
+        1,
+        vec![1, 0, 0],
+        oct,
+    )
+    .await;
+    cases.push(("truncated", st, "invalid_message", b));
+    // An oversize body: one byte over the coordinator's limit.
+    let limit = {
+        let p = policy_of(&text);
+        shroud::cli::service_cmd::body_limit(
+            &p,
+            &shroud::dp::plan::PrivacyPlan::for_policy(&p).unwrap(),
+        )
+    };
+    let (st, b) = signed(
+        &http,
+        base,
+        &k0,
+        Signer::Party(0),
+        "POST",
+        msgs,
+        "j4",
+        1,
+        vec![0; limit + 1],
+        oct,
+    )
+    .await;
+    cases.push(("oversize", st, "too_large", b));
+    // Non-finite and out-of-range numbers.
+    let opk = operator();
+    for (name, body) in [
+        ("epsilon 1e999", r#"{"job":"j5","epsilon":1e999}"#),
+        ("epsilon negative", r#"{"job":"j5","epsilon":-1.0}"#),
+        ("unknown field", r#"{"job":"j5","budget":1}"#),
+    ] {
+        let (st, b) = signed(
+            &http,
+            base,
+            &opk,
+            Signer::Operator,
+            "POST",
+            "/v1/jobs",
+            "j5",
+            0,
+            body.as_bytes().to_vec(),
+            "application/json",
+        )
+        .await;
+        cases.push((name, st, "invalid_request", b));
+    }
+    // A party may not start jobs.
+    let (st, b) = signed(
+        &http,
+        base,
+        &k0,
+        Signer::Party(0),
+        "POST",
+        "/v1/jobs",
+        "j5",
+        0,
+        br#"{"job":"j5"}"#.to_vec(),
+        "application/json",
+    )
+    .await;
+    cases.push(("party starts a job", st, "forbidden", b));
+    // The wrong media type.
+    let (st, b) = signed(
+        &http,
+        base,
+        &k0,
+        Signer::Party(0),
+        "POST",
+        msgs,
+        "j4",
+        1,
+        vec![1],
+        "text/plain",
+    )
+    .await;
+    cases.push(("media type", st, "invalid_request", b));
+    // An unknown job.
+    let (st, b) = signed(
+        &http,
+        base,
+        &k0,
+        Signer::Party(0),
+        "GET",
+        "/v1/jobs/nope",
+        "nope",
+        0,
+        vec![],
+        oct,
+    )
+    .await;
+    cases.push(("unknown job", st, "unknown_job", b));
+
+    for (name, status, code, body) in &cases {
+        assert!(
+            (400..500).contains(status),
+            "{name}: status {status} {body}"
+        );
+        assert_eq!(body["error"], *code, "{name}: {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| m.len() > 10),
+            "{name}: {body}"
+        );
+    }
+    assert_eq!(cases.iter().find(|c| c.0 == "oversize").unwrap().1, 413);
+
+    // Nothing changed: same round, phase, history; no job j5.
+    let after: JobStatus = op.json("/v1/jobs/j4", "j4").await.unwrap();
+    assert_eq!(after.live, before.live);
+    assert_eq!(after.history.len(), before.history.len());
+    let all: Vec<JobStatus> = op.json("/v1/jobs", "").await.unwrap();
+    assert_eq!(all.len(), 1);
+    // The refused requests were counted, and a good message is still taken.
+    let metrics = reqwest_get(&c, "/metrics").await;
+    assert!(
+        metrics.contains("shroud_requests_refused_total{code=\"wrong_phase\"} 1"),
+        "{metrics}"
+    );
+    let policy = policy_of(&text);
+    let cohort: Vec<_> = policy
+        .roster_keys()
+        .iter()
+        .map(|(i, k)| (shroud_crypto::PartyId(*i), *k))
+        .collect();
+    let round = shroud::job::protocol_round(&policy, "j4", 1, 0, &cohort, 20, len).unwrap();
+    let mut party = shroud_crypto::Party::new(
+        round,
+        shroud_crypto::PartyId(0),
+        k0,
+        vec![0; len],
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
+    let advert = party.poll_outgoing().unwrap().encode(&session);
+    let k0 = IdentityKey::from_seed(&demo_identity_seed(0));
+    let (st, b) = signed(
+        &http,
+        base,
+        &k0,
+        Signer::Party(0),
+        "POST",
+        msgs,
+        "j4",
+        1,
+        advert.clone(),
+        oct,
+    )
+    .await;
+    assert_eq!(st, 202, "{b}");
+    // The same advertisement again is refused (the protocol's own replay check).
+    let (st, b) = signed(
+        &http,
+        base,
+        &k0,
+        Signer::Party(0),
+        "POST",
+        msgs,
+        "j4",
+        1,
+        advert,
+        oct,
+    )
+    .await;
+    assert_eq!(st, 409, "{b}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_routes() {
+    let dir = temp_dir("net-openapi");
+    let (_sets, text) = consortium(2, 60.0);
+    let c = coordinator(&dir, &text, None).await;
+    let doc: serde_json::Value =
+        serde_json::from_str(&reqwest_get(&c, "/openapi.json").await).unwrap();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut routes: Vec<(String, String)> = shroud::net::server::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    routes.sort();
+    assert_eq!(documented, routes);
+    // Every route is served: nothing answers "no such route".
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(c.client_tls().unwrap().unwrap())
+        .build()
+        .unwrap();
+    for (m, p) in shroud::net::server::ROUTES {
+        let path = p.replace("{job}", "x").replace("{round}", "1");
+        let r = http
+            .request(
+                m.to_uppercase().parse().unwrap(),
+                format!("{}{path}", c.url),
+            )
+            .send()
+            .await
+            .unwrap();
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("no such route"), "{m} {p}: {body}");
+    }
+    c.shutdown().await;
+}
