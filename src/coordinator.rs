@@ -87,6 +87,8 @@ pub struct ObservedSum {
     pub sum: Vec<u32>,
     pub contributors: Vec<u32>,
     pub bits: u8,
+    /// The global model's parameters after a training sum was absorbed.
+    pub model_after: Option<Vec<f64>>,
 }
 
 pub struct EngineConfig {
@@ -874,17 +876,23 @@ impl Engine {
             .collect();
         Metrics::add(&self.metrics.rounds_finished, 1);
         Metrics::add(&self.metrics.dropouts, dropped.len() as u64);
-        if let Some(tx) = &self.observer {
-            let _ = tx.send(ObservedSum {
-                job: id.to_string(),
-                round: live.round,
-                task: live.task().id,
-                sum: agg.sum.clone(),
-                contributors: contributors.clone(),
-                bits: agg.bits,
-            });
-        }
+        let observed = ObservedSum {
+            job: id.to_string(),
+            round: live.round,
+            task: live.task().id,
+            sum: if self.observer.is_some() {
+                agg.sum.clone()
+            } else {
+                Vec::new()
+            },
+            contributors: contributors.clone(),
+            bits: agg.bits,
+            model_after: None,
+        };
         if live.kind == TaskKind::Audit {
+            if let Some(tx) = &self.observer {
+                let _ = tx.send(observed);
+            }
             self.store
                 .finish_round(id, live.round, 0, &contributors, &dropped, None)?;
             self.log(
@@ -918,6 +926,12 @@ impl Engine {
             records: &records,
         });
         let (params, velocity) = job.strategy.server_state();
+        if let Some(tx) = &self.observer {
+            let _ = tx.send(ObservedSum {
+                model_after: Some(params.clone()),
+                ..observed
+            });
+        }
         self.store.finish_round(
             id,
             live.round,

@@ -29,14 +29,15 @@ fn an_overfit_model_without_dp_is_blocked() {
     assert_eq!(v["decision"], "block");
     assert!(v["auc"].as_f64().unwrap() > 0.75, "{stdout}");
     assert!(v["epsilon_lower_bound"].as_f64().unwrap() > 0.5, "{stdout}");
+    assert!(v["model"].is_null());
+    let report_json = Path::new(v["report_json"].as_str().unwrap());
     assert!(
-        !dir.join("model.safetensors").exists(),
+        !report_json.with_file_name("model.safetensors").exists(),
         "a blocked model is never written"
     );
     // The report names the failed checks by how much they failed.
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("audit-report.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(report_json).unwrap()).unwrap();
     let failed: Vec<&serde_json::Value> = report["checks"]
         .as_array()
         .unwrap()
@@ -73,11 +74,11 @@ fn the_same_job_with_strong_dp_is_released_below_its_claimed_epsilon() {
         v["epsilon_lower_bound"].as_f64().unwrap() < claimed,
         "{stdout}"
     );
-    let model = dir.join("model.safetensors");
+    let model = Path::new(v["model"].as_str().unwrap());
     assert!(model.exists());
     // The report carries the released model's hash.
     use sha2::Digest;
-    let hash = shroud::policy::hex(&sha2::Sha256::digest(std::fs::read(&model).unwrap()));
+    let hash = shroud::policy::hex(&sha2::Sha256::digest(std::fs::read(model).unwrap()));
     assert_eq!(v["model_sha256"], hash.as_str());
 
     // The report verifies against the log; a tampered copy does not.
@@ -85,7 +86,14 @@ fn the_same_job_with_strong_dp_is_released_below_its_claimed_epsilon() {
     let report = v["report_json"].as_str().unwrap();
     let (code, stdout, stderr) = shroud(&["report", "verify", report, "--db", db]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("matches log entry 1"), "{stdout}");
+    // The decision is the job's last log entry (after its rounds).
+    let entry: i64 = stdout
+        .split("matches log entry ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(entry > 40, "{stdout}");
     let forged = dir.join("forged.json");
     let text = std::fs::read_to_string(report)
         .unwrap()
@@ -94,7 +102,7 @@ fn the_same_job_with_strong_dp_is_released_below_its_claimed_epsilon() {
     let (code, _, stderr) = shroud(&["report", "verify", forged.to_str().unwrap(), "--db", db]);
     assert_ne!(code, 0);
     assert!(
-        stderr.contains("differs from what log entry 1 recorded"),
+        stderr.contains(&format!("differs from what log entry {entry} recorded")),
         "{stderr}"
     );
 
@@ -122,14 +130,17 @@ fn the_same_job_with_strong_dp_is_released_below_its_claimed_epsilon() {
     {
         let conn = rusqlite::Connection::open(db).unwrap();
         conn.execute(
-            "UPDATE audit_log SET content = replace(content, 'release', 'blocked') WHERE seq = 1",
-            [],
+            "UPDATE audit_log SET content = replace(content, 'release', 'blocked') WHERE seq = ?1",
+            [entry],
         )
         .unwrap();
     }
     let (code, _, stderr) = shroud(&["verify-log", "--db", db]);
     assert_ne!(code, 0);
-    assert!(stderr.contains("first broken entry is 1"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("first broken entry is {entry}")),
+        "{stderr}"
+    );
 }
 
 /// Renders a report in headless Chromium and checks that the page shows

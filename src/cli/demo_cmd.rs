@@ -1,4 +1,7 @@
-//! `shroud demo`: a whole consortium job on bundled data, in one process.
+//! `shroud demo`: a whole consortium job on bundled data. By default the
+//! coordinator serves over TLS on a loopback socket and every party is a
+//! tokio task with its own connection; `--in-process` runs the same job
+//! without the network.
 
 use std::path::{Path, PathBuf};
 
@@ -10,14 +13,22 @@ use crate::audit;
 use crate::data::{partition, prepare, Partition};
 use crate::dp::plan::PrivacyPlan;
 use crate::job::{demo_identity_seed, run_job, JobParty, JobSpec};
+use crate::localnet::{start_coordinator, CoordinatorOptions};
 use crate::model::{train_central, Mlp};
+use crate::net::api::JobStatus;
+use crate::net::auth::Signer;
+use crate::net::client::Client;
+use crate::party::{self, PartyConfig};
 use crate::policy::{Policy, Unit};
-use crate::release::{gate_and_report, ReleaseInputs};
+use crate::release::{gate_and_report, ReleaseInputs, ReleaseOutcome};
 use crate::store::PrivacyLedger;
 use crate::strategy::fedavg::FedAvg;
 use crate::strategy::Strategy;
+use rand_core::OsRng;
 use shroud_audit::gate::Decision;
+use shroud_audit::report::AuditReport;
 use shroud_audit::report::CohortEntry;
+use shroud_crypto::IdentityKey;
 
 #[derive(clap::Args)]
 pub struct DemoFlags {
@@ -75,6 +86,16 @@ pub struct DemoFlags {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Run every party and the coordinator in this process without the
+    /// network (the protocol, noise and ledger are the same).
+    #[arg(long)]
+    in_process: bool,
+    /// Serve plain HTTP on loopback instead of TLS.
+    #[arg(long, conflicts_with = "in_process")]
+    insecure_http: bool,
+    /// Per-phase deadline in seconds: a silent party is a dropout after it.
+    #[arg(long, default_value_t = 3.0)]
+    phase_timeout: f64,
 }
 
 #[derive(Serialize)]
@@ -104,6 +125,8 @@ struct DemoSummary {
     model_sha256: Option<String>,
     summary: String,
     db: Option<String>,
+    /// How parties reached the coordinator.
+    transport: String,
     accuracy_by_round: Vec<f64>,
     epsilon_by_round: Vec<Option<f64>>,
     decision: Decision,
@@ -152,7 +175,7 @@ fn adapt_policy(
     parties: &[(u32, usize)],
     inputs: usize,
     classes: usize,
-) -> Result<Policy> {
+) -> Result<(Policy, String)> {
     let n_policy = t
         .get("party")
         .and_then(|p| p.as_array())
@@ -223,12 +246,22 @@ fn adapt_policy(
             p.insert("unit".into(), "none".into());
         }
     }
+    if let Some(c) = t.get_mut("consortium").and_then(|c| c.as_table_mut()) {
+        c.insert("phase_timeout_secs".into(), f.phase_timeout.into());
+    }
     let adapted = toml::to_string(&t)?;
     let label = PathBuf::from(format!("{} (adapted for the demo)", f.policy.display()));
-    Ok(Policy::parse(&label, &adapted)?)
+    let policy = Policy::parse(&label, &adapted)?;
+    Ok((policy, adapted))
 }
 
 pub fn run(f: DemoFlags) -> Result<()> {
+    if !(f.phase_timeout > 0.0 && f.phase_timeout <= 3600.0) {
+        bail!(
+            "--phase-timeout must be in (0, 3600] seconds, got {}",
+            f.phase_timeout
+        );
+    }
     if !(0.0..1.0).contains(&f.dropout) {
         bail!("--dropout must be in [0, 1), got {}", f.dropout);
     }
@@ -267,7 +300,7 @@ pub fn run(f: DemoFlags) -> Result<()> {
         .enumerate()
         .map(|(i, p)| (i as u32, p.len()))
         .collect();
-    let policy = adapt_policy(
+    let (policy, adapted_text) = adapt_policy(
         &f,
         policy_table,
         &counts,
@@ -328,27 +361,6 @@ pub fn run(f: DemoFlags) -> Result<()> {
         }
         return Ok(());
     }
-    let parties: Vec<JobParty> = training
-        .into_iter()
-        .enumerate()
-        .map(|(i, d)| JobParty {
-            id: i as u32,
-            identity_seed: demo_identity_seed(i as u32),
-            data: d,
-        })
-        .collect();
-    let s = &policy.strategy;
-    let mut sizes = vec![s.inputs];
-    sizes.extend(&s.hidden);
-    sizes.push(s.classes);
-    let mut strategy = FedAvg::new(
-        Mlp::new(&sizes, f.seed),
-        policy.privacy.unit,
-        policy.privacy.sampling_rate,
-        s.learning_rate,
-        s.momentum,
-        s.local_epochs,
-    );
     let rounds = policy.privacy.rounds;
     let bar = ProgressBar::new(u64::from(rounds));
     if f.json {
@@ -358,78 +370,23 @@ pub fn run(f: DemoFlags) -> Result<()> {
         ProgressStyle::with_template("{bar:30} round {pos:>3}/{len} {msg}")
             .expect("valid template"),
     );
-    let spec = JobSpec {
-        job_id: job_id.clone(),
+    let job = DemoJob {
+        f: &f,
         policy: &policy,
+        policy_text: &adapted_text,
         plan: &plan,
-        parties,
         test: &data.test,
-        dropout: f.dropout,
-        seed: f.seed,
-        allow_no_dp: f.allow_no_dp,
+        party_data: &party_data,
+        job_id: &job_id,
+        bar: &bar,
     };
-    let outcome = run_job(spec, &mut strategy, &mut ledger, &mut |r| {
-        let eps = r
-            .epsilon_spent
-            .map_or("no DP".to_string(), |e| format!("ε {e:.3}"));
-        let note = if r.aborted.is_some() {
-            "  (round aborted, still charged)"
-        } else {
-            ""
-        };
-        bar.set_message(format!("accuracy {:.1} %  {eps}{note}", 100.0 * r.accuracy));
-        bar.inc(1);
-    })?;
+    let (outcome, release) = if f.in_process {
+        job.in_process(training, &audit_setup, &mut ledger)?
+    } else {
+        drop(ledger);
+        job.networked(&db)?
+    };
     bar.finish();
-
-    // The audit, the gate and the report; the model leaves only on a pass.
-    let seeds: Vec<zeroize::Zeroizing<[u8; 32]>> =
-        (0..n_parties as u32).map(demo_identity_seed).collect();
-    let audit_parties: Vec<audit::AuditParty<'_>> = party_data
-        .iter()
-        .enumerate()
-        .map(|(i, d)| audit::AuditParty {
-            id: i as u32,
-            identity_seed: &seeds[i],
-            data: d,
-        })
-        .collect();
-    let findings = audit::run(
-        strategy.model(),
-        &audit_setup,
-        &audit_parties,
-        &policy,
-        &job_id,
-        policy.privacy.delta,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let cohort = policy
-        .parties
-        .iter()
-        .zip(&audit_setup.samples)
-        .map(|(p, s)| CohortEntry {
-            party: p.id,
-            name: p.name.clone(),
-            records: party_data[p.id as usize].len(),
-            audit_members: Some(s.members.len()),
-            audit_non_members: Some(s.non_members.len()),
-        })
-        .collect();
-    let release = gate_and_report(
-        ReleaseInputs {
-            policy: &policy,
-            policy_text,
-            job: &job_id,
-            model: strategy.model(),
-            findings,
-            epsilon_spent: outcome.epsilon_spent,
-            noise_std_per_party: plan.noise_std_per_party,
-            cohort,
-            out: &f.out,
-        },
-        &mut ledger,
-    )
-    .map_err(anyhow::Error::msg)?;
     let report = &release.report;
     let released = release.model.is_some();
     let model_path = release.model.as_ref().map(|p| p.display().to_string());
@@ -466,7 +423,7 @@ pub fn run(f: DemoFlags) -> Result<()> {
         epsilon_budget: policy.privacy.epsilon,
         delta: outcome.delta,
         rounds,
-        rounds_aborted: outcome.aborted_rounds,
+        rounds_aborted: outcome.rounds_aborted,
         dropouts_survived: outcome.dropouts_survived,
         noise_multiplier: plan.noise_multiplier,
         policy: policy.source.display().to_string(),
@@ -476,8 +433,9 @@ pub fn run(f: DemoFlags) -> Result<()> {
         model_sha256: model_hash.clone(),
         summary: summary_path.display().to_string(),
         db: Some(db.display().to_string()),
-        accuracy_by_round: outcome.rounds.iter().map(|r| r.accuracy).collect(),
-        epsilon_by_round: outcome.rounds.iter().map(|r| r.epsilon_spent).collect(),
+        transport: outcome.transport.clone(),
+        accuracy_by_round: outcome.accuracy_by_round.clone(),
+        epsilon_by_round: outcome.epsilon_by_round.clone(),
         decision: report.decision,
         auc,
         epsilon_lower_bound,
@@ -536,8 +494,9 @@ pub fn run(f: DemoFlags) -> Result<()> {
     }
     println!(
         "dropouts survived   {} ({} rounds aborted, still charged)",
-        outcome.dropouts_survived, outcome.aborted_rounds
+        outcome.dropouts_survived, outcome.rounds_aborted
     );
+    println!("transport           {}", outcome.transport);
     match (&model_path, &model_hash) {
         (Some(p), Some(h)) => println!("model               {p} (sha256 {})", &h[..16]),
         _ => println!("model               not released"),
@@ -570,4 +529,310 @@ fn blocked(s: &DemoSummary) -> Result<()> {
         bail!("release blocked: {}", s.failed_checks.join("; "));
     }
     Ok(())
+}
+
+/// What the demo reports of a job, however it ran.
+struct DemoOutcome {
+    accuracy: f64,
+    epsilon_spent: Option<f64>,
+    delta: f64,
+    rounds_aborted: usize,
+    dropouts_survived: usize,
+    no_dp: bool,
+    accuracy_by_round: Vec<f64>,
+    epsilon_by_round: Vec<Option<f64>>,
+    transport: String,
+}
+
+struct DemoJob<'a> {
+    f: &'a DemoFlags,
+    policy: &'a Policy,
+    policy_text: &'a str,
+    plan: &'a PrivacyPlan,
+    test: &'a crate::data::Dataset,
+    party_data: &'a [crate::data::Dataset],
+    job_id: &'a str,
+    bar: &'a ProgressBar,
+}
+
+impl DemoJob<'_> {
+    fn progress(&self, accuracy: f64, epsilon: Option<f64>, aborted: bool) {
+        let eps = epsilon.map_or("no DP".to_string(), |e| format!("ε {e:.3}"));
+        let note = if aborted {
+            "  (round aborted, still charged)"
+        } else {
+            ""
+        };
+        self.bar
+            .set_message(format!("accuracy {:.1} %  {eps}{note}", 100.0 * accuracy));
+        self.bar.inc(1);
+    }
+
+    /// Every party and the coordinator in this process, no network.
+    fn in_process(
+        &self,
+        training: Vec<crate::data::Dataset>,
+        audit_setup: &audit::AuditSetup,
+        ledger: &mut PrivacyLedger,
+    ) -> Result<(DemoOutcome, ReleaseOutcome)> {
+        let (f, policy) = (self.f, self.policy);
+        let parties: Vec<JobParty> = training
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| JobParty {
+                id: i as u32,
+                identity_seed: demo_identity_seed(i as u32),
+                data: d,
+            })
+            .collect();
+        let mut strategy = FedAvg::for_policy(policy, f.seed);
+        let spec = JobSpec {
+            job_id: self.job_id.to_string(),
+            policy,
+            plan: self.plan,
+            parties,
+            test: self.test,
+            dropout: f.dropout,
+            seed: f.seed,
+            allow_no_dp: f.allow_no_dp,
+        };
+        let outcome = run_job(spec, &mut strategy, ledger, &mut |r| {
+            self.progress(r.accuracy, r.epsilon_spent, r.aborted.is_some())
+        })?;
+        // The audit, the gate and the report; the model leaves only on a pass.
+        let seeds: Vec<zeroize::Zeroizing<[u8; 32]>> = (0..self.party_data.len() as u32)
+            .map(demo_identity_seed)
+            .collect();
+        let audit_parties: Vec<audit::AuditParty<'_>> = self
+            .party_data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| audit::AuditParty {
+                id: i as u32,
+                identity_seed: &seeds[i],
+                data: d,
+            })
+            .collect();
+        let findings = audit::run(
+            strategy.model(),
+            audit_setup,
+            &audit_parties,
+            policy,
+            self.job_id,
+            policy.privacy.delta,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let cohort = policy
+            .parties
+            .iter()
+            .zip(&audit_setup.samples)
+            .map(|(p, s)| CohortEntry {
+                party: p.id,
+                name: p.name.clone(),
+                records: self.party_data[p.id as usize].len(),
+                audit_members: Some(s.members.len()),
+                audit_non_members: Some(s.non_members.len()),
+            })
+            .collect();
+        let release = gate_and_report(
+            ReleaseInputs {
+                policy,
+                policy_text: self.policy_text.to_string(),
+                job: self.job_id,
+                model: strategy.model(),
+                findings,
+                epsilon_spent: outcome.epsilon_spent,
+                noise_std_per_party: self.plan.noise_std_per_party,
+                cohort,
+                out: &f.out,
+            },
+            ledger,
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok((
+            DemoOutcome {
+                accuracy: outcome.accuracy,
+                epsilon_spent: outcome.epsilon_spent,
+                delta: outcome.delta,
+                rounds_aborted: outcome.aborted_rounds,
+                dropouts_survived: outcome.dropouts_survived,
+                no_dp: outcome.no_dp,
+                accuracy_by_round: outcome.rounds.iter().map(|r| r.accuracy).collect(),
+                epsilon_by_round: outcome.rounds.iter().map(|r| r.epsilon_spent).collect(),
+                transport: "in process (no network)".into(),
+            },
+            release,
+        ))
+    }
+
+    /// The coordinator serving on loopback (TLS unless --insecure-http),
+    /// each party a tokio task with its own connection and its own records.
+    fn networked(&self, db: &Path) -> Result<(DemoOutcome, ReleaseOutcome)> {
+        let (f, policy) = (self.f, self.policy);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let status = rt.block_on(async {
+            let operator = IdentityKey::generate(&mut OsRng);
+            let tls_dir = f.out.join("tls");
+            let c = start_coordinator(CoordinatorOptions {
+                policy: policy.clone(),
+                policy_text: self.policy_text.to_string(),
+                db,
+                out: &f.out,
+                tls_dir: (!f.insecure_http).then_some(tls_dir.as_path()),
+                operator: operator.public(),
+                allow_no_dp: f.allow_no_dp,
+                observer: Some(tx),
+            })
+            .await
+            .map_err(anyhow::Error::msg)?;
+            let tls = c.client_tls().map_err(anyhow::Error::msg)?;
+            let parties: Vec<_> = self
+                .party_data
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    tokio::spawn(party::run(PartyConfig {
+                        policy: policy.clone(),
+                        id: i as u32,
+                        identity_seed: demo_identity_seed(i as u32),
+                        data: d.clone(),
+                        coordinator: c.url.clone(),
+                        tls: tls.clone(),
+                        job: Some(self.job_id.to_string()),
+                        once: true,
+                        patience: std::time::Duration::from_secs(60),
+                        dropout: f.dropout,
+                        input_tap: None,
+                    }))
+                })
+                .collect();
+            let mut op = Client::new(
+                &c.url,
+                tls,
+                operator,
+                Signer::Operator,
+                std::time::Duration::from_secs(60),
+            )?;
+            let mut s: JobStatus = op
+                .post_json(
+                    "/v1/jobs",
+                    self.job_id,
+                    &serde_json::json!({ "job": self.job_id, "seed": f.seed }),
+                )
+                .await?;
+            let mut shown = 0;
+            while s.state == "running" || s.state == "auditing" {
+                s = op
+                    .json(
+                        &format!("/v1/jobs/{}?after={}&wait_ms=10000", self.job_id, s.version),
+                        self.job_id,
+                    )
+                    .await?;
+                let done: Vec<_> = s
+                    .history
+                    .iter()
+                    .filter(|r| r.round <= s.rounds && r.state != "running")
+                    .collect();
+                for r in &done[shown.min(done.len())..] {
+                    self.bar.inc(1);
+                    if r.state == "aborted" {
+                        self.bar.set_message("round aborted, still charged");
+                    }
+                }
+                shown = done.len();
+            }
+            for p in parties {
+                match p.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => eprintln!("a party stopped: {e}"),
+                    Err(e) => eprintln!("a party task failed: {e}"),
+                }
+            }
+            c.shutdown().await;
+            anyhow::Ok(s)
+        })?;
+        if !matches!(status.state.as_str(), "released" | "blocked") {
+            bail!(
+                "job {} ended {}: {}",
+                status.job,
+                status.state,
+                status.reason.unwrap_or_default()
+            );
+        }
+        // Accuracy after each round, from the models the coordinator
+        // produced (the test split never leaves this process).
+        let mut model = FedAvg::for_policy(policy, f.seed).model().clone();
+        let mut by_round: std::collections::BTreeMap<u32, f64> = Default::default();
+        for o in rx.try_iter() {
+            if let Some(p) = o.model_after {
+                model.set_flat(&p)?;
+                by_round.insert(o.round, model.accuracy(self.test));
+            }
+        }
+        let ledger = PrivacyLedger::open(db)?;
+        let charges = ledger.charges(Some(self.job_id))?;
+        let mut accuracy = by_round.values().next().copied().unwrap_or(0.0);
+        let mut accuracy_by_round = Vec::new();
+        let mut epsilon_by_round = Vec::new();
+        for r in 1..=status.rounds {
+            accuracy = by_round.get(&r).copied().unwrap_or(accuracy);
+            accuracy_by_round.push(accuracy);
+            epsilon_by_round.push(
+                charges
+                    .iter()
+                    .filter(|c| c.round <= r)
+                    .map(|c| c.epsilon_after)
+                    .last(),
+            );
+        }
+        let release = status
+            .release
+            .as_ref()
+            .context("the job ended without a release decision")?;
+        let report_json = PathBuf::from(&release.report_json);
+        let report: AuditReport = serde_json::from_str(
+            &std::fs::read_to_string(&report_json)
+                .with_context(|| format!("cannot read {}", report_json.display()))?,
+        )?;
+        let training: Vec<_> = status
+            .history
+            .iter()
+            .filter(|r| r.round <= status.rounds)
+            .collect();
+        let outcome = DemoOutcome {
+            accuracy,
+            epsilon_spent: status.epsilon_spent,
+            delta: status.delta,
+            rounds_aborted: training.iter().filter(|r| r.state == "aborted").count(),
+            dropouts_survived: training
+                .iter()
+                .filter(|r| r.state == "finished")
+                .map(|r| r.dropped.len())
+                .sum(),
+            no_dp: policy.privacy.unit == Unit::None,
+            accuracy_by_round,
+            epsilon_by_round,
+            transport: format!(
+                "{} on loopback: {} parties, each a task with its own connection",
+                if f.insecure_http {
+                    "HTTP"
+                } else {
+                    "HTTPS (TLS 1.3, rustls)"
+                },
+                self.party_data.len()
+            ),
+        };
+        Ok((
+            outcome,
+            ReleaseOutcome {
+                report,
+                report_json,
+                report_html: PathBuf::from(&release.report_html),
+                model: release.model_path.as_ref().map(PathBuf::from),
+            },
+        ))
+    }
 }

@@ -11,6 +11,7 @@ use crate::secagg_sim::{self, DropPhase, Neighbours, SimArgs};
 
 mod audit_cmd;
 mod bench_cmd;
+mod bench_service;
 mod budget_cmd;
 mod demo_cmd;
 mod policy_cmd;
@@ -88,6 +89,24 @@ enum ReportCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Load test of the networked service: many parties, each a task with
+    /// its own TLS connection, summing long vectors through a coordinator
+    /// running as its own process; reports time per round and the
+    /// coordinator's peak memory.
+    Service {
+        #[arg(long, default_value_t = 100)]
+        parties: usize,
+        /// Coordinates per update (a multiple of 10).
+        #[arg(long, default_value_t = 100_000)]
+        len: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Neighbours per party: a number (SecAgg+) or `all`.
+        #[arg(long, default_value = "all")]
+        neighbors: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Encoding of one update with its discrete Gaussian noise share.
     Encoding {
         /// Coordinates in the update.
@@ -277,6 +296,13 @@ pub fn main() -> ExitCode {
         Command::Bench(BenchCommand::Encoding { len, sigma, json }) => {
             bench_cmd::encoding(len, sigma, json)
         }
+        Command::Bench(BenchCommand::Service {
+            parties,
+            len,
+            rounds,
+            neighbors,
+            json,
+        }) => bench_service::service(parties, len, rounds, &neighbors, json),
         Command::Keygen(f) => service_cmd::keygen(f),
         Command::Serve(f) => service_cmd::serve(f),
         Command::Party(f) => service_cmd::party(f),
