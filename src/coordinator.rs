@@ -259,7 +259,17 @@ impl Engine {
         rec: &JobRunRecord,
         epsilon: f64,
     ) -> Result<(Policy, PrivacyPlan, FedAvg, Vec<Canary>), ServiceError> {
-        let policy = job_policy(&self.policy, Some(epsilon), Some(rec.rounds));
+        let infeasible = |e: crate::dp::plan::PlanError| {
+            ServiceError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "this job's privacy settings are infeasible: `{}`: {}",
+                    e.key, e.message
+                ),
+            )
+        };
+        let policy =
+            job_policy(&self.policy, Some(epsilon), Some(rec.rounds)).map_err(infeasible)?;
         let plan = PrivacyPlan::for_policy(&policy).map_err(|e| {
             ServiceError::new(
                 ErrorKind::InvalidRequest,
@@ -981,10 +991,24 @@ impl Engine {
         )?;
         Metrics::add(&self.metrics.rounds_aborted, 1);
         if live.kind == TaskKind::Audit {
-            let reason =
-                format!("the audit's secure sum aborted ({reason}); the model is not released");
-            self.fail(id, &reason);
-            return Ok(());
+            // A fresh sum (new round number, fresh keys) with whoever is
+            // there, a few times; then the job fails unreleased.
+            let rounds = self.jobs[id].rounds;
+            let attempts = self
+                .store
+                .rounds(id)?
+                .iter()
+                .filter(|r| r.round > rounds)
+                .count();
+            if attempts >= AUDIT_ATTEMPTS {
+                let reason = format!(
+                    "the audit's secure sum aborted {attempts} times (last: {reason}); the model is not released"
+                );
+                self.fail(id, &reason);
+                return Ok(());
+            }
+            self.bump();
+            return self.advance(id, now);
         }
         self.next_task(id, live, now)
     }
@@ -1082,6 +1106,9 @@ impl Engine {
         Ok(())
     }
 }
+
+/// How many times the audit's secure sum is tried before the job fails.
+const AUDIT_ATTEMPTS: usize = 3;
 
 /// Tasks per round of the policy's strategy.
 fn strategy_tasks(policy: &Policy) -> usize {

@@ -347,8 +347,13 @@ pub fn party_input(
 }
 
 /// The policy a job runs under: the consortium's policy with the job's own
-/// ε and round count when the operator set them (never above the policy's).
-pub fn job_policy(policy: &Policy, epsilon: Option<f64>, rounds: Option<u32>) -> Policy {
+/// ε and round count when the operator set them (never above the policy's),
+/// the noise recalibrated to them when the policy calibrates.
+pub fn job_policy(
+    policy: &Policy,
+    epsilon: Option<f64>,
+    rounds: Option<u32>,
+) -> Result<Policy, crate::dp::plan::PlanError> {
     let mut p = policy.clone();
     if let Some(e) = epsilon {
         p.privacy.epsilon = e;
@@ -356,7 +361,10 @@ pub fn job_policy(policy: &Policy, epsilon: Option<f64>, rounds: Option<u32>) ->
     if let Some(r) = rounds {
         p.privacy.rounds = r;
     }
-    p
+    if p.privacy.calibrated && p.privacy.unit != Unit::None {
+        p.privacy.noise_multiplier = PrivacyPlan::calibrate(&p)?;
+    }
+    Ok(p)
 }
 
 /// The rotation seed of one task (public, bound to the job).

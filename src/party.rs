@@ -161,13 +161,15 @@ async fn run_job(
             &cfg.policy.hash[..12]
         )));
     }
-    let policy = job_policy(&cfg.policy, Some(setup.epsilon), Some(setup.rounds));
-    let plan = PrivacyPlan::for_policy(&policy).map_err(|e| {
+    let infeasible = |e: crate::dp::plan::PlanError| {
         PartyError::Refusing(format!(
             "job `{job}`'s privacy plan: `{}`: {}",
             e.key, e.message
         ))
-    })?;
+    };
+    let policy =
+        job_policy(&cfg.policy, Some(setup.epsilon), Some(setup.rounds)).map_err(infeasible)?;
+    let plan = PrivacyPlan::for_policy(&policy).map_err(infeasible)?;
     if (plan.noise_std_per_party - setup.noise_std_per_party).abs()
         > 1e-9 * plan.noise_std_per_party.max(1.0)
     {

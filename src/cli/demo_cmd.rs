@@ -137,7 +137,7 @@ struct DemoSummary {
     failed_checks: Vec<String>,
 }
 
-fn dataset_path(name: &str) -> PathBuf {
+pub(super) fn dataset_path(name: &str) -> PathBuf {
     let p = Path::new(name);
     if p.extension().is_some() || p.components().count() > 1 {
         p.to_path_buf()
@@ -146,19 +146,23 @@ fn dataset_path(name: &str) -> PathBuf {
     }
 }
 
-fn parse_partition(f: &DemoFlags) -> Result<Partition> {
-    Ok(match f.partition.as_str() {
+pub(super) fn parse_partition(
+    name: &str,
+    alpha: f64,
+    classes_per_party: usize,
+) -> Result<Partition> {
+    Ok(match name {
         "iid" => Partition::Iid,
         "dirichlet" => Partition::Dirichlet {
-            alpha: f.alpha,
+            alpha,
             min_records: 10,
         },
         "quantity" => Partition::Quantity {
-            alpha: f.alpha,
+            alpha,
             min_records: 10,
         },
         "pathological" => Partition::Pathological {
-            k: f.classes_per_party,
+            k: classes_per_party,
         },
         other => bail!(
             "--partition must be one of iid, dirichlet, pathological, quantity; got `{other}`"
@@ -287,7 +291,7 @@ pub fn run(f: DemoFlags) -> Result<()> {
     if n_parties < 2 {
         bail!("--parties must be at least 2");
     }
-    let how = parse_partition(&f)?;
+    let how = parse_partition(&f.partition, f.alpha, f.classes_per_party)?;
     let parts = partition(
         &data.train.labels,
         data.train.classes,
@@ -783,9 +787,9 @@ impl DemoJob<'_> {
             epsilon_by_round.push(
                 charges
                     .iter()
-                    .filter(|c| c.round <= r)
-                    .map(|c| c.epsilon_after)
-                    .last(),
+                    .rev()
+                    .find(|c| c.round <= r)
+                    .map(|c| c.epsilon_after),
             );
         }
         let release = status

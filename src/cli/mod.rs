@@ -13,6 +13,7 @@ mod audit_cmd;
 mod bench_cmd;
 mod bench_service;
 mod budget_cmd;
+mod data_cmd;
 mod demo_cmd;
 mod policy_cmd;
 pub mod service_cmd;
@@ -63,6 +64,9 @@ enum Command {
     /// Measure pipeline speed against raw ChaCha keystream in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Prepare data for trying a consortium out.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Make a party's (or the operator's) ed25519 identity key, or with
     /// --tls a self-signed certificate for the coordinator.
     Keygen(service_cmd::KeygenFlags),
@@ -74,6 +78,12 @@ enum Command {
     /// Start, watch or abort jobs on a running coordinator (operator).
     #[command(subcommand)]
     Job(service_cmd::JobCommand),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Deal a data set out to parties as standardised CSV files.
+    Split(data_cmd::SplitFlags),
 }
 
 #[derive(Subcommand)]
@@ -303,6 +313,7 @@ pub fn main() -> ExitCode {
             neighbors,
             json,
         }) => bench_service::service(parties, len, rounds, &neighbors, json),
+        Command::Data(DataCommand::Split(f)) => data_cmd::split(f),
         Command::Keygen(f) => service_cmd::keygen(f),
         Command::Serve(f) => service_cmd::serve(f),
         Command::Party(f) => service_cmd::party(f),

@@ -343,11 +343,12 @@ fn print_status(s: &JobStatus, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(s)?);
         return Ok(());
     }
-    let finished = s.history.iter().filter(|r| r.state == "finished").count();
-    let aborted = s.history.iter().filter(|r| r.state == "aborted").count();
+    let training = || s.history.iter().filter(|r| r.round <= s.rounds);
+    let finished = training().filter(|r| r.state == "finished").count();
+    let aborted = training().filter(|r| r.state == "aborted").count();
     println!("job {} ({}): {}", s.job, s.consortium, s.state);
     println!(
-        "rounds   {finished} finished, {aborted} aborted, of {} (+ the audit's sum)",
+        "rounds   {finished} finished, {aborted} aborted (charged), of {} (then the audit's sum)",
         s.rounds
     );
     if let Some(l) = &s.live {
