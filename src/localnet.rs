@@ -57,7 +57,7 @@ impl LocalCoordinator {
 pub async fn start_coordinator(o: CoordinatorOptions<'_>) -> Result<LocalCoordinator, String> {
     let plan =
         PrivacyPlan::for_policy(&o.policy).map_err(|e| format!("`{}`: {}", e.key, e.message))?;
-    let limit = crate::cli::service_cmd::body_limit(&o.policy, &plan);
+    let limit = crate::net::server::body_limit(&o.policy, &plan);
     let (listen, ca) = match o.tls_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -642,10 +642,7 @@ async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
     // An oversize body: one byte over the coordinator's limit.
     let limit = {
         let p = policy_of(&text);
-        shroud::cli::service_cmd::body_limit(
-            &p,
-            &shroud::dp::plan::PrivacyPlan::for_policy(&p).unwrap(),
-        )
+        shroud::net::server::body_limit(&p, &shroud::dp::plan::PrivacyPlan::for_policy(&p).unwrap())
     };
     let (st, b) = signed(
         &http,

@@ -114,17 +114,6 @@ pub struct ServeFlags {
     allow_no_dp: bool,
 }
 
-/// The largest request body the coordinator accepts for `policy`: the
-/// bigger of a training or audit vector at 4 bytes a word, plus room for
-/// key and share lists.
-pub fn body_limit(policy: &Policy, plan: &PrivacyPlan) -> usize {
-    let attacks = crate::audit::population_attacks(policy);
-    let words = plan
-        .padded_dimension
-        .max(crate::audit::counts_width(&attacks));
-    words * 4 + 256 * 1024 + policy.parties.len() * 1024
-}
-
 pub fn serve(f: ServeFlags) -> Result<()> {
     let listen = match (&f.tls_cert, &f.tls_key, f.insecure_http) {
         (Some(c), Some(k), false) => Listen::Tls(tls::server_config(c, k).map_err(anyhow::Error::msg)?),
@@ -148,7 +137,7 @@ pub fn serve(f: ServeFlags) -> Result<()> {
     let store = PrivacyLedger::open(&f.db)
         .with_context(|| format!("{}: cannot open the store", f.db.display()))?;
     let metrics = Arc::new(Metrics::default());
-    let limit = body_limit(&policy, &plan);
+    let limit = server::body_limit(&policy, &plan);
     let engine = Engine::open(
         EngineConfig {
             policy,

@@ -37,6 +37,17 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/jobs/{job}/rounds/{round}/messages"),
 ];
 
+/// The largest request body the coordinator accepts for `policy`: the
+/// bigger of a training or audit vector at 4 bytes a word, plus room for
+/// key and share lists.
+pub fn body_limit(policy: &crate::policy::Policy, plan: &crate::dp::plan::PrivacyPlan) -> usize {
+    let attacks = crate::audit::population_attacks(policy);
+    let words = plan
+        .padded_dimension
+        .max(crate::audit::counts_width(&attacks));
+    words * 4 + 256 * 1024 + policy.parties.len() * 1024
+}
+
 /// Longest a long-poll may wait.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
