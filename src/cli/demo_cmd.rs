@@ -94,7 +94,7 @@ pub struct DemoFlags {
     #[arg(long, conflicts_with = "in_process")]
     insecure_http: bool,
     /// Per-phase deadline in seconds: a silent party is a dropout after it.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.0)]
     phase_timeout: f64,
 }
 
