@@ -353,7 +353,7 @@ impl Drop for ServeProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_coordinator_killed_mid_job_resumes_and_loses_no_charge() {
     let dir = temp_dir("net-restart");
-    let (sets, text) = consortium(4, 20.0);
+    let (sets, text) = consortium(6, 20.0);
     std::fs::write(dir.join("policy.toml"), &text).unwrap();
     let (code, _, err) = shroud(&[
         "keygen",
@@ -387,21 +387,31 @@ async fn a_coordinator_killed_mid_job_resumes_and_loses_no_charge() {
         .post_json("/v1/jobs", "j3", &serde_json::json!({"job": "j3"}))
         .await
         .unwrap();
-    // Wait until round 2 is under way, then kill the coordinator outright.
-    while s.live.as_ref().map_or(true, |l| l.round < 2) {
-        s = op
-            .json(
-                &format!("/v1/jobs/j3?after={}&wait_ms=5000", s.version),
-                "j3",
-            )
-            .await
-            .unwrap();
+    // Kill the coordinator outright twice: as soon as round 2 runs (parties
+    // still computing, keys being advertised), and once round 4 is past its
+    // first phase (shares, masked inputs or unmasking in flight).
+    let mut killed = Vec::new();
+    for (round, past_first_phase) in [(2, false), (4, true)] {
+        loop {
+            if let Some(l) = &s.live {
+                if l.round >= round && (!past_first_phase || l.phase != "advertise-keys") {
+                    break;
+                }
+            }
+            s = op
+                .json(
+                    &format!("/v1/jobs/j3?after={}&wait_ms=5000", s.version),
+                    "j3",
+                )
+                .await
+                .unwrap();
+        }
+        killed.push(s.live.clone().unwrap());
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server = ServeProcess::start(&dir, port);
     }
-    let killed_in = s.live.clone().unwrap();
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _server = ServeProcess::start(&dir, port);
     let s = wait_until_done(&mut op, "j3").await;
     assert_eq!(s.state, "released", "{s:?}");
     for p in parties {
@@ -411,24 +421,33 @@ async fn a_coordinator_killed_mid_job_resumes_and_loses_no_charge() {
             "every party retried while the coordinator was down"
         );
     }
+    // The round running at each kill is aborted (a kill landing between
+    // two rounds aborts nothing: the next round simply starts).
     let aborted: Vec<_> = s.history.iter().filter(|r| r.state == "aborted").collect();
-    assert_eq!(aborted.len(), 1, "{:?}", s.history);
-    assert_eq!(aborted[0].round, killed_in.round);
-    assert!(aborted[0]
-        .reason
-        .as_ref()
-        .unwrap()
-        .contains("coordinator restarted"));
+    assert!((1..=2).contains(&aborted.len()), "{:?}", s.history);
+    for r in &aborted {
+        assert!(
+            killed
+                .iter()
+                .any(|k| r.round == k.round || r.round == k.round + 1),
+            "round {} aborted, kills were in {killed:?}",
+            r.round
+        );
+        assert!(r.reason.as_ref().unwrap().contains("coordinator restarted"));
+    }
+    let _server = server;
     drop(_server);
     let db = dir.join("coordinator.db");
     let ledger = PrivacyLedger::open(&db).unwrap();
     let charges = ledger.charges(Some("j3")).unwrap();
-    // Every round that ran is charged, the aborted one included; only the
-    // finished ones are released.
-    assert_eq!(charges.len(), 4, "{charges:?}");
+    // Every round that ran is charged exactly once, the aborted ones
+    // included; only the finished ones are released.
     let rounds: Vec<u32> = charges.iter().map(|c| c.round).collect();
-    assert_eq!(rounds, vec![1, 2, 3, 4]);
-    assert_eq!(charges.iter().filter(|c| !c.released).count(), 1);
+    assert_eq!(rounds, (1..=6).collect::<Vec<_>>(), "{charges:?}");
+    assert_eq!(
+        charges.iter().filter(|c| !c.released).count(),
+        aborted.len()
+    );
     let (code, out, err) = shroud(&["verify-log", "--db", db.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     drop(ledger);
@@ -839,4 +858,75 @@ async fn the_openapi_document_matches_the_routes() {
         assert!(!body.contains("no such route"), "{m} {p}: {body}");
     }
     c.shutdown().await;
+}
+
+#[test]
+fn serving_plain_http_needs_the_explicit_flag_and_keys_must_match_the_roster() {
+    let dir = temp_dir("net-cli");
+    let (sets, text) = consortium(2, 60.0);
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, &text).unwrap();
+    let (code, _, err) = shroud(&[
+        "serve",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--db",
+        dir.join("c.db").to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--insecure-http"), "{err}");
+    // A freshly made key is not party 0's roster entry: the party refuses
+    // to run before it contacts anyone.
+    let key = dir.join("stranger.key");
+    let (code, _, err) = shroud(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = shroud(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    let csv = dir.join("p0.csv");
+    let mut rows = sets[0].feature_names.join(",") + ",label\n";
+    for (x, y) in sets[0].features.iter().zip(&sets[0].labels) {
+        rows += &x
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        rows += &format!(",{y}\n");
+    }
+    std::fs::write(&csv, rows).unwrap();
+    let (code, _, err) = shroud(&[
+        "party",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--id",
+        "0",
+        "--key",
+        key.to_str().unwrap(),
+        "--data",
+        csv.to_str().unwrap(),
+        "--coordinator",
+        "https://127.0.0.1:9",
+        "--ca",
+        dir.join("none.crt").to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("none.crt"), "{err}");
+    let (code, _, err) = shroud(&[
+        "party",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--id",
+        "0",
+        "--key",
+        key.to_str().unwrap(),
+        "--data",
+        csv.to_str().unwrap(),
+        "--coordinator",
+        "http://127.0.0.1:9",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not the one the policy lists for party 0"),
+        "{err}"
+    );
 }
