@@ -26,9 +26,7 @@ use crate::audit::{self, AuditSetup, Canary};
 use crate::dp::encode::EncodingScheme;
 use crate::dp::plan::PrivacyPlan;
 use crate::job::{job_policy, protocol_round, rotation_seed};
-use crate::net::api::{
-    CanaryRecord, JobStatus, LiveTask, PartySetup, ReleaseView, RoundView, StartJob,
-};
+use crate::net::api::{CanaryRecord, JobStatus, LiveTask, PartySetup, StartJob};
 use crate::net::metrics::Metrics;
 use crate::policy::{Policy, Unit};
 use crate::store::service::{JobRunRecord, ReleaseRecord};
@@ -645,28 +643,8 @@ impl Engine {
             bits: l.bits,
             len: l.len,
         });
-        let history = self
-            .store
-            .rounds(id)?
-            .into_iter()
-            .map(|r| RoundView {
-                round: r.round,
-                task: r.task,
-                state: r.state,
-                phase: r.phase,
-                survivors: r.survivors,
-                dropped: r.dropped,
-                charge_id: r.charge_id,
-                reason: r.reason,
-            })
-            .collect();
-        let release = self.store.release(id)?.map(|r| ReleaseView {
-            decision: r.decision,
-            model_path: r.model_path,
-            model_sha256: r.model_sha256,
-            report_json: r.report_json,
-            report_html: r.report_html,
-        });
+        let history = self.store.rounds(id)?;
+        let release = self.store.release(id)?;
         Ok(JobStatus {
             job: id.to_string(),
             consortium: job.policy.consortium.id.clone(),

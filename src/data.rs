@@ -60,6 +60,21 @@ impl Dataset {
         self.feature_names.len()
     }
 
+    /// Writes the records as CSV (feature columns, then `label`), the form
+    /// `load_csv` reads back.
+    pub fn write_csv(&self, path: &Path) -> std::io::Result<()> {
+        use std::fmt::Write as _;
+        let mut s = self.feature_names.join(",");
+        s.push_str(",label\n");
+        for (x, y) in self.features.iter().zip(&self.labels) {
+            for v in x {
+                let _ = write!(s, "{v},");
+            }
+            let _ = writeln!(s, "{y}");
+        }
+        std::fs::write(path, s)
+    }
+
     pub fn subset(&self, idx: &[usize]) -> Dataset {
         Dataset {
             features: idx.iter().map(|&i| self.features[i].clone()).collect(),

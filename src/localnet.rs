@@ -106,3 +106,49 @@ pub async fn start_coordinator(o: CoordinatorOptions<'_>) -> Result<LocalCoordin
         task,
     })
 }
+
+/// `shroud serve` as a child process, over TLS on loopback, with its files
+/// in one folder: `policy.toml`, `server.crt`, `server.key`,
+/// `operator.key`; it keeps `coordinator.db` and `out/` there. Killed when
+/// dropped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+}
+
+impl ServeProcess {
+    pub fn start(exe: &Path, dir: &Path, port: u16, extra: &[&str]) -> std::io::Result<Self> {
+        let child = std::process::Command::new(exe)
+            .arg("serve")
+            .arg("--policy")
+            .arg(dir.join("policy.toml"))
+            .arg("--db")
+            .arg(dir.join("coordinator.db"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(dir.join("server.crt"))
+            .arg("--tls-key")
+            .arg(dir.join("server.key"))
+            .arg("--operator-key")
+            .arg(dir.join("operator.key"))
+            .arg("--out")
+            .arg(dir.join("out"))
+            .args(extra)
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        Ok(ServeProcess { child })
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -13,7 +13,9 @@ use common::{shroud, temp_dir};
 use shroud::coordinator::ObservedSum;
 use shroud::data::{partition, prepare, Dataset, Partition};
 use shroud::job::{demo_identity_seed, demo_public_key_hex};
-use shroud::localnet::{start_coordinator, CoordinatorOptions, LocalCoordinator};
+use shroud::localnet::{
+    free_port, start_coordinator, CoordinatorOptions, LocalCoordinator, ServeProcess,
+};
 use shroud::net::api::JobStatus;
 use shroud::net::auth::{self, Signer};
 use shroud::net::client::Client;
@@ -308,46 +310,8 @@ async fn a_party_killed_mid_round_is_left_out_and_the_sum_stays_exact() {
     c.shutdown().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct ServeProcess {
-    child: std::process::Child,
-}
-
-impl ServeProcess {
-    fn start(dir: &Path, port: u16) -> ServeProcess {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shroud"))
-            .args(["serve", "--policy"])
-            .arg(dir.join("policy.toml"))
-            .arg("--db")
-            .arg(dir.join("coordinator.db"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tls-cert")
-            .arg(dir.join("server.crt"))
-            .arg("--tls-key")
-            .arg(dir.join("server.key"))
-            .arg("--operator-key")
-            .arg(dir.join("operator.key"))
-            .arg("--out")
-            .arg(dir.join("out"))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        ServeProcess { child }
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn serve(dir: &Path, port: u16) -> ServeProcess {
+    ServeProcess::start(Path::new(env!("CARGO_BIN_EXE_shroud")), dir, port, &[]).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -370,9 +334,9 @@ async fn a_coordinator_killed_mid_job_resumes_and_loses_no_charge() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("identity_key = \""), "{out}");
     let op_seed = shroud::keyfile::load(&dir.join("operator.key")).unwrap();
-    let port = free_port();
+    let port = free_port().unwrap();
     let url = format!("https://127.0.0.1:{port}");
-    let mut server = ServeProcess::start(&dir, port);
+    let mut server = serve(&dir, port);
     let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
     let parties = spawn_parties(&url, tls.clone(), &text, &sets, None);
     let mut op = Client::new(
@@ -410,7 +374,7 @@ async fn a_coordinator_killed_mid_job_resumes_and_loses_no_charge() {
         server.child.kill().unwrap();
         server.child.wait().unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        server = ServeProcess::start(&dir, port);
+        server = serve(&dir, port);
     }
     let s = wait_until_done(&mut op, "j3").await;
     assert_eq!(s.state, "released", "{s:?}");
@@ -507,6 +471,23 @@ async fn signed(
     )
 }
 
+/// A protocol message posted to job j4's `round` as `signer`.
+async fn post_message(
+    http: &reqwest::Client,
+    base: &str,
+    key: &IdentityKey,
+    signer: Signer,
+    round: u64,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let path = format!("/v1/jobs/j4/rounds/{round}/messages");
+    let oct = "application/octet-stream";
+    signed(
+        http, base, key, signer, "POST", &path, "j4", round, body, oct,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
     restore_panic_messages();
@@ -546,34 +527,10 @@ async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
         serde_json::from_str(&r.text().await.unwrap()).unwrap(),
     ));
     // Signed by a key that is not party 0's.
-    let (st, b) = signed(
-        &http,
-        base,
-        &k1,
-        Signer::Party(0),
-        "POST",
-        msgs,
-        "j4",
-        1,
-        vec![1, 2],
-        oct,
-    )
-    .await;
+    let (st, b) = post_message(&http, base, &k1, Signer::Party(0), 1, vec![1, 2]).await;
     cases.push(("wrong key", st, "unauthenticated", b));
     // A party not in the roster.
-    let (st, b) = signed(
-        &http,
-        base,
-        &k0,
-        Signer::Party(99),
-        "POST",
-        msgs,
-        "j4",
-        1,
-        vec![1, 2],
-        oct,
-    )
-    .await;
+    let (st, b) = post_message(&http, base, &k0, Signer::Party(99), 1, vec![1, 2]).await;
     cases.push(("unknown party", st, "unknown_signer", b));
     // A replay of an accepted request.
     let headers = auth::sign(&k0, Signer::Party(0), "GET", "/v1/jobs/j4", b"", "j4", 0);
@@ -596,19 +553,7 @@ async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
     }
     assert_eq!(codes[0], 200);
     // A message for a round the job is not in.
-    let (st, b) = signed(
-        &http,
-        base,
-        &k0,
-        Signer::Party(0),
-        "POST",
-        "/v1/jobs/j4/rounds/5/messages",
-        "j4",
-        5,
-        vec![1, 2],
-        oct,
-    )
-    .await;
+    let (st, b) = post_message(&http, base, &k0, Signer::Party(0), 5, vec![1, 2]).await;
     cases.push(("wrong round", st, "wrong_round", b));
     // A well-formed message of a later phase.
     let session = {
@@ -629,34 +574,10 @@ async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
         words: vec![0; len],
     })
     .encode(&session);
-    let (st, b) = signed(
-        &http,
-        base,
-        &k0,
-        Signer::Party(0),
-        "POST",
-        msgs,
-        "j4",
-        1,
-        masked,
-        oct,
-    )
-    .await;
+    let (st, b) = post_message(&http, base, &k0, Signer::Party(0), 1, masked).await;
     cases.push(("wrong phase", st, "wrong_phase", b));
     // Bytes that end early (a wrong length).
-    let (st, b) = signed(
-        &http,
-        base,
-        &k0,
-        Signer::Party(0),
-        "POST",
-        msgs,
-        "j4",
-        1,
-        vec![1, 0, 0],
-        oct,
-    )
-    .await;
+    let (st, b) = post_message(&http, base, &k0, Signer::Party(0), 1, vec![1, 0, 0]).await;
     cases.push(("truncated", st, "invalid_message", b));
     // An oversize body: one byte over the coordinator's limit.
     let limit = {
@@ -677,73 +598,112 @@ async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
     )
     .await;
     cases.push(("oversize", st, "too_large", b));
-    // Non-finite and out-of-range numbers.
+    // Non-finite and out-of-range numbers, a party starting a job, the
+    // wrong media type, an unknown job.
     let opk = operator();
-    for (name, body) in [
-        ("epsilon 1e999", r#"{"job":"j5","epsilon":1e999}"#),
-        ("epsilon negative", r#"{"job":"j5","epsilon":-1.0}"#),
-        ("unknown field", r#"{"job":"j5","budget":1}"#),
-    ] {
-        let (st, b) = signed(
-            &http,
-            base,
+    let json_ct = "application/json";
+    type Probe<'a> = (
+        &'a str,
+        &'a IdentityKey,
+        Signer,
+        &'a str,
+        &'a str,
+        &'a str,
+        u64,
+        &'a [u8],
+        &'a str,
+        &'a str,
+    );
+    let probes: Vec<Probe> = vec![
+        (
+            "epsilon 1e999",
             &opk,
             Signer::Operator,
             "POST",
             "/v1/jobs",
             "j5",
             0,
-            body.as_bytes().to_vec(),
-            "application/json",
+            br#"{"job":"j5","epsilon":1e999}"#,
+            json_ct,
+            "invalid_request",
+        ),
+        (
+            "epsilon negative",
+            &opk,
+            Signer::Operator,
+            "POST",
+            "/v1/jobs",
+            "j5",
+            0,
+            br#"{"job":"j5","epsilon":-1.0}"#,
+            json_ct,
+            "invalid_request",
+        ),
+        (
+            "unknown field",
+            &opk,
+            Signer::Operator,
+            "POST",
+            "/v1/jobs",
+            "j5",
+            0,
+            br#"{"job":"j5","budget":1}"#,
+            json_ct,
+            "invalid_request",
+        ),
+        (
+            "party starts a job",
+            &k0,
+            Signer::Party(0),
+            "POST",
+            "/v1/jobs",
+            "j5",
+            0,
+            br#"{"job":"j5"}"#,
+            json_ct,
+            "forbidden",
+        ),
+        (
+            "media type",
+            &k0,
+            Signer::Party(0),
+            "POST",
+            msgs,
+            "j4",
+            1,
+            &[1],
+            "text/plain",
+            "invalid_request",
+        ),
+        (
+            "unknown job",
+            &k0,
+            Signer::Party(0),
+            "GET",
+            "/v1/jobs/nope",
+            "nope",
+            0,
+            &[],
+            oct,
+            "unknown_job",
+        ),
+    ];
+    for (name, key, signer, method, path, job, round, body, ct, code) in probes {
+        let (st, b) = signed(
+            &http,
+            base,
+            key,
+            signer,
+            method,
+            path,
+            job,
+            round,
+            body.to_vec(),
+            ct,
         )
         .await;
-        cases.push((name, st, "invalid_request", b));
+        cases.push((name, st, code, b));
     }
-    // A party may not start jobs.
-    let (st, b) = signed(
-        &http,
-        base,
-        &k0,
-        Signer::Party(0),
-        "POST",
-        "/v1/jobs",
-        "j5",
-        0,
-        br#"{"job":"j5"}"#.to_vec(),
-        "application/json",
-    )
-    .await;
-    cases.push(("party starts a job", st, "forbidden", b));
-    // The wrong media type.
-    let (st, b) = signed(
-        &http,
-        base,
-        &k0,
-        Signer::Party(0),
-        "POST",
-        msgs,
-        "j4",
-        1,
-        vec![1],
-        "text/plain",
-    )
-    .await;
-    cases.push(("media type", st, "invalid_request", b));
-    // An unknown job.
-    let (st, b) = signed(
-        &http,
-        base,
-        &k0,
-        Signer::Party(0),
-        "GET",
-        "/v1/jobs/nope",
-        "nope",
-        0,
-        vec![],
-        oct,
-    )
-    .await;
-    cases.push(("unknown job", st, "unknown_job", b));
 
     for (name, status, code, body) in &cases {
         assert!(
@@ -787,34 +747,10 @@ async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
     .unwrap();
     let advert = party.poll_outgoing().unwrap().encode(&session);
     let k0 = IdentityKey::from_seed(&demo_identity_seed(0));
-    let (st, b) = signed(
-        &http,
-        base,
-        &k0,
-        Signer::Party(0),
-        "POST",
-        msgs,
-        "j4",
-        1,
-        advert.clone(),
-        oct,
-    )
-    .await;
+    let (st, b) = post_message(&http, base, &k0, Signer::Party(0), 1, advert.clone()).await;
     assert_eq!(st, 202, "{b}");
     // The same advertisement again is refused (the protocol's own replay check).
-    let (st, b) = signed(
-        &http,
-        base,
-        &k0,
-        Signer::Party(0),
-        "POST",
-        msgs,
-        "j4",
-        1,
-        advert,
-        oct,
-    )
-    .await;
+    let (st, b) = post_message(&http, base, &k0, Signer::Party(0), 1, advert).await;
     assert_eq!(st, 409, "{b}");
     c.shutdown().await;
 }
@@ -884,46 +820,29 @@ fn serving_plain_http_needs_the_explicit_flag_and_keys_must_match_the_roster() {
     assert_ne!(code, 0);
     assert!(err.contains("refusing to overwrite"), "{err}");
     let csv = dir.join("p0.csv");
-    let mut rows = sets[0].feature_names.join(",") + ",label\n";
-    for (x, y) in sets[0].features.iter().zip(&sets[0].labels) {
-        rows += &x
-            .iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        rows += &format!(",{y}\n");
-    }
-    std::fs::write(&csv, rows).unwrap();
-    let (code, _, err) = shroud(&[
-        "party",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--id",
-        "0",
-        "--key",
-        key.to_str().unwrap(),
-        "--data",
-        csv.to_str().unwrap(),
-        "--coordinator",
-        "https://127.0.0.1:9",
-        "--ca",
-        dir.join("none.crt").to_str().unwrap(),
-    ]);
+    sets[0].write_csv(&csv).unwrap();
+    let party = |coordinator: &str, extra: &[&str]| {
+        let mut args = vec![
+            "party",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--id",
+            "0",
+            "--key",
+            key.to_str().unwrap(),
+            "--data",
+            csv.to_str().unwrap(),
+            "--coordinator",
+        ];
+        args.push(coordinator);
+        args.extend(extra);
+        shroud(&args)
+    };
+    let none = dir.join("none.crt");
+    let (code, _, err) = party("https://127.0.0.1:9", &["--ca", none.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("none.crt"), "{err}");
-    let (code, _, err) = shroud(&[
-        "party",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--id",
-        "0",
-        "--key",
-        key.to_str().unwrap(),
-        "--data",
-        csv.to_str().unwrap(),
-        "--coordinator",
-        "http://127.0.0.1:9",
-    ]);
+    let (code, _, err) = party("http://127.0.0.1:9", &[]);
     assert_ne!(code, 0);
     assert!(
         err.contains("not the one the policy lists for party 0"),

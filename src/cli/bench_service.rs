@@ -17,6 +17,7 @@ use shroud_crypto::IdentityKey;
 
 use crate::data::Dataset;
 use crate::job::{demo_identity_seed, demo_public_key_hex};
+use crate::localnet::{free_port, ServeProcess};
 use crate::net::api::JobStatus;
 use crate::net::auth::Signer;
 use crate::net::client::Client;
@@ -95,21 +96,6 @@ fn bench_policy(n: usize, len: usize, bits: u8, neighbours: &str) -> Result<Stri
     Ok(t)
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub fn service(parties: usize, len: usize, rounds: u32, neighbors: &str, json: bool) -> Result<()> {
     if parties < 3 {
         bail!("--parties must be at least 3");
@@ -138,29 +124,9 @@ pub fn service(parties: usize, len: usize, rounds: u32, neighbors: &str, json: b
     std::fs::write(dir.join("server.key"), key.as_bytes())?;
     crate::keyfile::generate(&dir.join("operator.key")).map_err(anyhow::Error::msg)?;
     let port = free_port()?;
-    let exe = std::env::current_exe()?;
-    let child = Child(
-        std::process::Command::new(exe)
-            .arg("serve")
-            .arg("--policy")
-            .arg(&policy_path)
-            .arg("--db")
-            .arg(dir.join("coordinator.db"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tls-cert")
-            .arg(dir.join("server.crt"))
-            .arg("--tls-key")
-            .arg(dir.join("server.key"))
-            .arg("--operator-key")
-            .arg(dir.join("operator.key"))
-            .arg("--out")
-            .arg(dir.join("out"))
-            .arg("--allow-no-dp")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("cannot start the coordinator")?,
-    );
-    let pid = child.0.id();
+    let child = ServeProcess::start(&std::env::current_exe()?, &dir, port, &["--allow-no-dp"])
+        .context("cannot start the coordinator")?;
+    let pid = child.child.id();
     let raw = measure_raw_keystream();
     let url = format!("https://127.0.0.1:{port}");
     let tls =

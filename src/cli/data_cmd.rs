@@ -2,12 +2,11 @@
 //! files, standardised with the training split's statistics, so that a
 //! consortium can be tried out on one machine or several.
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::data::{partition, prepare, Dataset};
+use crate::data::{partition, prepare};
 
 #[derive(clap::Args)]
 pub struct SplitFlags {
@@ -28,18 +27,6 @@ pub struct SplitFlags {
     /// Folder for party-<i>.csv and test.csv.
     #[arg(long)]
     out: PathBuf,
-}
-
-fn write_csv(d: &Dataset, path: &Path) -> Result<()> {
-    let mut s = d.feature_names.join(",");
-    s.push_str(",label\n");
-    for (x, y) in d.features.iter().zip(&d.labels) {
-        for v in x {
-            write!(s, "{v},")?;
-        }
-        writeln!(s, "{y}")?;
-    }
-    std::fs::write(path, s).with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn split(f: SplitFlags) -> Result<()> {
@@ -65,11 +52,11 @@ pub fn split(f: SplitFlags) -> Result<()> {
     );
     for (i, idx) in parts.iter().enumerate() {
         let p = f.out.join(format!("party-{i}.csv"));
-        write_csv(&data.train.subset(idx), &p)?;
+        data.train.subset(idx).write_csv(&p)?;
         println!("{}  {} records", p.display(), idx.len());
     }
     let t = f.out.join("test.csv");
-    write_csv(&data.test, &t)?;
+    data.test.write_csv(&t)?;
     println!("{}  {} records (held out)", t.display(), data.test.len());
     Ok(())
 }

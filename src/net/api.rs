@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use crate::store::service::{ReleaseRecord, RoundRecord};
+
 /// Starts a job (operator only).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -38,31 +40,6 @@ pub struct LiveTask {
     pub len: usize,
 }
 
-/// One round (task) of a job.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct RoundView {
-    pub round: u32,
-    pub task: u32,
-    /// `running`, `finished` or `aborted`.
-    pub state: String,
-    pub phase: String,
-    pub survivors: Vec<u32>,
-    pub dropped: Vec<u32>,
-    pub charge_id: Option<i64>,
-    pub reason: Option<String>,
-}
-
-/// The release decision of a finished job.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ReleaseView {
-    /// `release` or `block`.
-    pub decision: String,
-    pub model_path: Option<String>,
-    pub model_sha256: Option<String>,
-    pub report_json: String,
-    pub report_html: String,
-}
-
 /// A job as the coordinator sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobStatus {
@@ -79,8 +56,8 @@ pub struct JobStatus {
     pub epsilon_spent: Option<f64>,
     pub noise_std_per_party: f64,
     pub live: Option<LiveTask>,
-    pub history: Vec<RoundView>,
-    pub release: Option<ReleaseView>,
+    pub history: Vec<RoundRecord>,
+    pub release: Option<ReleaseRecord>,
     pub reason: Option<String>,
     /// Changes whenever anything the parties wait for changes.
     pub version: u64,

@@ -8,7 +8,8 @@
 //! leaves either the state before a step or the state after it.
 
 use rusqlite::{params, OptionalExtension, Transaction};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::ledger::{LedgerError, PrivacyLedger};
 use crate::policy::Policy;
@@ -85,11 +86,12 @@ pub struct JobRunRecord {
     pub reason: Option<String>,
 }
 
-/// One round (task) as stored.
-#[derive(Debug, Clone, Serialize)]
+/// One round (task) as stored, and as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RoundRecord {
     pub round: u32,
     pub task: u32,
+    /// `running`, `finished` or `aborted`.
     pub state: String,
     pub phase: String,
     pub survivors: Vec<u32>,
@@ -98,9 +100,10 @@ pub struct RoundRecord {
     pub reason: Option<String>,
 }
 
-/// A release decision as stored.
-#[derive(Debug, Clone, Serialize)]
+/// A release decision as stored, and as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReleaseRecord {
+    /// `release` or `block`.
     pub decision: String,
     pub model_path: Option<String>,
     pub model_sha256: Option<String>,
