@@ -687,6 +687,18 @@ async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
             oct,
             "unknown_job",
         ),
+        (
+            "round not a number",
+            &k0,
+            Signer::Party(0),
+            "GET",
+            "/v1/jobs/j4/rounds/abc/messages",
+            "j4",
+            0,
+            &[],
+            oct,
+            "invalid_request",
+        ),
     ];
     for (name, key, signer, method, path, job, round, body, ct, code) in probes {
         let (st, b) = signed(
@@ -710,7 +722,7 @@ async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
             (400..500).contains(status),
             "{name}: status {status} {body}"
         );
-        assert_eq!(body["error"], *code, "{name}: {body}");
+        assert_eq!(body["error"], *code, "{name}: {status} {body}");
         assert!(
             body["message"].as_str().is_some_and(|m| m.len() > 10),
             "{name}: {body}"

@@ -255,7 +255,9 @@ impl Verifier {
         if !key.verify_request(&c.bytes(), &claim.signature) {
             return Err(AuthError::BadSignature);
         }
-        if claim.timestamp + WINDOW_SECS < now || claim.timestamp > now + WINDOW_SECS {
+        if claim.timestamp.saturating_add(WINDOW_SECS) < now
+            || claim.timestamp > now.saturating_add(WINDOW_SECS)
+        {
             return Err(AuthError::Stale {
                 timestamp: claim.timestamp,
                 now,
@@ -266,7 +268,8 @@ impl Verifier {
         }
         // Forget nonces that the window refuses anyway.
         if self.seen.len() > 4096 {
-            self.seen.retain(|_, ts| *ts + WINDOW_SECS >= now);
+            self.seen
+                .retain(|_, ts| ts.saturating_add(WINDOW_SECS) >= now);
         }
         let k = (claim.signer, claim.nonce.clone());
         if self.seen.contains_key(&k) {

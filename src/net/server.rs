@@ -335,6 +335,12 @@ fn octets(state: &AppState, bytes: Vec<u8>) -> Response {
         .into_response()
 }
 
+/// The `{round}` path segment, refused as JSON when it is not a round.
+fn parse_round(s: &str) -> Result<u32, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::invalid(format!("round `{s}` is not an unsigned 32-bit integer")))
+}
+
 fn wait_of(s: &Signed) -> Result<Duration, ApiError> {
     Ok(Duration::from_millis(s.query("wait_ms")?.unwrap_or(0)).min(MAX_WAIT))
 }
@@ -446,10 +452,11 @@ async fn party_setup(
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn round_model(
     State(s): State<AppState>,
-    Path((job, round)): Path<(String, u32)>,
+    Path((job, round)): Path<(String, String)>,
     req: Signed,
 ) -> Result<Response, ApiError> {
     req.party()?;
+    let round = parse_round(&round)?;
     req.expect(&job, u64::from(round))?;
     let params = s.engine(move |e| e.model(&job, round)).await?;
     Ok(octets(
@@ -465,10 +472,11 @@ async fn round_model(
               (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn post_message(
     State(s): State<AppState>,
-    Path((job, round)): Path<(String, u32)>,
+    Path((job, round)): Path<(String, String)>,
     req: Signed,
 ) -> Result<StatusCode, ApiError> {
     let party = req.party()?;
+    let round = parse_round(&round)?;
     req.expect(&job, u64::from(round))?;
     req.content_type("application/octet-stream")?;
     let now = Instant::now();
@@ -485,10 +493,11 @@ async fn post_message(
               (status = 204, description = "No message yet"), (status = 409, body = ErrorBody)))]
 async fn next_message(
     State(s): State<AppState>,
-    Path((job, round)): Path<(String, u32)>,
+    Path((job, round)): Path<(String, String)>,
     req: Signed,
 ) -> Result<Response, ApiError> {
     let party = req.party()?;
+    let round = parse_round(&round)?;
     req.expect(&job, u64::from(round))?;
     let deadline = tokio::time::Instant::now() + wait_of(&req)?;
     let mut rx = s.changed.subscribe();
