@@ -127,6 +127,14 @@ pub async fn run(cfg: PartyConfig) -> Result<PartyReport, PartyError> {
     let mut done: Vec<String> = Vec::new();
     loop {
         let jobs: Vec<JobStatus> = client.json("/v1/jobs", "").await?;
+        // The one job asked for has already ended: nothing to join.
+        if let Some(ended) = jobs.iter().find(|j| {
+            cfg.job.as_ref() == Some(&j.job) && j.state != "running" && j.state != "auditing"
+        }) {
+            report.jobs.push((ended.job.clone(), ended.state.clone()));
+            report.retries = client.retries();
+            return Ok(report);
+        }
         let next = jobs.into_iter().find(|j| {
             !done.contains(&j.job)
                 && cfg.job.as_ref().map_or(true, |want| *want == j.job)
