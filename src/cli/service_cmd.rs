@@ -152,7 +152,12 @@ pub fn serve(f: ServeFlags) -> Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = AppState::new(engine, operator, metrics, limit);
-    let rt = tokio::runtime::Runtime::new()?;
+    // Engine calls take one lock in turn: a few blocking threads serve
+    // them all, and each idle one would keep its own allocator arena.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()?;
     rt.block_on(async move {
         let handle = axum_server::Handle::new();
         let h2 = handle.clone();

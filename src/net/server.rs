@@ -48,6 +48,9 @@ pub fn body_limit(policy: &crate::policy::Policy, plan: &crate::dp::plan::Privac
     words * 4 + 256 * 1024 + policy.parties.len() * 1024
 }
 
+/// Requests with a body read and handled at once.
+const BODIES_IN_FLIGHT: usize = 8;
+
 /// Longest a long-poll may wait.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -59,6 +62,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     changed: watch::Sender<u64>,
     body_limit: usize,
+    /// Requests with a body that may be read and held at once: the rest
+    /// wait (TCP backpressure), bounding the memory vectors in flight take.
+    bodies: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -76,6 +82,7 @@ impl AppState {
             metrics,
             changed,
             body_limit,
+            bodies: Arc::new(tokio::sync::Semaphore::new(BODIES_IN_FLIGHT)),
         }
     }
 
@@ -179,6 +186,8 @@ pub struct Signed {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Held while a request with a body is handled.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Signed {
@@ -268,6 +277,18 @@ impl FromRequest<AppState> for Signed {
         if declared.is_some_and(|n| n > (limit + DRAIN_MAX) as u64) {
             return Err(too_large());
         }
+        let permit = if parts.method == axum::http::Method::POST {
+            Some(
+                state
+                    .bodies
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed"),
+            )
+        } else {
+            None
+        };
         let body = read_bounded(body, limit).await?.ok_or_else(too_large)?;
         Metrics::add(&state.metrics.bytes_received, body.len() as u64);
         let claim = Claimed::from_headers(|h| {
@@ -294,6 +315,7 @@ impl FromRequest<AppState> for Signed {
             path,
             headers: parts.headers,
             body,
+            _permit: permit,
         })
     }
 }
@@ -587,6 +609,12 @@ pub async fn run_ticker(state: AppState) {
     }
 }
 
+/// Caps each connection's read buffer: left to grow, every party's
+/// connection keeps a buffer the size of its largest vector.
+fn bound_buffers(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    b.http1().max_buf_size(64 * 1024);
+}
+
 /// How the server listens.
 pub enum Listen {
     Tls(Arc<rustls::ServerConfig>),
@@ -605,19 +633,17 @@ pub async fn serve(
     let ticker = tokio::spawn(run_ticker(state));
     let result = match listen {
         Listen::Tls(cfg) => {
-            axum_server::bind_rustls(
+            let mut server = axum_server::bind_rustls(
                 addr,
                 axum_server::tls_rustls::RustlsConfig::from_config(cfg),
-            )
-            .handle(handle)
-            .serve(app.into_make_service())
-            .await
+            );
+            bound_buffers(server.http_builder());
+            server.handle(handle).serve(app.into_make_service()).await
         }
         Listen::InsecureHttp => {
-            axum_server::bind(addr)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
+            let mut server = axum_server::bind(addr);
+            bound_buffers(server.http_builder());
+            server.handle(handle).serve(app.into_make_service()).await
         }
     };
     ticker.abort();
