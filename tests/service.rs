@@ -399,8 +399,32 @@ async fn a_coordinator_killed_mid_job_resumes_and_loses_no_charge() {
         );
         assert!(r.reason.as_ref().unwrap().contains("coordinator restarted"));
     }
-    let _server = server;
-    drop(_server);
+    // The operator's command line sees the same job.
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let (url, dir) = (url.clone(), dir.clone());
+        move || {
+            shroud(&[
+                "job",
+                "status",
+                "--coordinator",
+                &url,
+                "--key",
+                dir.join("operator.key").to_str().unwrap(),
+                "--ca",
+                dir.join("server.crt").to_str().unwrap(),
+                "--job",
+                "j3",
+                "--json",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let v = common::json(&out);
+    assert_eq!(v["state"], "released");
+    assert_eq!(v["history"].as_array().unwrap().len(), s.history.len());
+    drop(server);
     let db = dir.join("coordinator.db");
     let ledger = PrivacyLedger::open(&db).unwrap();
     let charges = ledger.charges(Some("j3")).unwrap();
