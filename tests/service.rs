@@ -119,13 +119,6 @@ fn operator_client(url: &str, tls: Option<rustls::ClientConfig>) -> Client {
     .unwrap()
 }
 
-/// opendp's arithmetic swaps the process's panic hook for a silent one
-/// around each call; threads doing so at once can leave the silent one in
-/// place. Taking the hook puts the default back, so failures are reported.
-fn restore_panic_messages() {
-    let _ = std::panic::take_hook();
-}
-
 async fn wait_until_done(op: &mut Client, job: &str) -> JobStatus {
     let mut s: JobStatus = op.json(&format!("/v1/jobs/{job}"), job).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
@@ -142,7 +135,6 @@ async fn wait_until_done(op: &mut Client, job: &str) -> JobStatus {
             .await
             .unwrap();
     }
-    restore_panic_messages();
     s
 }
 
@@ -514,7 +506,6 @@ async fn post_message(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
-    restore_panic_messages();
     let dir = temp_dir("net-bad");
     let (_sets, text) = consortium(2, 600.0);
     let c = coordinator(&dir, &text, None).await;

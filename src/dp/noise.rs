@@ -62,6 +62,12 @@ impl DiscreteGaussianShare {
     /// are split over the machine's cores, each thread with its own
     /// measurement (opendp's functions are not `Send`).
     pub fn add_to(&self, v: &mut Vec<i64>) -> Result<(), NoiseError> {
+        let r = self.sample_into(v);
+        restore_panic_reporting();
+        r
+    }
+
+    fn sample_into(&self, v: &mut Vec<i64>) -> Result<(), NoiseError> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         if threads == 1 || v.len() < PARALLEL_MIN {
             let noisy = self
@@ -101,4 +107,14 @@ impl DiscreteGaussianShare {
             .map(&d_in)
             .map_err(|e| NoiseError(e.to_string()))
     }
+}
+
+/// opendp's arithmetic swaps the process's panic hook for a silent one
+/// around some operations; when threads do so at once, a silent hook can be
+/// left installed for good and every later panic would print nothing.
+/// Putting the default hook back after sampling keeps failures reported.
+/// (A sampler still running on another thread may then report a panic its
+/// arithmetic catches itself: noise on stderr, nothing worse.)
+fn restore_panic_reporting() {
+    let _ = std::panic::take_hook();
 }
