@@ -714,6 +714,18 @@ async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
             oct,
             "invalid_request",
         ),
+        (
+            "method",
+            &k0,
+            Signer::Party(0),
+            "DELETE",
+            "/v1/jobs/j4",
+            "j4",
+            0,
+            &[],
+            oct,
+            "method_not_allowed",
+        ),
     ];
     for (name, key, signer, method, path, job, round, body, ct, code) in probes {
         let (st, b) = signed(

@@ -562,7 +562,20 @@ async fn next_message(
 pub struct ApiDoc;
 
 async fn count(State(s): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
-    let r = next.run(req).await;
+    let mut r = next.run(req).await;
+    // The router's own 405 has no body: answer it like every other refusal.
+    if r.status() == StatusCode::METHOD_NOT_ALLOWED && r.extensions().get::<Refusal>().is_none() {
+        let allow = r.headers().get(header::ALLOW).cloned();
+        r = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method; see /openapi.json",
+        )
+        .into_response();
+        if let Some(a) = allow {
+            r.headers_mut().insert(header::ALLOW, a);
+        }
+    }
     Metrics::add(&s.metrics.requests, 1);
     if let Some(Refusal(code)) = r.extensions().get::<Refusal>() {
         s.metrics.refused(code);
