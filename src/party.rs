@@ -59,6 +59,9 @@ pub struct PartyConfig {
     pub patience: Duration,
     /// Demo only: the chance of going silent in a round (at a random phase).
     pub dropout: f64,
+    /// Seed of those dropout decisions (which rounds, which phases), so a
+    /// demo's dropouts repeat from run to run.
+    pub dropout_seed: u64,
     pub input_tap: Option<mpsc::Sender<ObservedInput>>,
 }
 
@@ -414,8 +417,11 @@ async fn take_part(
         &mut OsRng,
     )
     .map_err(|e| PartyError::Refusing(e.to_string()))?;
-    let silent_at = (cfg.dropout > 0.0 && crate::sampling::bernoulli(&mut ctx.rng, cfg.dropout))
-        .then(|| (ctx.rng.next_u32() % 5) as usize);
+    let mut drng = ChaCha20Rng::seed_from_u64(
+        cfg.dropout_seed ^ (u64::from(live.round) << 32) ^ u64::from(live.task),
+    );
+    let silent_at = (cfg.dropout > 0.0 && crate::sampling::bernoulli(&mut drng, cfg.dropout))
+        .then(|| (drng.next_u32() % 5) as usize);
     let mut batch = 0usize;
     loop {
         let mut outgoing = Vec::new();

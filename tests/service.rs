@@ -101,6 +101,7 @@ fn spawn_parties(
                 once: true,
                 patience: Duration::from_secs(120),
                 dropout: 0.0,
+                dropout_seed: 0,
                 input_tap: tap.clone(),
             };
             tokio::spawn(shroud::party::run(cfg))

@@ -167,6 +167,7 @@ pub fn service(parties: usize, len: usize, rounds: u32, neighbors: &str, json: b
                     once: true,
                     patience: Duration::from_secs(120),
                     dropout: 0.0,
+                    dropout_seed: 0,
                     input_tap: None,
                 }))
             })

@@ -709,6 +709,7 @@ impl DemoJob<'_> {
                         once: true,
                         patience: std::time::Duration::from_secs(60),
                         dropout: f.dropout,
+                        dropout_seed: f.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64,
                         input_tap: None,
                     }))
                 })

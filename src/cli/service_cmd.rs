@@ -251,6 +251,7 @@ pub fn party(f: PartyFlags) -> Result<()> {
         once: f.once,
         patience: Duration::from_secs(f.patience_secs),
         dropout: 0.0,
+        dropout_seed: 0,
         input_tap: None,
     };
     let id = cfg.id;
