@@ -19,6 +19,13 @@ pub fn generate(path: &Path) -> Result<String, String> {
         "# shroud identity key (ed25519 seed). Keep this file secret.\n# public key: {public}\n{}\n",
         hex(seed.as_ref())
     ));
+    write_secret(path, text.as_bytes())?;
+    Ok(public)
+}
+
+/// Writes secret bytes to a new file readable by its owner only (mode 0600
+/// on Unix), fsynced; never over an existing file.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -36,10 +43,9 @@ pub fn generate(path: &Path) -> Result<String, String> {
             format!("{}: cannot create: {e}", path.display())
         }
     })?;
-    f.write_all(text.as_bytes())
+    f.write_all(bytes)
         .and_then(|_| f.sync_all())
-        .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
-    Ok(public)
+        .map_err(|e| format!("{}: cannot write: {e}", path.display()))
 }
 
 /// Reads the seed from a key file.

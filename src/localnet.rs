@@ -64,7 +64,9 @@ pub async fn start_coordinator(o: CoordinatorOptions<'_>) -> Result<LocalCoordin
             let (cert, key) = tls::self_signed(&["localhost".into(), "127.0.0.1".into()])?;
             let (cp, kp) = (dir.join("coordinator.crt"), dir.join("coordinator.key"));
             std::fs::write(&cp, cert).map_err(|e| format!("{}: {e}", cp.display()))?;
-            std::fs::write(&kp, key.as_bytes()).map_err(|e| format!("{}: {e}", kp.display()))?;
+            // A fresh pair each run, the key readable by its owner only.
+            let _ = std::fs::remove_file(&kp);
+            crate::keyfile::write_secret(&kp, key.as_bytes())?;
             (Listen::Tls(tls::server_config(&cp, &kp)?), Some(cp))
         }
         None => (Listen::InsecureHttp, None),

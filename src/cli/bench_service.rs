@@ -121,7 +121,8 @@ pub fn service(parties: usize, len: usize, rounds: u32, neighbors: &str, json: b
     let (cert, key) =
         crate::net::tls::self_signed(&["127.0.0.1".into()]).map_err(anyhow::Error::msg)?;
     std::fs::write(dir.join("server.crt"), cert)?;
-    std::fs::write(dir.join("server.key"), key.as_bytes())?;
+    crate::keyfile::write_secret(&dir.join("server.key"), key.as_bytes())
+        .map_err(anyhow::Error::msg)?;
     crate::keyfile::generate(&dir.join("operator.key")).map_err(anyhow::Error::msg)?;
     let port = free_port()?;
     let child = ServeProcess::start(&std::env::current_exe()?, &dir, port, &["--allow-no-dp"])

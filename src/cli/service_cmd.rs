@@ -47,7 +47,7 @@ pub fn keygen(f: KeygenFlags) -> Result<()> {
             }
         }
         std::fs::write(&crt, cert).with_context(|| format!("cannot write {}", crt.display()))?;
-        write_secret(&keyp, key.as_bytes())?;
+        crate::keyfile::write_secret(&keyp, key.as_bytes()).map_err(anyhow::Error::msg)?;
         println!(
             "certificate  {}  (give it to every party: --ca)",
             crt.display()
@@ -63,23 +63,6 @@ pub fn keygen(f: KeygenFlags) -> Result<()> {
     println!("wrote {} (keep it secret)", f.out.display());
     println!("roster line for the policy:");
     println!("identity_key = \"{public}\"");
-    Ok(())
-}
-
-fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
     Ok(())
 }
 
