@@ -407,8 +407,9 @@ impl Engine {
             velocity: Vec::new(),
             reason: None,
         };
-        let (policy, plan, strategy, canaries) = self.build_job(&rec, epsilon)?;
-        let tasks = strategy_tasks(&policy);
+        let (policy, plan, mut strategy, canaries) = self.build_job(&rec, epsilon)?;
+        let ids: Vec<u32> = policy.parties.iter().map(|p| p.id).collect();
+        let tasks = strategy.plan(1, &ids).tasks.len();
         if policy.privacy.unit != Unit::None {
             self.store.set_budget(
                 &policy.consortium.id,
@@ -828,23 +829,23 @@ impl Engine {
                     self.bump();
                 }
                 Some(Event::Finished(agg)) => {
-                    let live = self
-                        .jobs
-                        .get_mut(id)
-                        .and_then(|j| j.live.take())
-                        .expect("live task");
+                    let live = self.take_live(id);
                     return self.finish_task(id, live, agg, now);
                 }
                 Some(Event::Aborted(e)) => {
-                    let live = self
-                        .jobs
-                        .get_mut(id)
-                        .and_then(|j| j.live.take())
-                        .expect("live task");
+                    let live = self.take_live(id);
                     return self.abort_task(id, live, &e, now);
                 }
             }
         }
+    }
+
+    /// The task that just ended, off its job.
+    fn take_live(&mut self, id: &str) -> Live {
+        self.jobs
+            .get_mut(id)
+            .and_then(|j| j.live.take())
+            .expect("a live task ended")
     }
 
     fn finish_task(
@@ -1087,12 +1088,6 @@ impl Engine {
 
 /// How many times the audit's secure sum is tried before the job fails.
 const AUDIT_ATTEMPTS: usize = 3;
-
-/// Tasks per round of the policy's strategy.
-fn strategy_tasks(policy: &Policy) -> usize {
-    let ids: Vec<u32> = policy.parties.iter().map(|p| p.id).collect();
-    FedAvg::for_policy(policy, 0).plan(1, &ids).tasks.len()
-}
 
 fn unknown_job(id: &str) -> ServiceError {
     ServiceError::new(

@@ -23,10 +23,9 @@ use crate::dp::encode::EncodingScheme;
 use crate::dp::noise::DiscreteGaussianShare;
 use crate::dp::plan::PrivacyPlan;
 use crate::job::{job_policy, party_input, protocol_round, rotation_seed};
-use crate::model::Mlp;
 use crate::net::api::{JobStatus, LiveTask, PartySetup};
 use crate::net::auth::Signer;
-use crate::net::client::{ok, Body, Client, ClientError};
+use crate::net::client::{ok, ok_bytes, Body, Client, ClientError};
 use crate::policy::{Policy, Unit};
 use crate::strategy::fedavg::FedAvg;
 use crate::strategy::{PartyView, Strategy, TaskSpec};
@@ -295,11 +294,7 @@ async fn take_part(
             Body::Empty,
         )
         .await?;
-    let bytes = ok(r)
-        .await?
-        .bytes()
-        .await
-        .map_err(|e| PartyError::Unreachable(e.to_string()))?;
+    let bytes = ok_bytes(r).await?;
     let dimension = ctx.strategy.model().dimension();
     if bytes.len() != dimension * 8 {
         return Err(PartyError::Refusing(format!(
@@ -325,12 +320,15 @@ async fn take_part(
     // the async workers.
     let words = tokio::task::block_in_place(|| -> Result<Vec<u32>, PartyError> {
         Ok(if live.kind == "audit" {
-            let mut model = Mlp::new(&ctx.strategy.model().sizes(), 0);
-            model
-                .set_flat(&params)
-                .map_err(|e| PartyError::Refusing(e.to_string()))?;
+            // The strategy holds the final model (set from `params` above).
             let attacks = audit::population_attacks(&ctx.policy);
-            audit::party_counts(&model, &cfg.data, &ctx.sample, &attacks, ctx.audit_seed)
+            audit::party_counts(
+                ctx.strategy.model(),
+                &cfg.data,
+                &ctx.sample,
+                &attacks,
+                ctx.audit_seed,
+            )
         } else {
             let task = TaskSpec {
                 id: live.task,
@@ -440,7 +438,7 @@ async fn take_part(
                         &format!("{base}/messages"),
                         &job,
                         live.round,
-                        Body::Octets(bytes),
+                        Body::Octets(bytes.into()),
                     )
                     .await?;
                 ok(r).await?;

@@ -9,6 +9,8 @@ use rand_core::{OsRng, RngCore};
 use reqwest::{Method, StatusCode};
 use shroud_crypto::IdentityKey;
 
+use axum::body::Bytes;
+
 use super::api::ErrorBody;
 use super::auth::{self, Signer};
 
@@ -48,10 +50,12 @@ pub struct Client {
     retries: usize,
 }
 
+/// A request body. `Bytes` so that a retried request re-sends the same
+/// buffer without copying it.
 pub enum Body {
     Empty,
-    Octets(Vec<u8>),
-    Json(Vec<u8>),
+    Octets(Bytes),
+    Json(Bytes),
 }
 
 impl Client {
@@ -68,9 +72,10 @@ impl Client {
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let bytes = match &body {
-                Body::Empty => Vec::new(),
-                Body::Octets(b) | Body::Json(b) => b.clone(),
+            let (bytes, content_type) = match &body {
+                Body::Empty => (Bytes::new(), None),
+                Body::Octets(b) => (b.clone(), Some("application/octet-stream")),
+                Body::Json(b) => (b.clone(), Some("application/json")),
             };
             let headers = auth::sign(
                 &self.key,
@@ -87,18 +92,8 @@ impl Client {
             for (k, v) in headers {
                 req = req.header(k, v);
             }
-            match body {
-                Body::Empty => {}
-                Body::Octets(_) => {
-                    req = req
-                        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                        .body(bytes)
-                }
-                Body::Json(_) => {
-                    req = req
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(bytes)
-                }
+            if let Some(ct) = content_type {
+                req = req.header(reqwest::header::CONTENT_TYPE, ct).body(bytes);
             }
             let why = match req.send().await {
                 Ok(r) if r.status().is_server_error() => format!("HTTP {}", r.status()),
@@ -129,13 +124,7 @@ impl Client {
         job: &str,
     ) -> Result<T, ClientError> {
         let r = self.send(Method::GET, path, job, 0, Body::Empty).await?;
-        let r = ok(r).await?;
-        let bytes = r
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Refusing(format!("the coordinator's answer to {path}: {e}")))
+        json_answer(r, path).await
     }
 }
 
@@ -158,6 +147,23 @@ pub async fn ok(r: reqwest::Response) -> Result<reqwest::Response, ClientError> 
             body: error_body(r).await,
         })
     }
+}
+
+/// The body of a successful answer; a refusal as its JSON error.
+pub async fn ok_bytes(r: reqwest::Response) -> Result<Bytes, ClientError> {
+    ok(r)
+        .await?
+        .bytes()
+        .await
+        .map_err(|e| ClientError::Unreachable(e.to_string()))
+}
+
+async fn json_answer<T: serde::de::DeserializeOwned>(
+    r: reqwest::Response,
+    path: &str,
+) -> Result<T, ClientError> {
+    serde_json::from_slice(&ok_bytes(r).await?)
+        .map_err(|e| ClientError::Refusing(format!("the coordinator's answer to {path}: {e}")))
 }
 
 impl Client {
@@ -213,15 +219,9 @@ impl Client {
                 path,
                 job,
                 0,
-                Body::Json(body.to_string().into_bytes()),
+                Body::Json(body.to_string().into()),
             )
             .await?;
-        let bytes = ok(r)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Refusing(format!("the coordinator's answer to {path}: {e}")))
+        json_answer(r, path).await
     }
 }

@@ -213,6 +213,15 @@ impl Signed {
         }
     }
 
+    /// A party's request for `job`'s `round` (the path segment), checked
+    /// against what it signed.
+    fn party_round(&self, job: &str, round: &str) -> Result<(u32, u32), ApiError> {
+        let party = self.party()?;
+        let round = parse_round(round)?;
+        self.expect(job, u64::from(round))?;
+        Ok((party, round))
+    }
+
     fn operator(&self) -> Result<(), ApiError> {
         match self.signer {
             Signer::Operator => Ok(()),
@@ -477,9 +486,7 @@ async fn round_model(
     Path((job, round)): Path<(String, String)>,
     req: Signed,
 ) -> Result<Response, ApiError> {
-    req.party()?;
-    let round = parse_round(&round)?;
-    req.expect(&job, u64::from(round))?;
+    let (_, round) = req.party_round(&job, &round)?;
     let params = s.engine(move |e| e.model(&job, round)).await?;
     Ok(octets(
         &s,
@@ -497,9 +504,7 @@ async fn post_message(
     Path((job, round)): Path<(String, String)>,
     req: Signed,
 ) -> Result<StatusCode, ApiError> {
-    let party = req.party()?;
-    let round = parse_round(&round)?;
-    req.expect(&job, u64::from(round))?;
+    let (party, round) = req.party_round(&job, &round)?;
     req.content_type("application/octet-stream")?;
     let now = Instant::now();
     let body = req.body;
@@ -518,9 +523,7 @@ async fn next_message(
     Path((job, round)): Path<(String, String)>,
     req: Signed,
 ) -> Result<Response, ApiError> {
-    let party = req.party()?;
-    let round = parse_round(&round)?;
-    req.expect(&job, u64::from(round))?;
+    let (party, round) = req.party_round(&job, &round)?;
     let deadline = tokio::time::Instant::now() + wait_of(&req)?;
     let mut rx = s.changed.subscribe();
     loop {

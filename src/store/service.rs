@@ -294,7 +294,6 @@ impl PrivacyLedger {
 
     /// A finished training round: its result absorbed into `params` and
     /// `velocity`, its charge marked released, all in one transaction.
-    #[allow(clippy::too_many_arguments)]
     pub fn finish_round(
         &mut self,
         job: &str,
