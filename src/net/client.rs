@@ -179,15 +179,16 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1);
-        match tls {
-            Some(tls) => builder = builder.use_preconfigured_tls(tls),
+        let tls = match tls {
+            Some(tls) => tls,
             None if base.starts_with("https://") => {
                 return Err(ClientError::Refusing(
                     "an https coordinator needs its certificate or CA (--ca)".into(),
                 ))
             }
-            None => {}
-        }
+            None => super::tls::client_config_trusting_none(),
+        };
+        builder = builder.use_preconfigured_tls(tls);
         let http = builder
             .build()
             .map_err(|e| ClientError::Refusing(format!("HTTP client: {e}")))?;

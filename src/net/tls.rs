@@ -65,6 +65,16 @@ pub fn client_config(ca: &Path) -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth())
 }
 
+/// A client configuration that trusts nobody: for plain-HTTP clients, which
+/// still need one (this build carries no process-wide TLS provider).
+pub fn client_config_trusting_none() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
 /// A self-signed certificate and its key, PEM, for `names` (DNS names or
 /// IP addresses).
 pub fn self_signed(names: &[String]) -> Result<(String, zeroize::Zeroizing<String>), String> {
