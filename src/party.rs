@@ -171,6 +171,21 @@ async fn run_job(
             &cfg.policy.hash[..12]
         )));
     }
+    // A job may spend less than the policy allows, never more: the party's
+    // noise is sized from these, so it checks them itself.
+    let allowed = &cfg.policy.privacy;
+    if !(setup.epsilon.is_finite() && setup.epsilon > 0.0 && setup.epsilon <= allowed.epsilon) {
+        return Err(PartyError::Refusing(format!(
+            "the coordinator asks job `{job}` to spend ε = {}; the policy allows at most {}",
+            setup.epsilon, allowed.epsilon
+        )));
+    }
+    if !(1..=allowed.rounds).contains(&setup.rounds) {
+        return Err(PartyError::Refusing(format!(
+            "the coordinator asks job `{job}` for {} rounds; the policy allows 1 to {}",
+            setup.rounds, allowed.rounds
+        )));
+    }
     let infeasible = |e: crate::dp::plan::PlanError| {
         PartyError::Refusing(format!(
             "job `{job}`'s privacy plan: `{}`: {}",

@@ -889,3 +889,66 @@ fn serving_plain_http_needs_the_explicit_flag_and_keys_must_match_the_roster() {
         "{err}"
     );
 }
+
+/// A coordinator that lies about a job's budget: the party checks the ε and
+/// rounds it is asked for against its own policy before sizing its noise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_refuses_a_job_that_would_spend_more_than_its_policy_allows() {
+    use axum::routing::get;
+    use shroud::net::api::PartySetup;
+    let (sets, text) = consortium(2, 60.0);
+    let policy = policy_of(&text);
+    for (epsilon, rounds, why) in [
+        (100.0, 2, "spend ε = 100; the policy allows at most 8"),
+        (-1.0, 2, "spend ε = -1; the policy allows at most 8"),
+        (8.0, 50, "for 50 rounds; the policy allows 1 to 2"),
+    ] {
+        let status = JobStatus {
+            job: "greedy".into(),
+            consortium: policy.consortium.id.clone(),
+            policy_hash: policy.hash.clone(),
+            state: "running".into(),
+            rounds,
+            epsilon: 8.0,
+            delta: policy.privacy.delta,
+            epsilon_spent: None,
+            noise_std_per_party: 1.0,
+            live: None,
+            history: Vec::new(),
+            release: None,
+            reason: None,
+            version: 1,
+        };
+        // The σ the party itself would derive from the lie, so that only
+        // the budget check can stop it.
+        let sigma = shroud::job::job_policy(&policy, Some(epsilon), Some(rounds))
+            .ok()
+            .and_then(|p| shroud::dp::plan::PrivacyPlan::for_policy(&p).ok())
+            .map_or(1.0, |p| p.noise_std_per_party);
+        let setup = PartySetup {
+            job: "greedy".into(),
+            policy_hash: policy.hash.clone(),
+            epsilon,
+            rounds,
+            noise_std_per_party: sigma,
+            canaries: Vec::new(),
+        };
+        let setup_json = serde_json::to_string(&setup).unwrap();
+        let app = axum::Router::new()
+            .route(
+                "/v1/jobs",
+                get(move || async move { axum::Json(vec![status]) }),
+            )
+            .route(
+                "/v1/jobs/greedy/setup",
+                get(move || async move { ([("content-type", "application/json")], setup_json) }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut parties = spawn_parties(&url, None, &text, &sets[..1], None);
+        let err = parties.remove(0).await.unwrap().unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+        server.abort();
+    }
+}
