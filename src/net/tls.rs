@@ -30,7 +30,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = read(path, "private key")?;
+    // The PEM text is wiped once parsed; rustls owns the key from here.
+    let pem = zeroize::Zeroizing::new(read(path, "private key")?);
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| format!("{}: not a PEM private key file: {e}", path.display()))?
         .ok_or_else(|| format!("{}: holds no PEM private key", path.display()))
