@@ -40,6 +40,8 @@ pub struct SimArgs {
     pub neighbours: Neighbours,
     pub threshold: Option<usize>,
     pub corruption: f64,
+    /// Parties that may collude with the coordinator.
+    pub max_colluding: usize,
     pub bits: u8,
     pub active: bool,
     pub seed: u64,
@@ -173,8 +175,17 @@ pub fn resolve(args: &SimArgs) -> Result<Scenario, String> {
     if !(0.0..1.0).contains(&args.dropout) {
         return Err(format!("--dropout must be in [0, 1), got {}", args.dropout));
     }
+    let c = args.max_colluding;
+    // The smallest threshold the collusion bound allows (a majority at least).
+    let lowest = |holders: usize| {
+        if args.active {
+            (holders + c) / 2 + 1
+        } else {
+            (holders / 2 + 1).max(c + 1)
+        }
+    };
     let (graph, default_t) = match args.neighbours {
-        Neighbours::All => (GraphSpec::Complete, n as usize / 2 + 1),
+        Neighbours::All => (GraphSpec::Complete, lowest(n as usize)),
         Neighbours::Fixed(k) => {
             if k == 0 || k >= n {
                 return Err(format!(
@@ -187,11 +198,10 @@ pub fn resolve(args: &SimArgs) -> Result<Scenario, String> {
             } else {
                 GraphSpec::Regular { degree: k }
             };
-            let holders = k as usize + 1;
-            (graph, holders / 2 + 1)
+            (graph, lowest(k as usize + 1))
         }
         Neighbours::Auto => {
-            let p = recommend_sparse(n as usize, args.dropout.max(0.01), args.corruption, 40.0, 20.0)
+            let p = recommend_sparse(n as usize, args.dropout.max(0.01), args.corruption, c, 40.0, 20.0)
                 .filter(|p| p.degree < n - 1)
                 .ok_or_else(|| {
                     format!(
@@ -215,6 +225,8 @@ pub fn resolve(args: &SimArgs) -> Result<Scenario, String> {
             "--threshold must be between 2 and {holders} (a party and its neighbours), got {threshold}"
         ));
     }
+    shroud_crypto::config::check_collusion(threshold, holders, c, args.active)
+        .map_err(|e| format!("--threshold {threshold} with --colluding {c}: {e}"))?;
     let dropped = (args.dropout * f64::from(n)).round() as usize;
     if n as usize - dropped < threshold {
         return Err(format!(
@@ -228,6 +240,7 @@ pub fn resolve(args: &SimArgs) -> Result<Scenario, String> {
         len: args.len,
         bits: args.bits,
         threshold,
+        max_colluding: c,
         graph,
         active: args.active,
         seed: args.seed,

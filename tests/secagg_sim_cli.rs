@@ -162,7 +162,23 @@ fn bad_arguments_are_refused_clearly() {
         ),
         (
             &["--parties", "10", "--threshold", "4", "--active"],
-            "above half",
+            "2·threshold > holders + max_colluding",
+        ),
+        (
+            &[
+                "--parties",
+                "8",
+                "--threshold",
+                "5",
+                "--colluding",
+                "2",
+                "--active",
+            ],
+            "2·threshold > holders + max_colluding",
+        ),
+        (
+            &["--parties", "8", "--threshold", "3", "--colluding", "3"],
+            "must be below the threshold",
         ),
         (&["--threads", "0"], "--threads must be at least 1"),
     ];

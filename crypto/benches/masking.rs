@@ -57,6 +57,7 @@ fn unmasking(c: &mut Criterion) {
         len: LEN,
         bits: 32,
         threshold: 4,
+        max_colluding: 0,
         graph: GraphSpec::Regular { degree: 6 },
         active: false,
         seed: 5,

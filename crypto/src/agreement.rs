@@ -54,6 +54,14 @@ impl DhSecret {
     }
 }
 
+#[cfg(test)]
+impl DhSecret {
+    /// Test-only: a colluding party handing its secret to the coordinator.
+    pub(crate) fn leak(&self) -> DhSecret {
+        DhSecret(StaticSecret::from(self.0.to_bytes()))
+    }
+}
+
 /// Raw X25519 on byte strings, for the RFC 7748 known-answer tests.
 #[doc(hidden)]
 pub fn x25519_raw(scalar: [u8; 32], point: [u8; 32]) -> [u8; 32] {

@@ -24,6 +24,9 @@ pub struct RoundConfig {
     /// Shamir threshold within each neighbourhood (the party and its
     /// neighbours); with the complete graph, out of all parties.
     pub threshold: usize,
+    /// How many parties may collude with the coordinator. Rounds whose
+    /// threshold does not outweigh them are refused (see [`Round::new`]).
+    pub max_colluding: usize,
     pub graph: GraphSpec,
     /// Public seed of the neighbour graph (fresh per round).
     pub graph_seed: [u8; 32],
@@ -77,17 +80,12 @@ impl Round {
                 config.threshold
             )));
         }
-        // With t ≤ half a neighbourhood, a coordinator that splits the
-        // holders into two camps could collect t self-mask shares from one
-        // and t mask-key shares from the other; the signed survivor lists
-        // only rule that out when the camps cannot both reach t.
-        if config.active && 2 * config.threshold <= holders {
-            return Err(Error::Config(format!(
-                "active mode needs a threshold above half of each neighbourhood: more than {} of {holders}, got {}",
-                holders / 2,
-                config.threshold
-            )));
-        }
+        check_collusion(
+            config.threshold,
+            holders,
+            config.max_colluding,
+            config.active,
+        )?;
         let session = session_id(&config);
         Ok(Round {
             config,
@@ -113,6 +111,42 @@ impl Round {
     }
 }
 
+/// The bound a round's threshold must meet against `max_colluding`
+/// colluders in every neighbourhood of `holders` (a party and its
+/// neighbours), shared by [`Round::new`], policy validation and
+/// [`crate::graph::recommend_sparse`].
+///
+/// - Always `t > c`: colluders alone never hold `t` shares of anything.
+/// - Active mode (a coordinator that may lie about who dropped): `2t > h + c`.
+///   An honest holder reveals at most one of a party's two secrets, a
+///   colluder both; a coordinator that shows two camps of holders two
+///   survivor lists therefore collects at most `h + c` shares of the two
+///   kinds together, fewer than the `2t` it needs for both. The same count,
+///   applied to the holders of each honest revealer, bounds every sum the
+///   coordinator can unmask from below by `t − c` honest inputs
+///   (docs/threat-model.md gives the argument).
+pub fn check_collusion(
+    threshold: usize,
+    holders: usize,
+    max_colluding: usize,
+    active: bool,
+) -> Result<(), Error> {
+    if max_colluding >= threshold {
+        return Err(Error::Config(format!(
+            "max_colluding ({max_colluding}) must be below the threshold ({threshold}): \
+             colluders alone would hold enough shares to reconstruct secrets"
+        )));
+    }
+    if active && 2 * threshold <= holders + max_colluding {
+        return Err(Error::Config(format!(
+            "active mode needs 2·threshold > holders + max_colluding in every neighbourhood: \
+             2·{threshold} ≤ {holders} + {max_colluding}; use a threshold of at least {}",
+            (holders + max_colluding) / 2 + 1
+        )));
+    }
+    Ok(())
+}
+
 pub fn word_mask(bits: u8) -> u32 {
     if bits >= 32 {
         u32::MAX
@@ -128,6 +162,7 @@ fn session_id(c: &RoundConfig) -> SessionId {
         .u64(c.session.round)
         .u64(u64::from(c.session.task))
         .u64(c.threshold as u64)
+        .u64(c.max_colluding as u64)
         .u64(u64::from(c.bits))
         .u64(c.len as u64)
         .u64(u64::from(c.active))

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 use crate::agreement::DhSecret;
 use crate::config::Round;
-use crate::error::{Error, Misbehaviour, Peer, Phase};
+use crate::error::{Error, Misbehaviour, Peer, Phase, SecretKind};
 use crate::ids::PartyId;
 use crate::message::{
     EncryptedShare, KeyAdvertisement, MaskedVector, Message, MessageKind, RevealedShare,
@@ -23,7 +23,7 @@ use crate::message::{
 };
 use crate::party::{pairwise_seed, self_mask_seed};
 use crate::prg::{apply_all, MaskStream, Sign};
-use crate::shamir::{Interpolator, SecretShare};
+use crate::shamir::{self, Interpolator, SecretShare, SharedSecret};
 use crate::transcript;
 
 /// What the coordinator reports.
@@ -46,6 +46,17 @@ pub struct Aggregate {
     pub contributors: Vec<PartyId>,
     /// Parties that advertised keys but whose input is not in the sum.
     pub dropped: Vec<PartyId>,
+    /// Revealed shares that lay off the polynomial the owner dealt; the sum
+    /// was still recovered exactly from the others.
+    pub bad_shares: Vec<BadShare>,
+}
+
+/// A responder revealed a share of `of`'s secret that was not the one dealt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BadShare {
+    pub responder: PartyId,
+    pub of: PartyId,
+    pub secret: SecretKind,
 }
 
 /// Counters about the coordinator's work.
@@ -198,7 +209,7 @@ impl Coordinator {
                 if adverts.contains_key(&from) {
                     return Err(bad(Misbehaviour::Replay));
                 }
-                let msg = transcript::advertisement(&round.session, from, &a.enc_key, &a.mask_key);
+                let msg = transcript::advert(&round.session, &a);
                 if !round.config.roster[&from].verify(&msg, &a.signature) {
                     return Err(bad(Misbehaviour::BadSignature { signer: from }));
                 }
@@ -503,31 +514,19 @@ impl Coordinator {
                 key_shares.entry(of).or_default().push(share);
             }
         }
-        let mut lagrange: HashMap<Vec<PartyId>, Interpolator> = HashMap::new();
-        let mut combine = |of: PartyId, shares: Option<&Vec<SecretShare>>| {
-            let shares = shares.map(Vec::as_slice).unwrap_or(&[]);
-            if shares.len() < t {
-                return Err(Error::NotEnoughShares {
-                    of,
-                    have: shares.len(),
-                    needed: t,
-                });
-            }
-            let used = &shares[..t];
-            let holders: Vec<PartyId> = used.iter().map(|s| s.holder).collect();
-            let interp = match lagrange.entry(holders) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let i = Interpolator::new(e.key()).expect("holders are distinct responders");
-                    e.insert(i)
-                }
-            };
-            Ok(interp.combine(used))
+        let mut opener = Opener {
+            threshold: t,
+            max_colluding: self.round.config.max_colluding,
+            lagrange: HashMap::new(),
+            bad: BTreeSet::new(),
         };
 
         let mut streams: Vec<(MaskStream, Sign)> = Vec::new();
         for &v in &u3 {
-            let b = combine(v, seed_shares.get(&v))?;
+            let commitment = u1[&v].seed_commitment;
+            let b = opener.open(v, SecretKind::SelfMaskSeed, seed_shares.get_mut(&v), |b| {
+                commitment.opens_to(&session, v, b)
+            })?;
             streams.push((MaskStream::new(&self_mask_seed(&session, v, &b)), Sign::Sub));
         }
         let dropped: Vec<PartyId> = u2
@@ -536,15 +535,12 @@ impl Coordinator {
             .filter(|v| u3.binary_search(v).is_err())
             .collect();
         for &v in &dropped {
-            let scalar = combine(v, key_shares.get(&v))?;
+            let advertised = u1[&v].mask_key;
+            let scalar = opener.open(v, SecretKind::MaskKey, key_shares.get_mut(&v), |m| {
+                let derived = DhSecret::from_mask_scalar(&session, v, m).public();
+                bool::from(derived.as_bytes().ct_eq(advertised.as_bytes()))
+            })?;
             let secret = DhSecret::from_mask_scalar(&session, v, &scalar);
-            let advertised = &u1[&v].mask_key;
-            if !bool::from(secret.public().as_bytes().ct_eq(advertised.as_bytes())) {
-                return Err(Error::misbehaved(
-                    Peer::Party(v),
-                    Misbehaviour::ReconstructionMismatch { of: v },
-                ));
-            }
             for w in self.round.graph.neighbours(v) {
                 if u3.binary_search(&w).is_err() {
                     continue;
@@ -568,7 +564,73 @@ impl Coordinator {
                 .filter(|v| u3.binary_search(v).is_err())
                 .collect(),
             contributors: u3,
+            bad_shares: opener.bad.into_iter().collect(),
         })
+    }
+}
+
+/// Reconstructs the secrets owed at unmasking, each checked against what
+/// its owner committed to. Lagrange coefficients are computed once per set
+/// of responders; responders already caught with a bad share are used last.
+struct Opener {
+    threshold: usize,
+    max_colluding: usize,
+    lagrange: HashMap<Vec<PartyId>, Interpolator>,
+    bad: BTreeSet<BadShare>,
+}
+
+impl Opener {
+    fn open(
+        &mut self,
+        of: PartyId,
+        secret: SecretKind,
+        shares: Option<&mut Vec<SecretShare>>,
+        accept: impl Fn(&SharedSecret) -> bool,
+    ) -> Result<SharedSecret, Error> {
+        let mut none = Vec::new();
+        let shares = shares.unwrap_or(&mut none);
+        let t = self.threshold;
+        if shares.len() < t {
+            return Err(Error::NotEnoughShares {
+                of,
+                have: shares.len(),
+                needed: t,
+            });
+        }
+        let suspect =
+            |s: &SecretShare, bad: &BTreeSet<BadShare>| bad.iter().any(|b| b.responder == s.holder);
+        shares.sort_by_key(|s| suspect(s, &self.bad));
+        let used = &shares[..t];
+        let holders: Vec<PartyId> = used.iter().map(|s| s.holder).collect();
+        let interp = match self.lagrange.entry(holders) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let i = Interpolator::new(e.key()).expect("responders are distinct");
+                e.insert(i)
+            }
+        };
+        let first = interp
+            .combine(used)
+            .expect("one share per holder, in the holders' order");
+        if accept(&first) {
+            return Ok(first);
+        }
+        let found = shamir::recover(shares, t, self.max_colluding, &accept)
+            .expect("enough distinct shares, checked above");
+        let Some(found) = found else {
+            return Err(Error::SecretUnrecoverable {
+                of,
+                secret,
+                shares: shares.len(),
+            });
+        };
+        self.bad
+            .extend(found.bad_holders.iter().map(|&responder| BadShare {
+                responder,
+                of,
+                secret,
+            }));
+        Ok(found.secret)
     }
 }
 

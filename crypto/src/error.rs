@@ -107,7 +107,8 @@ impl fmt::Display for InvalidMessage {
             InvalidMessage::UnsupportedVersion(v) => {
                 write!(
                     f,
-                    "unsupported wire version {v} (this build speaks version 1)"
+                    "unsupported wire version {v} (this build speaks version {})",
+                    crate::message::WIRE_VERSION
                 )
             }
             InvalidMessage::UnknownKind(k) => write!(f, "unknown message kind {k}"),
@@ -159,8 +160,6 @@ pub enum Misbehaviour {
     AskedForBothShares { of: PartyId },
     /// The same party re-sent a message it had already sent this phase.
     Replay,
-    /// A reconstructed mask key does not match the key the party advertised.
-    ReconstructionMismatch { of: PartyId },
     /// A list contained a party that is not a neighbour.
     NotNeighbour(PartyId),
 }
@@ -205,12 +204,26 @@ impl fmt::Display for Misbehaviour {
                 "asked for both the self-mask share and the mask-key share of party {of}"
             ),
             Misbehaviour::Replay => f.write_str("message already received in this phase"),
-            Misbehaviour::ReconstructionMismatch { of } => write!(
-                f,
-                "reconstructed mask key of party {of} does not match its advertised key"
-            ),
             Misbehaviour::NotNeighbour(p) => write!(f, "party {p} is not a neighbour"),
         }
+    }
+}
+
+/// Which of a party's two shared secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SecretKind {
+    /// `b_u`, which removes the self-mask of a survivor.
+    SelfMaskSeed,
+    /// The mask-key scalar, which removes a dropout's pairwise masks.
+    MaskKey,
+}
+
+impl fmt::Display for SecretKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SecretKind::SelfMaskSeed => "self-mask seed",
+            SecretKind::MaskKey => "mask key",
+        })
     }
 }
 
@@ -238,6 +251,14 @@ pub enum Error {
         of: PartyId,
         have: usize,
         needed: usize,
+    },
+    /// The revealed shares of a secret did not open its commitment (for a
+    /// mask key, its advertised public key) under any subset tried: too
+    /// many responders sent bad shares, or the owner dealt inconsistent ones.
+    SecretUnrecoverable {
+        of: PartyId,
+        secret: SecretKind,
+        shares: usize,
     },
     /// The round parameters are unusable.
     Config(String),
@@ -276,6 +297,11 @@ impl fmt::Display for Error {
             Error::NotEnoughShares { of, have, needed } => write!(
                 f,
                 "round aborted in phase unmasking: {have} shares of party {of} arrived, at least {needed} needed"
+            ),
+            Error::SecretUnrecoverable { of, secret, shares } => write!(
+                f,
+                "round aborted in phase unmasking: the {shares} revealed shares of party {of}'s {secret} \
+                 do not open what it committed to; some responders sent bad shares or party {of} dealt inconsistent ones"
             ),
             Error::Config(msg) => write!(f, "invalid round configuration: {msg}"),
             Error::Closed => f.write_str("the round has already finished or aborted"),

@@ -151,8 +151,11 @@ fn uniform_below(rng: &mut ChaCha20Rng, bound: u64) -> u64 {
 /// SecAgg+ parameters for `n` parties, in the manner of Bell et al. 2020:
 /// the smallest even degree `k` and a threshold `t` such that, in every one of
 /// the `n` neighbourhoods (the party and its `k` neighbours), by a union bound
-/// (1) fewer than `t` holders are corrupt except with probability 2^-σ, and
-/// (2) at least `t` holders survive except with probability 2^-η.
+/// (1) a coordinator lying about dropouts cannot reach both of a party's
+/// secrets: `2t > (k + 1) + c` for the hard cap `c = max_colluding`, and
+/// the number of corrupt holders reaches `2t − (k + 1)` with probability
+/// at most 2^-σ at the given corruption rate (which also keeps it below
+/// `t`); and (2) at least `t` holders survive except with probability 2^-η.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SparseParams {
     pub degree: u32,
@@ -163,6 +166,7 @@ pub fn recommend_sparse(
     n: usize,
     dropout_rate: f64,
     corruption_rate: f64,
+    max_colluding: usize,
     sigma: f64,
     eta: f64,
 ) -> Option<SparseParams> {
@@ -173,11 +177,12 @@ pub fn recommend_sparse(
     let mut k = 2;
     while k < n {
         let holders = k + 1;
-        // Thresholds above half the neighbourhood also stop a coordinator
-        // that asks half the holders for one share and half for the other.
-        let lowest = holders / 2 + 1;
+        let lowest = (holders + max_colluding) / 2 + 1;
         for t in lowest..=holders {
-            let leak = binomial_tail_at_least(holders, corruption_rate, t);
+            if crate::config::check_collusion(t, holders, max_colluding, true).is_err() {
+                continue;
+            }
+            let leak = binomial_tail_at_least(holders, corruption_rate, 2 * t - holders);
             let fail = binomial_tail_at_least(holders, dropout_rate, holders - t + 1);
             if leak.log2() + union <= -sigma && fail.log2() + union <= -eta {
                 return Some(SparseParams {

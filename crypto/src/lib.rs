@@ -16,8 +16,11 @@
 //! - a message that fails a check is refused and changes no state;
 //! - the coordinator holds one running sum, never a vector per party.
 
+#[cfg(test)]
+mod adversary;
 pub mod agreement;
 mod codec;
+pub mod commitment;
 pub mod config;
 pub mod coordinator;
 pub mod error;
@@ -35,8 +38,8 @@ pub mod sim;
 mod transcript;
 
 pub use config::{Round, RoundConfig};
-pub use coordinator::{Aggregate, Coordinator, Event};
-pub use error::{Error, InvalidMessage, Misbehaviour, Peer, Phase};
+pub use coordinator::{Aggregate, BadShare, Coordinator, Event};
+pub use error::{Error, InvalidMessage, Misbehaviour, Peer, Phase, SecretKind};
 pub use graph::GraphSpec;
 pub use identity::{IdentityKey, IdentityPublicKey};
 pub use ids::PartyId;

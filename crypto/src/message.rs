@@ -9,6 +9,7 @@ use core::fmt;
 
 use crate::agreement::DhPublicKey;
 use crate::codec::{put_count, put_u32, Reader};
+use crate::commitment::SeedCommitment;
 use crate::config::{word_mask, MAX_BITS, MAX_LEN, MAX_PARTIES, MIN_BITS};
 use crate::error::InvalidMessage;
 use crate::identity::Signature;
@@ -17,7 +18,7 @@ use crate::session::SessionId;
 use crate::shamir::SecretShare;
 use crate::share_box::CIPHERTEXT_LEN;
 
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 const HEADER_LEN: usize = 2 + 32;
 
 /// The kind of a message, for errors and dispatch.
@@ -70,12 +71,13 @@ impl fmt::Display for MessageKind {
     }
 }
 
-/// A party's signed round keys.
+/// A party's signed round keys and its commitment to `b_u`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyAdvertisement {
     pub party: PartyId,
     pub enc_key: DhPublicKey,
     pub mask_key: DhPublicKey,
+    pub seed_commitment: SeedCommitment,
     pub signature: Signature,
 }
 
@@ -296,7 +298,7 @@ impl Message {
     }
 }
 
-const ADVERT_LEN: usize = 4 + 32 + 32 + 64;
+const ADVERT_LEN: usize = 4 + 32 + 32 + 32 + 64;
 const SIG_ENTRY_LEN: usize = 4 + 64;
 const SHARE_ENTRY_LEN: usize = 4 + 32;
 
@@ -304,6 +306,7 @@ fn put_advert(out: &mut Vec<u8>, a: &KeyAdvertisement) {
     put_u32(out, a.party.0);
     out.extend_from_slice(&a.enc_key.0);
     out.extend_from_slice(&a.mask_key.0);
+    out.extend_from_slice(&a.seed_commitment.0);
     out.extend_from_slice(&a.signature.0);
 }
 
@@ -312,6 +315,7 @@ fn read_advert(r: &mut Reader<'_>) -> Result<KeyAdvertisement, InvalidMessage> {
         party: PartyId(r.u32()?),
         enc_key: DhPublicKey(r.array()?),
         mask_key: DhPublicKey(r.array()?),
+        seed_commitment: SeedCommitment(r.array()?),
         signature: Signature(r.array()?),
     })
 }

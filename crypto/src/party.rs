@@ -12,6 +12,7 @@ use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
 use crate::agreement::{DhPublicKey, DhSecret};
+use crate::commitment::SeedCommitment;
 use crate::config::Round;
 use crate::error::{Error, InvalidMessage, Misbehaviour, Peer, Phase};
 use crate::identity::IdentityKey;
@@ -22,6 +23,8 @@ use crate::message::{
     UnmaskRequest, UnmaskResponse,
 };
 use crate::prg::{apply_all, MaskSeed, MaskStream, Sign};
+#[cfg(test)]
+use crate::shamir::SecretShare;
 use crate::shamir::{split, SharedSecret};
 use crate::share_box::{open, seal, SharePair, ShareSecret};
 use crate::transcript;
@@ -55,6 +58,8 @@ struct AwaitRoster {
     enc: DhSecret,
     mask_scalar: SharedSecret,
     mask: DhSecret,
+    /// `b_u`, drawn now so that its commitment is signed with the keys.
+    seed: SharedSecret,
     input: Zeroizing<Vec<u32>>,
 }
 
@@ -71,7 +76,6 @@ struct AwaitDelivery {
 
 /// Everything the share-keys step makes, before the phase changes.
 struct PreparedShares {
-    seed: SharedSecret,
     own: SharePair,
     out: Vec<EncryptedShare>,
     secrets: BTreeMap<PartyId, ShareSecret>,
@@ -152,18 +156,22 @@ impl Party {
         let enc = DhSecret::random(rng);
         let mask_scalar = SharedSecret::random(rng);
         let mask = DhSecret::from_mask_scalar(&round.session, id, &mask_scalar);
+        let seed = SharedSecret::random(rng);
+        let seed_commitment = SeedCommitment::to(&round.session, id, &seed);
         let (enc_key, mask_key) = (enc.public(), mask.public());
         let signature = identity.sign(&transcript::advertisement(
             &round.session,
             id,
             &enc_key,
             &mask_key,
+            &seed_commitment,
         ));
         let mut outgoing = VecDeque::new();
         outgoing.push_back(Message::AdvertiseKeys(KeyAdvertisement {
             party: id,
             enc_key,
             mask_key,
+            seed_commitment,
             signature,
         }));
         Ok(Party {
@@ -174,6 +182,7 @@ impl Party {
                 enc,
                 mask_scalar,
                 mask,
+                seed,
                 input,
             })),
             outgoing,
@@ -229,7 +238,6 @@ impl Party {
             (ClientPhase::AwaitRoster(st), Message::KeyRoster(list)) => {
                 let peers = self.check_roster(list)?;
                 let PreparedShares {
-                    seed,
                     own,
                     out,
                     secrets: share_secrets,
@@ -242,7 +250,7 @@ impl Party {
                 ClientPhase::AwaitDelivery(Box::new(AwaitDelivery {
                     share_secrets,
                     mask: st.mask,
-                    seed,
+                    seed: st.seed,
                     input: st.input,
                     peers,
                     own,
@@ -323,9 +331,7 @@ impl Party {
                 return Err(self.coordinator(Misbehaviour::NotNeighbour(a.party)));
             }
             let key = self.round.config.roster[&a.party];
-            let msg =
-                transcript::advertisement(&self.round.session, a.party, &a.enc_key, &a.mask_key);
-            if !key.verify(&msg, &a.signature) {
+            if !key.verify(&transcript::advert(&self.round.session, &a), &a.signature) {
                 return Err(Error::misbehaved(
                     Peer::Party(a.party),
                     Misbehaviour::BadSignature { signer: a.party },
@@ -347,21 +353,20 @@ impl Party {
         Ok(peers)
     }
 
-    /// Draws `b_u`, shares it and the mask-key scalar among this party and
-    /// its advertised neighbours, and encrypts each neighbour's pair.
+    /// Shares `b_u` and the mask-key scalar among this party and its
+    /// advertised neighbours, and encrypts each neighbour's pair.
     fn prepare_shares(
         &self,
         st: &AwaitRoster,
         peers: &BTreeMap<PartyId, KeyAdvertisement>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<PreparedShares, Error> {
-        let seed = SharedSecret::random(rng);
         let mut holders: Vec<PartyId> = peers.keys().copied().collect();
         holders.push(self.id);
         holders.sort_unstable();
         let t = self.threshold();
         let key_shares = split(&st.mask_scalar, &holders, t, rng).expect("threshold checked");
-        let seed_shares = split(&seed, &holders, t, rng).expect("threshold checked");
+        let seed_shares = split(&st.seed, &holders, t, rng).expect("threshold checked");
         let mut own = None;
         let mut out = Vec::with_capacity(peers.len());
         let mut secrets = BTreeMap::new();
@@ -391,12 +396,7 @@ impl Party {
             });
         }
         let own = own.expect("the party is among its own holders");
-        Ok(PreparedShares {
-            seed,
-            own,
-            out,
-            secrets,
-        })
+        Ok(PreparedShares { own, out, secrets })
     }
 
     /// Opens every delivered ciphertext and derives every pairwise seed
@@ -569,6 +569,35 @@ impl Party {
                 key_shares,
             }));
         ClientPhase::Done
+    }
+}
+
+/// What a colluding party hands a lying coordinator (tests only).
+#[cfg(test)]
+impl Party {
+    /// Its own `b_u` and mask secret, while it still holds them.
+    pub(crate) fn leak_secrets(&self) -> (SharedSecret, DhSecret) {
+        match &self.phase {
+            ClientPhase::AwaitDelivery(st) => (SharedSecret(st.seed.0), st.mask.leak()),
+            _ => panic!("secrets are held only until the masked input"),
+        }
+    }
+
+    /// Every share it holds, of both kinds: `(owner, seed share, key share)`.
+    pub(crate) fn leak_held(&self) -> Vec<(PartyId, SecretShare, SecretShare)> {
+        let held = match &self.phase {
+            ClientPhase::AwaitSurvivors(st) => &st.held,
+            ClientPhase::AwaitUnmask(st) => &st.held,
+            _ => panic!("shares are held after the masked input"),
+        };
+        let copy = |s: &SecretShare| SecretShare {
+            holder: s.holder,
+            value: s.value,
+        };
+        held.shares
+            .iter()
+            .map(|(o, p)| (*o, copy(&p.seed_share), copy(&p.key_share)))
+            .collect()
     }
 }
 

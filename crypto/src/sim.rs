@@ -46,6 +46,10 @@ pub type Tamper = Box<dyn FnMut(PartyId, &mut Message)>;
 /// Sees every message a party sends that reaches the coordinator.
 pub type Observer = Box<dyn FnMut(PartyId, &Message)>;
 
+/// Rewrites a message a party sends before the coordinator sees it: how
+/// tests play a lying party.
+pub type PartyTamper = Box<dyn FnMut(PartyId, &mut Message)>;
+
 type Slot = (Party, ChaCha20Rng);
 
 pub struct Sim<M: Meter = NoMeter> {
@@ -56,6 +60,7 @@ pub struct Sim<M: Meter = NoMeter> {
     gone: BTreeSet<PartyId>,
     time: Instant,
     tamper: Option<Tamper>,
+    party_tamper: Option<PartyTamper>,
     observer: Option<Observer>,
     threads: usize,
     /// Errors parties raised on refusing a coordinator message.
@@ -130,6 +135,7 @@ impl<M: Meter> Sim<M> {
             gone: BTreeSet::new(),
             time,
             tamper: None,
+            party_tamper: None,
             observer: None,
             threads: 1,
             party_errors: Vec::new(),
@@ -144,6 +150,10 @@ impl<M: Meter> Sim<M> {
 
     pub fn set_tamper(&mut self, tamper: Tamper) {
         self.tamper = Some(tamper);
+    }
+
+    pub fn set_party_tamper(&mut self, tamper: PartyTamper) {
+        self.party_tamper = Some(tamper);
     }
 
     pub fn set_observer(&mut self, observer: Observer) {
@@ -242,7 +252,12 @@ impl<M: Meter> Sim<M> {
             self.gone.extend(out.went_silent);
             self.party_errors.extend(out.errors);
             let moved = delivered || !out.sent.is_empty();
-            for (id, bytes) in out.sent {
+            for (id, mut bytes) in out.sent {
+                if let Some(t) = self.party_tamper.as_mut() {
+                    let (_, mut msg) = Message::decode(&bytes).expect("own encoding decodes");
+                    t(id, &mut msg);
+                    bytes = msg.encode(&session);
+                }
                 if let Some(o) = self.observer.as_mut() {
                     let (_, msg) = Message::decode(&bytes).expect("own encoding decodes");
                     o(id, &msg);
@@ -306,6 +321,8 @@ pub struct Scenario {
     pub len: usize,
     pub bits: u8,
     pub threshold: usize,
+    /// Parties assumed to collude with the coordinator (bounds the threshold).
+    pub max_colluding: usize,
     pub graph: crate::graph::GraphSpec,
     pub active: bool,
     pub seed: u64,
@@ -339,6 +356,7 @@ impl Scenario {
             },
             roster: identities.iter().map(|(id, k)| (*id, k.public())).collect(),
             threshold: self.threshold,
+            max_colluding: self.max_colluding,
             graph: self.graph,
             graph_seed,
             bits: self.bits,

@@ -17,6 +17,9 @@ fn samples() -> Vec<Message> {
         party: PartyId(p),
         enc_key: shroud_crypto::agreement::DhSecret::random(&mut rand_core::OsRng).public(),
         mask_key: shroud_crypto::agreement::DhSecret::random(&mut rand_core::OsRng).public(),
+        seed_commitment: shroud_crypto::commitment::SeedCommitment::from_bytes(
+            [p as u8 ^ 0x5a; 32],
+        ),
         signature: shroud_crypto::identity::Signature::from_bytes([p as u8; 64]),
     };
     vec![
@@ -64,10 +67,10 @@ fn samples_round_trip() {
 fn specific_malformations_get_specific_errors() {
     let ok = Message::SurvivorList(vec![PartyId(1), PartyId(2)]).encode(&session());
     let mut v = ok.clone();
-    v[0] = 2;
+    v[0] = 1;
     assert_eq!(
         Message::decode(&v).unwrap_err(),
-        InvalidMessage::UnsupportedVersion(2)
+        InvalidMessage::UnsupportedVersion(1)
     );
     let mut v = ok.clone();
     v[1] = 200;

@@ -165,6 +165,7 @@ fn masked_input_words_are_uniform() {
             len: 200_000,
             bits: 8,
             threshold: 3,
+            max_colluding: 0,
             graph,
             active: false,
             seed: 99,
@@ -223,12 +224,18 @@ fn harary_graphs_are_regular_and_symmetric() {
 
 #[test]
 fn sparse_parameters_grow_with_risk() {
-    let low = recommend_sparse(1000, 0.05, 0.05, 40.0, 20.0).unwrap();
-    let high = recommend_sparse(1000, 0.2, 0.2, 40.0, 20.0).unwrap();
+    let low = recommend_sparse(1000, 0.05, 0.05, 0, 40.0, 20.0).unwrap();
+    let high = recommend_sparse(1000, 0.2, 0.2, 0, 40.0, 20.0).unwrap();
     assert!(high.degree > low.degree, "{low:?} {high:?}");
-    for p in [low, high] {
-        assert!(2 * p.threshold > p.degree as usize + 1);
-        assert!(p.threshold <= p.degree as usize + 1);
+    // A hard cap on colluders raises the threshold it must outweigh.
+    let capped = recommend_sparse(1000, 0.05, 0.05, 30, 40.0, 20.0).unwrap();
+    assert!(capped.threshold > low.threshold, "{low:?} {capped:?}");
+    for (p, c) in [(low, 0), (high, 0), (capped, 30)] {
+        let holders = p.degree as usize + 1;
+        assert!(2 * p.threshold > holders + c, "{p:?} with {c} colluders");
+        assert!(p.threshold <= holders);
+        // The recommendation is a round the protocol accepts.
+        shroud_crypto::config::check_collusion(p.threshold, holders, c, true).unwrap();
     }
     // Still far below the complete graph.
     assert!(high.degree < 999);

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use shroud_crypto::sim::{plain_sum, NoMeter, Scenario};
-use shroud_crypto::{Error, GraphSpec, Message, Misbehaviour, PartyId, Peer, Phase};
+use shroud_crypto::{Error, GraphSpec, Message, Misbehaviour, PartyId, Peer, Phase, SecretKind};
 
 fn scenario(parties: u32, graph: GraphSpec, threshold: usize, bits: u8, len: usize) -> Scenario {
     Scenario {
@@ -12,6 +12,7 @@ fn scenario(parties: u32, graph: GraphSpec, threshold: usize, bits: u8, len: usi
         len,
         bits,
         threshold,
+        max_colluding: 0,
         graph,
         active: false,
         seed: 7,
@@ -303,12 +304,39 @@ fn lying_coordinator_forwarding_signatures_over_another_list_is_caught() {
 }
 
 #[test]
-fn active_mode_requires_threshold_above_half() {
-    let mut s = scenario(8, GraphSpec::Complete, 4, 16, 4);
+fn thresholds_must_outweigh_colluders() {
+    let refused = |n, t, c, active| {
+        let mut s = scenario(n, GraphSpec::Complete, t, 16, 4);
+        s.max_colluding = c;
+        s.active = active;
+        let ids = s.identities();
+        s.round(&ids).err().map(|e| e.to_string())
+    };
+    // The split-view cases of the attack: 2t ≤ holders + colluders.
+    for (n, t, c) in [(8, 4, 0), (8, 5, 2), (7, 4, 1)] {
+        let err = refused(n, t, c, true).expect("refused");
+        assert!(
+            err.contains("2·threshold > holders + max_colluding"),
+            "{err}"
+        );
+    }
+    assert_eq!(refused(8, 6, 2, true), None);
+    assert_eq!(refused(7, 5, 1, true), None);
+    // Colluders must never hold a threshold of shares on their own.
+    let err = refused(8, 3, 3, false).expect("refused");
+    assert!(err.contains("must be below the threshold"), "{err}");
+    assert_eq!(refused(8, 3, 2, false), None);
+    // The bound holds per neighbourhood in SecAgg+ (k = 6: 7 holders).
+    let mut s = scenario(12, GraphSpec::Regular { degree: 6 }, 4, 16, 4);
+    s.max_colluding = 1;
     s.active = true;
     let ids = s.identities();
-    let err = s.round(&ids).unwrap_err();
-    assert!(err.to_string().contains("above half"), "{err}");
+    assert!(s.round(&ids).is_err(), "2·4 ≤ 7 + 1 must be refused");
+    s.threshold = 5;
+    s.max_colluding = 3;
+    assert!(s.round(&ids).is_err(), "2·5 ≤ 7 + 3 must be refused");
+    s.max_colluding = 2;
+    assert!(s.round(&ids).is_ok());
 }
 
 #[test]
@@ -383,5 +411,122 @@ fn tampered_key_signature_is_rejected() {
             }
         ),
         "{err:?}"
+    );
+}
+
+/// Runs a round in which `liar` rewrites its unmask response, and returns
+/// the outcome with the inputs.
+fn with_lying_responder(
+    s: &Scenario,
+    drops: &[(u32, Phase)],
+    liar: u32,
+    lie: impl Fn(&mut shroud_crypto::message::UnmaskResponse) + 'static,
+) -> (
+    Result<shroud_crypto::Aggregate, Error>,
+    BTreeMap<PartyId, Vec<u32>>,
+) {
+    let inputs = s.inputs();
+    let mut sim = s.sim(&inputs, NoMeter).unwrap();
+    for &(p, phase) in drops {
+        sim.drop_party(PartyId(p), phase);
+    }
+    sim.set_party_tamper(Box::new(move |from, msg| {
+        if let (true, Message::UnmaskResponse(r)) = (from == PartyId(liar), msg) {
+            lie(r);
+        }
+    }));
+    (sim.run(), inputs)
+}
+
+/// Swaps the share values of the first two entries: each becomes a valid
+/// scalar that is not the share dealt.
+fn swap_first_two(list: &mut [shroud_crypto::message::RevealedShare]) {
+    let (a, b) = list.split_at_mut(1);
+    std::mem::swap(&mut a[0].share, &mut b[0].share);
+}
+
+#[test]
+fn a_bad_self_mask_share_is_caught_and_its_sender_named() {
+    // Eight parties, t = 5, everyone answers: one bad share among eight is
+    // within the error-correction radius, so the sum is exact.
+    let s = scenario(8, GraphSpec::Complete, 5, 16, 64);
+    let (res, inputs) = with_lying_responder(&s, &[], 3, |r| swap_first_two(&mut r.seed_shares));
+    let agg = res.expect("one bad share does not stop the round");
+    assert_eq!(agg.sum, plain_sum(&inputs, &agg.contributors, 16));
+    // Party 3 is named; once caught, its shares are used last, so its bad
+    // share of party 1 need not even be looked at.
+    assert_eq!(
+        agg.bad_shares
+            .first()
+            .map(|b| (b.responder, b.of, b.secret)),
+        Some((PartyId(3), PartyId(0), SecretKind::SelfMaskSeed))
+    );
+    assert!(
+        agg.bad_shares.iter().all(|b| b.responder == PartyId(3)),
+        "{:?}",
+        agg.bad_shares
+    );
+}
+
+#[test]
+fn a_bad_mask_key_share_blames_its_sender_not_the_dropout() {
+    // Parties 6 and 7 drop after sharing their keys; party 2 swaps the two
+    // mask-key shares it reveals. Six responders for t = 5: only other
+    // subsets of five shares find the keys.
+    let s = scenario(8, GraphSpec::Complete, 5, 16, 64);
+    let drops = [(6, Phase::MaskedInput), (7, Phase::MaskedInput)];
+    let (res, inputs) = with_lying_responder(&s, &drops, 2, |r| swap_first_two(&mut r.key_shares));
+    let agg = res.expect("the keys are recovered from the honest shares");
+    assert_eq!(agg.dropped, vec![PartyId(6), PartyId(7)]);
+    assert_eq!(agg.sum, plain_sum(&inputs, &agg.contributors, 16));
+    assert!(!agg.bad_shares.is_empty());
+    assert!(
+        agg.bad_shares
+            .iter()
+            .all(|b| b.responder == PartyId(2) && b.secret == SecretKind::MaskKey),
+        "{:?}",
+        agg.bad_shares
+    );
+}
+
+#[test]
+fn blame_needs_more_agreeing_shares_than_colluders_could_steer() {
+    // The same lie with one colluder allowed: five agreeing shares could be
+    // four honest ones plus a colluder's, so the key is recovered (its
+    // public key proves it) but nobody is named.
+    let mut s = scenario(8, GraphSpec::Complete, 5, 16, 64);
+    s.max_colluding = 1;
+    let drops = [(6, Phase::MaskedInput), (7, Phase::MaskedInput)];
+    let (res, inputs) = with_lying_responder(&s, &drops, 2, |r| swap_first_two(&mut r.key_shares));
+    let agg = res.expect("the keys are recovered");
+    assert_eq!(agg.sum, plain_sum(&inputs, &agg.contributors, 16));
+    assert!(agg.bad_shares.is_empty(), "{:?}", agg.bad_shares);
+}
+
+#[test]
+fn too_many_bad_shares_abort_naming_the_secret() {
+    // Six parties, t = 5, two liars: every five shares include a bad one.
+    let s = scenario(6, GraphSpec::Complete, 5, 16, 8);
+    let inputs = s.inputs();
+    let mut sim = s.sim(&inputs, NoMeter).unwrap();
+    sim.set_party_tamper(Box::new(|from, msg| {
+        if let Message::UnmaskResponse(r) = msg {
+            if from == PartyId(1) || from == PartyId(4) {
+                swap_first_two(&mut r.seed_shares);
+            }
+        }
+    }));
+    let err = sim.run().unwrap_err();
+    assert_eq!(
+        err,
+        Error::SecretUnrecoverable {
+            of: PartyId(0),
+            secret: SecretKind::SelfMaskSeed,
+            shares: 6
+        }
+    );
+    assert!(
+        err.to_string().contains("party 0's self-mask seed"),
+        "{err}"
     );
 }

@@ -28,6 +28,7 @@ impl Rig {
             len: 64,
             bits: 16,
             threshold: 3,
+            max_colluding: 0,
             graph: GraphSpec::Complete,
             active,
             seed: 11,

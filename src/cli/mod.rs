@@ -183,6 +183,11 @@ struct SecaggSimFlags {
     /// Tolerated fraction of corrupt parties, for --neighbors auto.
     #[arg(long, default_value_t = 0.05)]
     corruption: f64,
+    /// Parties that may collude with the coordinator: the threshold must
+    /// exceed it, and with --active 2·threshold must exceed the
+    /// neighbourhood plus it.
+    #[arg(long, default_value_t = 0)]
+    colluding: usize,
     /// Words are taken mod 2^bits (8 to 32).
     #[arg(long, default_value_t = 32)]
     bits: u8,
@@ -237,6 +242,7 @@ fn secagg_sim(f: SecaggSimFlags) -> Result<()> {
         neighbours: parse_neighbours(&f.neighbors)?,
         threshold: f.threshold,
         corruption: f.corruption,
+        max_colluding: f.colluding,
         bits: f.bits,
         active: f.active,
         seed: f.seed,
