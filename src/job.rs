@@ -281,9 +281,12 @@ enum TaskOutcome {
 }
 
 /// The secure-aggregation round of one task: the policy's threshold,
-/// neighbour graph, consistency check and deadline over `identities`, with
-/// the graph seed public and bound to the job, round and task. Coordinator
-/// and parties build it alike from the policy and the cohort's public keys.
+/// collusion bound, neighbour graph, consistency check and deadline over
+/// `cohort`, with the graph seed public and bound to the job, round and
+/// task. Coordinator and parties build it alike from their own policy and
+/// the cohort's public keys; a cohort smaller than the policy's
+/// `min_survivors` (at least its threshold) is refused, never run with a
+/// smaller threshold.
 pub fn protocol_round(
     policy: &Policy,
     job: &str,
@@ -294,16 +297,24 @@ pub fn protocol_round(
     len: usize,
 ) -> Result<Round, shroud_crypto::Error> {
     let n = cohort.len();
+    let c = &policy.consortium;
+    if n < c.min_survivors {
+        return Err(shroud_crypto::Error::Config(format!(
+            "the cohort has {n} parties; the policy needs at least {} (threshold {}, min_survivors {})",
+            c.min_survivors, c.threshold, c.min_survivors
+        )));
+    }
     Round::new(RoundConfig {
         session: SessionParams {
-            consortium: policy.consortium.id.clone(),
+            consortium: c.id.clone(),
             job: job.to_string(),
             round: u64::from(round),
             task,
         },
         roster: cohort.iter().copied().collect(),
-        threshold: policy.consortium.threshold.min(n),
-        graph: match policy.consortium.neighbours {
+        threshold: c.threshold,
+        max_colluding: c.max_colluding,
+        graph: match c.neighbours {
             // A cohort smaller than the graph's degree is complete.
             Neighbours::Fixed(k) if (k as usize) < n.saturating_sub(1) => {
                 GraphSpec::Regular { degree: k }
@@ -313,8 +324,8 @@ pub fn protocol_round(
         graph_seed: public_seed("graph", job, round, task),
         bits,
         len,
-        active: policy.consortium.active,
-        phase_timeout: std::time::Duration::from_secs_f64(policy.consortium.phase_timeout_secs),
+        active: c.active,
+        phase_timeout: std::time::Duration::from_secs_f64(c.phase_timeout_secs),
     })
 }
 

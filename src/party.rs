@@ -14,7 +14,8 @@ use rand_chacha::rand_core::{OsRng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use reqwest::{Method, StatusCode};
 use sha2::{Digest, Sha256};
-use shroud_crypto::{IdentityKey, IdentityPublicKey, Party, PartyId};
+use shroud_crypto::message::MessageKind;
+use shroud_crypto::{IdentityKey, Party, PartyId};
 use zeroize::Zeroizing;
 
 use crate::audit::{self, Canary, PartySample};
@@ -22,10 +23,11 @@ use crate::data::Dataset;
 use crate::dp::encode::EncodingScheme;
 use crate::dp::noise::DiscreteGaussianShare;
 use crate::dp::plan::PrivacyPlan;
-use crate::job::{job_policy, party_input, protocol_round, rotation_seed};
-use crate::net::api::{JobStatus, LiveTask, PartySetup};
+use crate::job::{job_policy, party_input, rotation_seed};
+use crate::net::api::{JobStatus, PartySetup};
 use crate::net::auth::Signer;
 use crate::net::client::{ok, ok_bytes, Body, Client, ClientError};
+use crate::party_session::{Admission, PartySession, SessionState, TaskKind};
 use crate::policy::{Policy, Unit};
 use crate::strategy::fedavg::FedAvg;
 use crate::strategy::{PartyView, Strategy, TaskSpec};
@@ -61,6 +63,10 @@ pub struct PartyConfig {
     /// Seed of those dropout decisions (which rounds, which phases), so a
     /// demo's dropouts repeat from run to run.
     pub dropout_seed: u64,
+    /// Where the party records which rounds and audit sums it took part in,
+    /// so that a restarted party refuses a replay as it would have before.
+    /// `None` keeps the record in memory (in-process demos and tests).
+    pub journal: Option<std::path::PathBuf>,
     pub input_tap: Option<mpsc::Sender<ObservedInput>>,
 }
 
@@ -72,6 +78,8 @@ pub struct PartyReport {
     pub rounds_contributed: usize,
     /// Rounds the party left (simulated dropout, or errors it reported).
     pub rounds_missed: usize,
+    /// Tasks the party refused because its own policy does not allow them.
+    pub rounds_refused: usize,
     /// Requests retried after a network failure or a coordinator restart.
     pub retries: usize,
 }
@@ -89,11 +97,50 @@ fn party_secret(seed: &[u8; 32], label: &str, job: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// What a party did in each job, kept in a file (JSON, replaced atomically)
+/// and written before the party acts on it.
+pub struct SessionJournal {
+    path: Option<std::path::PathBuf>,
+    jobs: std::collections::BTreeMap<String, SessionState>,
+}
+
+impl SessionJournal {
+    pub fn open(path: Option<std::path::PathBuf>) -> Result<SessionJournal, String> {
+        let jobs = match &path {
+            Some(p) if p.exists() => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("{}: cannot read the party journal: {e}", p.display()))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("{}: the party journal is not valid: {e}", p.display()))?
+            }
+            _ => Default::default(),
+        };
+        Ok(SessionJournal { path, jobs })
+    }
+
+    pub fn get(&self, job: &str) -> SessionState {
+        self.jobs.get(job).copied().unwrap_or_default()
+    }
+
+    pub fn put(&mut self, job: &str, state: SessionState) -> Result<(), PartyError> {
+        self.jobs.insert(job.to_string(), state);
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let text = serde_json::to_string_pretty(&self.jobs).expect("journal serialises");
+        crate::keyfile::replace_durably(path, text.as_bytes()).map_err(|e| {
+            PartyError::Refusing(format!(
+                "{}: cannot record this party's progress ({e}); refusing to go on without it",
+                path.display()
+            ))
+        })
+    }
+}
+
 /// Everything a party holds for one job.
 struct JobContext {
     job: String,
-    policy: Policy,
-    plan: PrivacyPlan,
+    session: PartySession,
     /// σ of this party's noise share (integer units); `None` without DP.
     noise_std: Option<f64>,
     sample: PartySample,
@@ -125,6 +172,7 @@ pub async fn run(cfg: PartyConfig) -> Result<PartyReport, PartyError> {
         Signer::Party(cfg.id),
         cfg.patience,
     )?;
+    let mut journal = SessionJournal::open(cfg.journal.clone()).map_err(PartyError::Refusing)?;
     let mut report = PartyReport::default();
     let mut done: Vec<String> = Vec::new();
     loop {
@@ -146,7 +194,7 @@ pub async fn run(cfg: PartyConfig) -> Result<PartyReport, PartyError> {
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
         };
-        let state = run_job(&cfg, &mut client, &job.job, &mut report).await?;
+        let state = run_job(&cfg, &mut client, &mut journal, &job.job, &mut report).await?;
         report.jobs.push((job.job.clone(), state));
         done.push(job.job);
         if cfg.once {
@@ -159,6 +207,7 @@ pub async fn run(cfg: PartyConfig) -> Result<PartyReport, PartyError> {
 async fn run_job(
     cfg: &PartyConfig,
     client: &mut Client,
+    journal: &mut SessionJournal,
     job: &str,
     report: &mut PartyReport,
 ) -> Result<String, PartyError> {
@@ -167,7 +216,12 @@ async fn run_job(
         return Err(PartyError::Refusing(format!(
             "the coordinator runs job `{job}` under policy {}…, this party holds {}…; \
              every member must hold the policy the consortium signed off",
-            &setup.policy_hash[..setup.policy_hash.len().min(12)],
+            setup
+                .policy_hash
+                .chars()
+                .take(12)
+                .collect::<String>()
+                .escape_debug(),
             &cfg.policy.hash[..12]
         )));
     }
@@ -238,11 +292,23 @@ async fn run_job(
             .try_into()
             .expect("8 bytes"),
     );
-    let mut ctx = JobContext {
-        job: job.to_string(),
-        strategy: FedAvg::for_policy(&policy, 0),
+    let mut strategy = FedAvg::for_policy(&policy, 0);
+    let ids: Vec<u32> = policy.parties.iter().map(|p| p.id).collect();
+    let tasks_per_round = strategy.plan(1, &ids).tasks.len() as u32;
+    let audit_len = audit::counts_width(&audit::population_attacks(&policy));
+    let session = PartySession::new(
+        cfg.id,
+        job,
         policy,
         plan,
+        tasks_per_round,
+        audit_len,
+        journal.get(job),
+    );
+    let mut ctx = JobContext {
+        job: job.to_string(),
+        strategy,
+        session,
         noise_std,
         sample,
         training,
@@ -271,7 +337,21 @@ async fn run_job(
             continue;
         }
         last = Some((live.round, live.task));
-        match take_part(cfg, client, &mut ctx, &live).await {
+        // The party's own policy decides; a refused task changes nothing.
+        let admission = match ctx.session.admit(&live) {
+            Ok(a) => a,
+            Err(refusal) => {
+                eprintln!(
+                    "party {}: refusing round {} task {} of job `{job}`: {refusal}",
+                    cfg.id, live.round, live.task
+                );
+                report.rounds_refused += 1;
+                continue;
+            }
+        };
+        ctx.session.start(&admission);
+        journal.put(job, ctx.session.state())?;
+        match take_part(cfg, client, &mut ctx, journal, &admission).await {
             Ok(true) => report.rounds_contributed += 1,
             Ok(false) => report.rounds_missed += 1,
             Err(PartyError::Refused { status, body })
@@ -291,21 +371,23 @@ async fn run_job(
     }
 }
 
-/// Takes part in one secure sum. `Ok(false)`: went silent (simulated).
+/// Takes part in one secure sum the session admitted. `Ok(false)`: went
+/// silent (simulated).
 async fn take_part(
     cfg: &PartyConfig,
     client: &mut Client,
     ctx: &mut JobContext,
-    live: &LiveTask,
+    journal: &mut SessionJournal,
+    task: &Admission,
 ) -> Result<bool, PartyError> {
     let job = ctx.job.clone();
-    let base = format!("/v1/jobs/{job}/rounds/{}", live.round);
+    let base = format!("/v1/jobs/{job}/rounds/{}", task.round);
     let r = client
         .send(
             Method::GET,
             &format!("{base}/model"),
             &job,
-            live.round,
+            task.round,
             Body::Empty,
         )
         .await?;
@@ -334,93 +416,73 @@ async fn take_part(
     // CPU work (local training, noise, masking) runs where it does not stall
     // the async workers.
     let words = tokio::task::block_in_place(|| -> Result<Vec<u32>, PartyError> {
-        Ok(if live.kind == "audit" {
-            // The strategy holds the final model (set from `params` above).
-            let attacks = audit::population_attacks(&ctx.policy);
-            audit::party_counts(
-                ctx.strategy.model(),
-                &cfg.data,
-                &ctx.sample,
-                &attacks,
-                ctx.audit_seed,
-            )
-        } else {
-            let task = TaskSpec {
-                id: live.task,
-                label: "update".into(),
-                cohort: live.cohort.clone(),
-                dimension,
-            };
-            let scheme = EncodingScheme::from_plan(
-                &ctx.plan,
-                rotation_seed(&ctx.policy, &job, live.round, live.task),
-            );
-            if scheme.padded != live.len || ctx.plan.bits != live.bits {
-                return Err(PartyError::Refusing(format!(
-                    "the coordinator expects {} words of {} bits; this party's plan gives {} of {}",
-                    live.len, live.bits, scheme.padded, ctx.plan.bits
-                )));
+        let policy = ctx.session.policy();
+        Ok(match task.kind {
+            TaskKind::Audit => {
+                // The strategy holds the final model (set from `params` above).
+                let attacks = audit::population_attacks(policy);
+                audit::party_counts(
+                    ctx.strategy.model(),
+                    &cfg.data,
+                    &ctx.sample,
+                    &attacks,
+                    ctx.audit_seed,
+                )
             }
-            let view = PartyView {
-                id: cfg.id,
-                data: &ctx.training,
-            };
-            // The sampler is built here, on this thread: it is not Send.
-            let noise = ctx
-                .noise_std
-                .map(DiscreteGaussianShare::new)
-                .transpose()
-                .map_err(|e| PartyError::Refusing(e.to_string()))?;
-            party_input(
-                &ctx.strategy,
-                &task,
-                &view,
-                &scheme,
-                noise.as_ref(),
-                &mut ctx.rng,
-            )
-            .map_err(|e| PartyError::Refusing(e.to_string()))?
+            TaskKind::Training => {
+                let spec = TaskSpec {
+                    id: task.task,
+                    label: "update".into(),
+                    cohort: task.cohort.clone(),
+                    dimension,
+                };
+                let scheme = EncodingScheme::from_plan(
+                    ctx.session.plan(),
+                    rotation_seed(policy, &job, task.round, task.task),
+                );
+                let view = PartyView {
+                    id: cfg.id,
+                    data: &ctx.training,
+                };
+                // The sampler is built here, on this thread: it is not Send.
+                let noise = ctx
+                    .noise_std
+                    .map(DiscreteGaussianShare::new)
+                    .transpose()
+                    .map_err(|e| PartyError::Refusing(e.to_string()))?;
+                party_input(
+                    &ctx.strategy,
+                    &spec,
+                    &view,
+                    &scheme,
+                    noise.as_ref(),
+                    &mut ctx.rng,
+                )
+                .map_err(|e| PartyError::Refusing(e.to_string()))?
+            }
         })
     })?;
-    if words.len() != live.len {
+    if words.len() != task.len {
         return Err(PartyError::Refusing(format!(
             "this party's input has {} words, the round expects {}",
             words.len(),
-            live.len
+            task.len
         )));
     }
     if let Some(tap) = &cfg.input_tap {
         let _ = tap.send(ObservedInput {
             party: cfg.id,
             job: job.clone(),
-            round: live.round,
-            task: live.task,
+            round: task.round,
+            task: task.task,
             words: words.clone(),
         });
     }
 
-    let roster = ctx.policy.roster_keys();
-    let cohort: Vec<(PartyId, IdentityPublicKey)> = live
-        .cohort
-        .iter()
-        .map(|p| {
-            roster.get(p).map(|k| (PartyId(*p), *k)).ok_or_else(|| {
-                PartyError::Refusing(format!(
-                    "the round's cohort names party {p}, not in the roster"
-                ))
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    let round = protocol_round(
-        &ctx.policy,
-        &job,
-        live.round,
-        live.task,
-        &cohort,
-        live.bits,
-        live.len,
-    )
-    .map_err(|e| PartyError::Refusing(format!("round setup: {e}")))?;
+    let round = ctx
+        .session
+        .protocol_round(task)
+        .map_err(|e| PartyError::Refusing(format!("round setup: {e}")))?;
     let session = *round.session();
     let mut party = Party::new(
         round,
@@ -431,14 +493,16 @@ async fn take_part(
     )
     .map_err(|e| PartyError::Refusing(e.to_string()))?;
     let mut drng = ChaCha20Rng::seed_from_u64(
-        cfg.dropout_seed ^ (u64::from(live.round) << 32) ^ u64::from(live.task),
+        cfg.dropout_seed ^ (u64::from(task.round) << 32) ^ u64::from(task.task),
     );
     let silent_at = (cfg.dropout > 0.0 && crate::sampling::bernoulli(&mut drng, cfg.dropout))
         .then(|| (drng.next_u32() % 5) as usize);
     let mut batch = 0usize;
     loop {
         let mut outgoing = Vec::new();
+        let mut masked = false;
         while let Some(m) = party.poll_outgoing() {
+            masked |= m.kind() == MessageKind::MaskedInput;
             outgoing.push(m.encode(&session));
         }
         if !outgoing.is_empty() {
@@ -446,13 +510,18 @@ async fn take_part(
                 return Ok(false);
             }
             batch += 1;
+            if masked {
+                // Recorded before it leaves: an audit's counts go out once.
+                ctx.session.masked_input_sent(task);
+                journal.put(&job, ctx.session.state())?;
+            }
             for bytes in outgoing {
                 let r = client
                     .send(
                         Method::POST,
                         &format!("{base}/messages"),
                         &job,
-                        live.round,
+                        task.round,
                         Body::Octets(bytes.into()),
                     )
                     .await?;
@@ -467,7 +536,7 @@ async fn take_part(
                 Method::GET,
                 &format!("{base}/messages?wait_ms=10000"),
                 &job,
-                live.round,
+                task.round,
                 Body::Empty,
             )
             .await?;

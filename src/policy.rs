@@ -526,12 +526,19 @@ impl Validator<'_> {
             Neighbours::All => n,
             Neighbours::Fixed(k) => k as usize + 1,
         };
-        if c.active && 2 * threshold <= holders {
+        // A coordinator that shows two camps of holders two survivor lists
+        // collects at most holders + max_colluding shares of a party's two
+        // secrets together: 2·threshold must exceed that.
+        if c.active
+            && shroud_crypto::config::check_collusion(threshold, holders, max_colluding, true)
+                .is_err()
+        {
             return Err(self.err(
                 "consortium.threshold",
                 format!(
-                    "active mode needs a threshold above half of each neighbourhood: more than {} of {holders}, got {threshold}",
-                    holders / 2
+                    "active mode needs 2·threshold > holders + max_colluding ({holders} + {max_colluding} \
+                     in each neighbourhood); got threshold {threshold}: use at least {}, or lower max_colluding",
+                    (holders + max_colluding) / 2 + 1
                 ),
             ));
         }

@@ -176,13 +176,31 @@ fn record_unit_needs_record_counts() {
 }
 
 #[test]
-fn active_mode_needs_a_majority_threshold() {
+fn active_mode_needs_a_threshold_that_outweighs_the_colluders() {
     let e = refused(
         &base()
             .replace("threshold = 6 ", "threshold = 4 ")
             .replace("max_colluding = 2 ", "max_colluding = 1 "),
     );
-    assert_names(&e, "consortium.threshold", "above half");
+    assert_names(
+        &e,
+        "consortium.threshold",
+        "2·threshold > holders + max_colluding",
+    );
+    // The split view of the threat model: 8 parties, t = 5, 2 colluders.
+    let e = refused(&base().replace("threshold = 6 ", "threshold = 5 "));
+    assert_names(&e, "consortium.threshold", "use at least 6");
+    // Sparse: 6 neighbours (7 holders), t = 5 and 2 colluders is accepted,
+    // 3 colluders is not.
+    let sparse = |c: &str| {
+        base()
+            .replace("threshold = 6 ", "threshold = 5 ")
+            .replace("max_colluding = 2 ", &format!("max_colluding = {c} "))
+            .replace("neighbors = \"all\"", "neighbors = 6")
+    };
+    parse(&sparse("2")).unwrap();
+    let e = refused(&sparse("3"));
+    assert_names(&e, "consortium.threshold", "7 + 3");
 }
 
 #[test]

@@ -102,6 +102,7 @@ fn spawn_parties(
                 patience: Duration::from_secs(120),
                 dropout: 0.0,
                 dropout_seed: 0,
+                journal: None,
                 input_tap: tap.clone(),
             };
             tokio::spawn(shroud::party::run(cfg))

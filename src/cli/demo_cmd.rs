@@ -710,6 +710,7 @@ impl DemoJob<'_> {
                         patience: std::time::Duration::from_secs(60),
                         dropout: f.dropout,
                         dropout_seed: f.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64,
+                        journal: None,
                         input_tap: None,
                     }))
                 })

@@ -199,6 +199,11 @@ pub struct PartyFlags {
     /// Give up when the coordinator stays unreachable this many seconds.
     #[arg(long, default_value_t = 600)]
     patience_secs: u64,
+    /// Where this party records the rounds and audit sums it took part in,
+    /// so that after a restart it still refuses a replayed round or a second
+    /// audit sum. Default: beside the key file, `<key>.journal.json`.
+    #[arg(long)]
+    journal: Option<PathBuf>,
 }
 
 fn client_tls(url: &str, ca: Option<&Path>) -> Result<Option<rustls::ClientConfig>> {
@@ -235,6 +240,10 @@ pub fn party(f: PartyFlags) -> Result<()> {
         patience: Duration::from_secs(f.patience_secs),
         dropout: 0.0,
         dropout_seed: 0,
+        journal: Some(
+            f.journal
+                .unwrap_or_else(|| f.key.with_extension("journal.json")),
+        ),
         input_tap: None,
     };
     let id = cfg.id;
@@ -244,8 +253,8 @@ pub fn party(f: PartyFlags) -> Result<()> {
         println!("party {id}: job {job} ended {state}");
     }
     println!(
-        "party {id}: {} rounds contributed, {} missed, {} requests retried",
-        report.rounds_contributed, report.rounds_missed, report.retries
+        "party {id}: {} rounds contributed, {} missed, {} refused, {} requests retried",
+        report.rounds_contributed, report.rounds_missed, report.rounds_refused, report.retries
     );
     Ok(())
 }

@@ -1,0 +1,275 @@
+//! A party trusts its own policy, not the coordinator: every task a lying
+//! coordinator can announce that the policy does not allow is refused, and
+//! the refusal leaves the party's state exactly as it was.
+
+use std::path::Path;
+
+use shroud::audit;
+use shroud::dp::encode::EncodingScheme;
+use shroud::dp::plan::PrivacyPlan;
+use shroud::job::rotation_seed;
+use shroud::net::api::LiveTask;
+use shroud::party::SessionJournal;
+use shroud::party_session::{PartySession, Refusal, SessionState, TaskKind, AUDIT_BITS};
+use shroud::policy::Policy;
+
+const ME: u32 = 3;
+const JOB: &str = "job-1";
+
+fn policy() -> Policy {
+    Policy::load(Path::new("policies/default.toml")).unwrap()
+}
+
+fn session(state: SessionState) -> PartySession {
+    let p = policy();
+    let plan = PrivacyPlan::for_policy(&p).unwrap();
+    let width = audit::counts_width(&audit::population_attacks(&p));
+    PartySession::new(ME, JOB, p, plan, 1, width, state)
+}
+
+/// What an honest coordinator would announce for a training round.
+fn training(round: u32) -> LiveTask {
+    let p = policy();
+    let plan = PrivacyPlan::for_policy(&p).unwrap();
+    let len = EncodingScheme::from_plan(&plan, rotation_seed(&p, JOB, round, 0)).padded;
+    LiveTask {
+        round,
+        task: 0,
+        kind: "training".into(),
+        phase: "advertise-keys".into(),
+        cohort: (0..8).collect(),
+        bits: plan.bits,
+        len,
+    }
+}
+
+fn audit_task(round: u32) -> LiveTask {
+    let p = policy();
+    LiveTask {
+        round,
+        task: 0,
+        kind: "audit".into(),
+        phase: "advertise-keys".into(),
+        cohort: (0..8).collect(),
+        bits: AUDIT_BITS,
+        len: audit::counts_width(&audit::population_attacks(&p)),
+    }
+}
+
+/// Refuses `live` and checks the state did not move.
+fn refuses(s: &PartySession, live: &LiveTask) -> Refusal {
+    let before = s.state();
+    let err = s.admit(live).expect_err("the task should be refused");
+    assert_eq!(s.state(), before, "a refusal changed the party's state");
+    assert!(!err.to_string().is_empty());
+    err
+}
+
+#[test]
+fn an_honest_task_is_admitted_with_the_partys_own_parameters() {
+    let mut s = session(SessionState::default());
+    let a = s.admit(&training(1)).unwrap();
+    assert_eq!(a.kind, TaskKind::Training);
+    let round = s.protocol_round(&a).unwrap();
+    // Threshold, collusion bound and check come from this party's policy.
+    assert_eq!(round.config().threshold, 6);
+    assert_eq!(round.config().max_colluding, 2);
+    assert!(round.config().active);
+    s.start(&a);
+    assert_eq!(s.state().last_training, Some((1, 0)));
+}
+
+#[test]
+fn a_cohort_smaller_than_the_threshold_is_refused() {
+    let s = session(SessionState::default());
+    // {victim, colluder}: today's code ran this with t = 2.
+    let mut live = training(1);
+    live.cohort = vec![ME, 7];
+    assert_eq!(
+        refuses(&s, &live),
+        Refusal::CohortTooSmall { size: 2, needed: 6 }
+    );
+    live.cohort = vec![0, 1, 2, ME, 4];
+    assert_eq!(
+        refuses(&s, &live),
+        Refusal::CohortTooSmall { size: 5, needed: 6 }
+    );
+}
+
+#[test]
+fn a_cohort_below_min_survivors_is_refused() {
+    let text = std::fs::read_to_string("policies/default.toml")
+        .unwrap()
+        .replace(
+            "max_colluding = 2 ",
+            "min_survivors = 7\nmax_colluding = 2 ",
+        );
+    let p = Policy::parse(Path::new("policies/min7.toml"), &text).unwrap();
+    let plan = PrivacyPlan::for_policy(&p).unwrap();
+    let width = audit::counts_width(&audit::population_attacks(&p));
+    let s = PartySession::new(ME, JOB, p, plan, 1, width, SessionState::default());
+    let mut live = training(1);
+    live.cohort = vec![0, 1, 2, ME, 4, 5];
+    assert_eq!(
+        refuses(&s, &live),
+        Refusal::CohortTooSmall { size: 6, needed: 7 }
+    );
+}
+
+#[test]
+fn a_cohort_without_the_party_or_outside_the_roster_is_refused() {
+    let s = session(SessionState::default());
+    let mut live = training(1);
+    live.cohort = vec![0, 1, 2, 4, 5, 6, 7];
+    assert_eq!(refuses(&s, &live), Refusal::NotInCohort);
+    live.cohort = vec![0, 1, 2, ME, 4, 5, 6, 7, 99];
+    assert_eq!(refuses(&s, &live), Refusal::NotInRoster(99));
+    live.cohort = vec![0, 1, 2, ME, ME, 4, 5, 6];
+    assert_eq!(refuses(&s, &live), Refusal::MalformedCohort);
+}
+
+#[test]
+fn rounds_beyond_the_job_are_refused() {
+    let s = session(SessionState::default());
+    assert_eq!(
+        refuses(&s, &training(41)),
+        Refusal::RoundOutOfRange {
+            round: 41,
+            rounds: 40
+        }
+    );
+    assert_eq!(
+        refuses(&s, &training(0)),
+        Refusal::RoundOutOfRange {
+            round: 0,
+            rounds: 40
+        }
+    );
+}
+
+#[test]
+fn a_replayed_or_earlier_round_is_refused() {
+    let mut s = session(SessionState::default());
+    let a = s.admit(&training(5)).unwrap();
+    s.start(&a);
+    for round in [5, 3] {
+        assert_eq!(
+            refuses(&s, &training(round)),
+            Refusal::NotAfterLast {
+                round,
+                task: 0,
+                last: (5, 0)
+            }
+        );
+    }
+    assert!(s.admit(&training(6)).is_ok());
+}
+
+#[test]
+fn a_task_the_strategy_does_not_plan_is_refused() {
+    let s = session(SessionState::default());
+    let mut live = training(2);
+    live.task = 1;
+    assert_eq!(
+        refuses(&s, &live),
+        Refusal::UnknownTask { task: 1, tasks: 1 }
+    );
+}
+
+#[test]
+fn an_audit_sum_before_the_last_training_round_is_refused() {
+    let s = session(SessionState::default());
+    assert_eq!(
+        refuses(&s, &audit_task(40)),
+        Refusal::AuditBeforeTrainingEnds {
+            round: 40,
+            rounds: 40
+        }
+    );
+    assert_eq!(s.admit(&audit_task(41)).unwrap().kind, TaskKind::Audit);
+}
+
+#[test]
+fn a_second_audit_sum_is_refused_once_counts_went_out() {
+    let mut s = session(SessionState::default());
+    let a = s.admit(&audit_task(41)).unwrap();
+    s.start(&a);
+    // An attempt that ended before this party's masked input left may be
+    // retried...
+    assert!(s.admit(&audit_task(42)).is_ok());
+    // ...but once its counts went out, no other audit sum gets them.
+    s.masked_input_sent(&a);
+    assert!(s.state().audit_sent);
+    assert_eq!(refuses(&s, &audit_task(42)), Refusal::AuditAlreadySent);
+}
+
+#[test]
+fn a_vector_shape_other_than_the_plan_is_refused() {
+    let s = session(SessionState::default());
+    let mut live = training(1);
+    live.len += 1;
+    assert!(matches!(refuses(&s, &live), Refusal::WrongShape { .. }));
+    let mut live = training(1);
+    live.bits = 32;
+    assert!(matches!(refuses(&s, &live), Refusal::WrongShape { .. }));
+    let mut live = audit_task(41);
+    live.len = 1;
+    assert!(matches!(refuses(&s, &live), Refusal::WrongShape { .. }));
+    let mut live = training(1);
+    live.kind = "exfiltrate".into();
+    assert_eq!(
+        refuses(&s, &live),
+        Refusal::UnknownKind("exfiltrate".into())
+    );
+}
+
+#[test]
+fn the_journal_keeps_the_count_across_a_restart() {
+    let dir = std::env::temp_dir().join(format!("shroud-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("party-3.journal.json");
+    let _ = std::fs::remove_file(&path);
+    {
+        let mut journal = SessionJournal::open(Some(path.clone())).unwrap();
+        let mut s = session(journal.get(JOB));
+        let a = s.admit(&training(7)).unwrap();
+        s.start(&a);
+        journal.put(JOB, s.state()).unwrap();
+        let a = s.admit(&audit_task(41)).unwrap();
+        s.masked_input_sent(&a);
+        journal.put(JOB, s.state()).unwrap();
+    }
+    // A restarted party reads its record back and refuses the replays.
+    let journal = SessionJournal::open(Some(path.clone())).unwrap();
+    let s = session(journal.get(JOB));
+    assert_eq!(
+        refuses(&s, &training(7)),
+        Refusal::NotAfterLast {
+            round: 7,
+            task: 0,
+            last: (7, 0)
+        }
+    );
+    assert_eq!(refuses(&s, &audit_task(42)), Refusal::AuditAlreadySent);
+    // Another job starts afresh.
+    assert_eq!(journal.get("job-2"), SessionState::default());
+    // A damaged journal is refused, not silently reset.
+    std::fs::write(&path, "{ not json").unwrap();
+    let err = SessionJournal::open(Some(path.clone())).err().unwrap();
+    assert!(err.contains("not valid"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_protocol_round_refuses_a_cohort_below_the_threshold() {
+    // The in-process job and the coordinator build rounds with the same
+    // function: a small cohort is refused there too, never run with t = n.
+    let p = policy();
+    let roster = p.roster_keys();
+    let cohort: Vec<_> = [ME, 7]
+        .iter()
+        .map(|i| (shroud_crypto::PartyId(*i), roster[i]))
+        .collect();
+    let err = shroud::job::protocol_round(&p, JOB, 1, 0, &cohort, 20, 16).unwrap_err();
+    assert!(err.to_string().contains("needs at least 6"), "{err}");
+}
