@@ -31,6 +31,13 @@ use crate::transcript;
 pub enum Event {
     /// A phase closed with these parties having answered.
     PhaseClosed { phase: Phase, answered: usize },
+    /// The masked inputs are in (and, in active mode, the survivor list is
+    /// signed): the next step sends unmask requests, the first moment
+    /// anything of the round could be decoded. The coordinator holds them
+    /// until the host calls [`Coordinator::confirm_unmask`] — after charging
+    /// the round durably — or [`Coordinator::abort`]. A round that ends
+    /// before this event revealed nothing.
+    ReadyToUnmask { contributors: Vec<PartyId> },
     /// The round finished: the sum over `contributors`.
     Finished(Aggregate),
     /// The round could not finish.
@@ -76,6 +83,8 @@ pub struct Coordinator {
     events: VecDeque<Event>,
     stats: CoordinatorStats,
     finished: Option<Aggregate>,
+    /// Contributors of a round that just became ready to unmask.
+    ready: Option<Vec<PartyId>>,
 }
 
 /// Per-phase state. Each phase keeps what later phases need and no more.
@@ -89,8 +98,20 @@ enum State {
     },
     Masked(Box<Masked>),
     Check(Box<Check>),
+    /// Waiting for the host's go-ahead to send unmask requests.
+    AwaitConfirm(Box<Pending>),
     Unmask(Box<Unmask>),
     Closed,
+}
+
+/// Everything unmasking needs, held until the host confirms.
+struct Pending {
+    u1: BTreeMap<PartyId, KeyAdvertisement>,
+    u2: BTreeSet<PartyId>,
+    sum: Vec<u32>,
+    u3: Vec<PartyId>,
+    asked: BTreeSet<PartyId>,
+    signatures: BTreeMap<PartyId, SurvivorSignature>,
 }
 
 struct Masked {
@@ -131,6 +152,7 @@ impl Coordinator {
             events: VecDeque::new(),
             stats: CoordinatorStats::default(),
             finished: None,
+            ready: None,
         }
     }
 
@@ -149,9 +171,47 @@ impl Coordinator {
             State::Shares { .. } => Phase::ShareKeys,
             State::Masked(_) => Phase::MaskedInput,
             State::Check(_) => Phase::ConsistencyCheck,
-            State::Unmask(_) => Phase::Unmasking,
+            State::AwaitConfirm(_) | State::Unmask(_) => Phase::Unmasking,
             State::Closed => return None,
         })
+    }
+
+    /// Whether the round waits for [`Coordinator::confirm_unmask`].
+    pub fn awaiting_confirm(&self) -> bool {
+        matches!(self.state, State::AwaitConfirm(_))
+    }
+
+    /// Sends the unmask requests the round holds: call once the round is
+    /// charged durably. Starts the unmasking deadline at `now`.
+    pub fn confirm_unmask(&mut self, now: Instant) -> Result<(), Error> {
+        if !self.awaiting_confirm() {
+            return Err(Error::NotAwaitingConfirmation);
+        }
+        let State::AwaitConfirm(p) = std::mem::replace(&mut self.state, State::Closed) else {
+            unreachable!("checked above")
+        };
+        let Pending {
+            u1,
+            u2,
+            sum,
+            u3,
+            asked,
+            signatures,
+        } = *p;
+        self.state = self.start_unmasking(u1, u2, sum, u3, asked, &signatures);
+        self.deadline = now + self.round.config.phase_timeout;
+        Ok(())
+    }
+
+    /// Ends the round here: nothing more is sent, and the reason is
+    /// reported as [`Event::Aborted`].
+    pub fn abort(&mut self, reason: Error) {
+        if self.phase().is_none() {
+            return;
+        }
+        self.state = State::Closed;
+        self.outgoing.clear();
+        self.events.push_back(Event::Aborted(reason));
     }
 
     #[must_use]
@@ -167,13 +227,16 @@ impl Coordinator {
     /// When the current phase closes if not everyone answers.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.awaiting_confirm() {
+            return None;
+        }
         self.phase().map(|_| self.deadline)
     }
 
     /// Closes the current phase once its deadline has passed: the parties
     /// that have not answered are dropouts from then on.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.phase().is_some() && now >= self.deadline {
+        if self.phase().is_some() && !self.awaiting_confirm() && now >= self.deadline {
             self.close_phase(now);
         }
     }
@@ -302,6 +365,7 @@ impl Coordinator {
             State::Shares { .. } => "encrypted-shares",
             State::Masked(_) => "masked-input",
             State::Check(_) => "survivor-signature",
+            State::AwaitConfirm(_) => "nothing (unmask requests are not out yet)",
             State::Unmask(_) => "unmask-response",
             State::Closed => "nothing (the round is over)",
         }
@@ -316,6 +380,9 @@ impl Coordinator {
                     .push_back(Event::PhaseClosed { phase, answered });
                 self.state = next;
                 self.deadline = now + self.round.config.phase_timeout;
+                if let Some(contributors) = self.ready.take() {
+                    self.events.push_back(Event::ReadyToUnmask { contributors });
+                }
                 if let Some(aggregate) = self.finished.take() {
                     self.events.push_back(Event::Finished(aggregate));
                 }
@@ -411,7 +478,7 @@ impl Coordinator {
                     ))
                 } else {
                     let asked: BTreeSet<PartyId> = u3.iter().copied().collect();
-                    let next = self.start_unmasking(u1, u2, sum, u3, asked, &BTreeMap::new());
+                    let next = self.hold_unmasking(u1, u2, sum, u3, asked, BTreeMap::new());
                     Ok((next, n))
                 }
             }
@@ -426,9 +493,10 @@ impl Coordinator {
                 self.enough(Phase::ConsistencyCheck, signatures.len())?;
                 let asked: BTreeSet<PartyId> = signatures.keys().copied().collect();
                 let n = asked.len();
-                let next = self.start_unmasking(u1, u2, sum, u3, asked, &signatures);
+                let next = self.hold_unmasking(u1, u2, sum, u3, asked, signatures);
                 Ok((next, n))
             }
+            State::AwaitConfirm(_) => unreachable!("no phase closes while awaiting confirmation"),
             State::Unmask(st) => {
                 self.enough(Phase::Unmasking, st.responses.len())?;
                 let n = st.responses.len();
@@ -437,6 +505,28 @@ impl Coordinator {
             }
             State::Closed => Err(Error::Closed),
         }
+    }
+
+    /// Holds the unmask requests until the host confirms the round is
+    /// charged.
+    fn hold_unmasking(
+        &mut self,
+        u1: BTreeMap<PartyId, KeyAdvertisement>,
+        u2: BTreeSet<PartyId>,
+        sum: Vec<u32>,
+        u3: Vec<PartyId>,
+        asked: BTreeSet<PartyId>,
+        signatures: BTreeMap<PartyId, SurvivorSignature>,
+    ) -> State {
+        self.ready = Some(u3.clone());
+        State::AwaitConfirm(Box::new(Pending {
+            u1,
+            u2,
+            sum,
+            u3,
+            asked,
+            signatures,
+        }))
     }
 
     /// Asks `asked` to unmask and moves to collecting their responses.

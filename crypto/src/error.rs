@@ -264,6 +264,8 @@ pub enum Error {
     Config(String),
     /// The round already finished or aborted.
     Closed,
+    /// The host confirmed unmasking when the round was not waiting for it.
+    NotAwaitingConfirmation,
 }
 
 impl Error {
@@ -305,6 +307,9 @@ impl fmt::Display for Error {
             ),
             Error::Config(msg) => write!(f, "invalid round configuration: {msg}"),
             Error::Closed => f.write_str("the round has already finished or aborted"),
+            Error::NotAwaitingConfirmation => {
+                f.write_str("the round is not waiting for a confirmation to unmask")
+            }
         }
     }
 }

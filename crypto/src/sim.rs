@@ -241,8 +241,36 @@ impl<M: Meter> Sim<M> {
         all
     }
 
-    /// Runs the round to its end: the aggregate, or the abort reason.
+    /// Moves the coordinator's queued messages to their recipients' inboxes.
+    fn route_outgoing(
+        &mut self,
+        inbox: &mut BTreeMap<PartyId, Vec<Vec<u8>>>,
+        session: &crate::session::SessionId,
+    ) {
+        while let Some((to, mut msg)) = self.coordinator.poll_outgoing() {
+            if self.gone.contains(&to) {
+                continue;
+            }
+            if let Some(t) = self.tamper.as_mut() {
+                t(to, &mut msg);
+            }
+            inbox.entry(to).or_default().push(msg.encode(session));
+        }
+    }
+
+    /// Runs the round to its end: the aggregate, or the abort reason. The
+    /// round is confirmed as soon as it is ready to unmask.
     pub fn run(&mut self) -> Result<Aggregate, Error> {
+        self.run_charged(|_| Ok(()))
+    }
+
+    /// Runs the round, calling `charge` with the contributors when it is
+    /// ready to unmask — the host charges the round there — and unmasking
+    /// only if it returns `Ok`; an `Err` aborts the round with that error.
+    pub fn run_charged(
+        &mut self,
+        mut charge: impl FnMut(&[PartyId]) -> Result<(), Error>,
+    ) -> Result<Aggregate, Error> {
         let session = *self.coordinator.round().session();
         let mut inbox: BTreeMap<PartyId, Vec<Vec<u8>>> = BTreeMap::new();
         // Five phases, each needing at most a delivery and a timeout.
@@ -271,20 +299,22 @@ impl<M: Meter> Sim<M> {
                     coord.handle_bytes(now, id, &bytes)
                 });
             }
-            while let Some((to, mut msg)) = self.coordinator.poll_outgoing() {
-                if self.gone.contains(&to) {
-                    continue;
-                }
-                if let Some(t) = self.tamper.as_mut() {
-                    t(to, &mut msg);
-                }
-                inbox.entry(to).or_default().push(msg.encode(&session));
-            }
+            self.route_outgoing(&mut inbox, &session);
             while let Some(ev) = self.coordinator.poll_event() {
                 match ev {
                     Event::Finished(a) => return Ok(a),
                     Event::Aborted(e) => return Err(e),
                     Event::PhaseClosed { .. } => {}
+                    Event::ReadyToUnmask { contributors } => {
+                        match charge(&contributors) {
+                            Ok(()) => self
+                                .coordinator
+                                .confirm_unmask(self.time)
+                                .expect("the round awaits confirmation"),
+                            Err(e) => self.coordinator.abort(e),
+                        }
+                        self.route_outgoing(&mut inbox, &session);
+                    }
                 }
             }
             if !moved && inbox.is_empty() {

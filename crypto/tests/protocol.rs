@@ -530,3 +530,68 @@ fn too_many_bad_shares_abort_naming_the_secret() {
         "{err}"
     );
 }
+
+/// Runs a round whose charge point answers `verdict`, and reports whether
+/// any unmask request had reached a party when the charge point was
+/// called, and how many were sent in all.
+fn with_charge_point(
+    s: &Scenario,
+    drops: &[(u32, Phase)],
+    verdict: Result<(), Error>,
+) -> (Result<shroud_crypto::Aggregate, Error>, Option<bool>, usize) {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let inputs = s.inputs();
+    let mut sim = s.sim(&inputs, NoMeter).unwrap();
+    for &(p, phase) in drops {
+        sim.drop_party(PartyId(p), phase);
+    }
+    let requests = Rc::new(RefCell::new(0usize));
+    let seen_at_charge = Rc::new(RefCell::new(None));
+    let r = requests.clone();
+    sim.set_tamper(Box::new(move |_, msg| {
+        if matches!(msg, Message::UnmaskRequest(_)) {
+            *r.borrow_mut() += 1;
+        }
+    }));
+    let (r, seen) = (requests.clone(), seen_at_charge.clone());
+    let res = sim.run_charged(move |_| {
+        *seen.borrow_mut() = Some(*r.borrow() > 0);
+        verdict.clone()
+    });
+    let seen = *seen_at_charge.borrow();
+    let sent = *requests.borrow();
+    (res, seen, sent)
+}
+
+#[test]
+fn no_unmask_request_leaves_before_the_round_is_charged() {
+    for active in [false, true] {
+        let mut s = scenario(8, GraphSpec::Complete, 6, 16, 32);
+        s.active = active;
+        let (res, seen, sent) = with_charge_point(&s, &[], Ok(()));
+        res.expect("the round finishes once charged");
+        assert_eq!(seen, Some(false), "active = {active}");
+        assert_eq!(sent, 8);
+    }
+}
+
+#[test]
+fn a_refused_charge_aborts_the_round_before_anything_is_revealed() {
+    let s = scenario(8, GraphSpec::Complete, 6, 16, 32);
+    let refusal = Error::Config("budget exhausted".into());
+    let (res, seen, sent) = with_charge_point(&s, &[], Err(refusal.clone()));
+    assert_eq!(res.unwrap_err(), refusal);
+    assert_eq!(seen, Some(false));
+    assert_eq!(sent, 0, "no unmask request may leave an uncharged round");
+}
+
+#[test]
+fn a_round_that_aborts_before_the_masked_inputs_are_in_is_never_charged() {
+    let s = scenario(8, GraphSpec::Complete, 6, 16, 32);
+    let drops: Vec<(u32, Phase)> = (0..3).map(|p| (p, Phase::MaskedInput)).collect();
+    let (res, seen, sent) = with_charge_point(&s, &drops, Ok(()));
+    assert!(matches!(res, Err(Error::TooFewParties { .. })));
+    assert_eq!(seen, None, "the charge point was reached");
+    assert_eq!(sent, 0);
+}

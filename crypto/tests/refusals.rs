@@ -75,7 +75,9 @@ impl Rig {
     fn flush(&mut self) {
         for (from, m) in std::mem::take(&mut self.pending) {
             let bytes = m.encode(&self.session());
-            self.coord.handle_bytes(self.now, from, &bytes).unwrap();
+            self.coord
+                .handle_bytes(self.now, from, &bytes)
+                .unwrap_or_else(|e| panic!("{from} {:?}: {e}", m.kind()));
         }
         while let Some((to, m)) = self.coord.poll_outgoing() {
             let bytes = m.encode(&self.session());
@@ -88,6 +90,9 @@ impl Rig {
     fn finish(mut self) {
         for _ in 0..6 {
             self.flush();
+            if self.coord.awaiting_confirm() {
+                self.coord.confirm_unmask(self.now).unwrap();
+            }
         }
         let mut result = None;
         while let Some(ev) = self.coord.poll_event() {
@@ -245,9 +250,29 @@ fn bad_messages_in_every_phase_change_nothing() {
         misbehaved(r.send(p0, &Message::SurvivorSignature(stolen)).unwrap_err()),
         Misbehaviour::BadSignature { signer: p0 }
     );
-    r.send(p0, &Message::SurvivorSignature(sig)).unwrap();
+    r.send(p0, &Message::SurvivorSignature(sig.clone()))
+        .unwrap();
     r.flush();
     assert_eq!(r.coord.phase(), Some(Phase::Unmasking));
+
+    // Ready to unmask: nothing goes out, and nothing comes in, until the
+    // host confirms that the round is charged; deadlines do not move it.
+    assert!(r.coord.awaiting_confirm());
+    assert!(r.coord.poll_outgoing().is_none());
+    assert!(matches!(
+        r.send(p0, &Message::SurvivorSignature(sig)).unwrap_err(),
+        Error::UnexpectedMessage { .. }
+    ));
+    assert_eq!(r.coord.poll_timeout(), None);
+    r.coord
+        .handle_timeout(r.now + std::time::Duration::from_secs(3600));
+    assert!(r.coord.awaiting_confirm());
+    r.coord.confirm_unmask(r.now).unwrap();
+    assert!(
+        r.coord.confirm_unmask(r.now).is_err(),
+        "confirmed once only"
+    );
+    r.flush();
 
     // A party refuses a second unmask request: it has already answered.
     let bogus = Message::UnmaskRequest(shroud_crypto::message::UnmaskRequest {
