@@ -45,7 +45,7 @@ awk -v dir="keys" -v data="data" '
 # 6. The coordinator.
 "$SHROUD" serve --policy consortium.toml --db coordinator.db --listen 127.0.0.1:8443 \
   --tls-cert tls/coordinator.crt --tls-key tls/coordinator.key \
-  --operator-key keys/operator.key --out reports 2> serve.log &
+  --operator-public-key keys/operator.pub --out reports 2> serve.log &
 SERVE=$!
 trap 'kill $SERVE 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true' EXIT
 sleep 1

@@ -24,21 +24,32 @@ use rand_chacha::ChaCha20Rng;
 use serde_json::json;
 use shroud_audit::canary::{self, CanaryAudit};
 use shroud_audit::epsilon::lower_bound;
+use shroud_audit::noisy::NoisyCounts;
 use shroud_audit::report::{thin, AttackResult, TprAtFpr};
 use shroud_audit::stats::{cp_lower, cp_upper};
 use shroud_audit::Roc;
 use shroud_crypto::sim::{NoMeter, Sim};
 use shroud_crypto::{IdentityKey, PartyId};
 
-use crate::data::{shuffled, Dataset};
+use sha2::{Digest, Sha256};
+
+use crate::data::Dataset;
 use crate::model::{matrix, train_central, Mlp};
 use crate::policy::Policy;
 use crate::sampling::{fair_coin, standard_normal};
 
-/// Score bins per attack: fine enough to resolve TPR at 0.1 % FPR.
-pub const BINS: usize = 2000;
-/// Share of each party's records drawn into its audit sample.
+/// Score bins per histogram. The counts carry DP noise, and a point of the
+/// ROC sums the bins above a threshold (the totals sum them all), so its
+/// noise grows with the square root of the bins summed: few bins, over the
+/// range where scores fall.
+pub const BINS: usize = 32;
+/// Chance that a record enters its party's audit sample.
 pub const AUDIT_FRACTION: f64 = 0.3;
+/// At most this many sample records of one party are scored into the
+/// histograms (those with the smallest selection draw): the cap bounds how
+/// far one record can move the counts of the attacks whose scores depend on
+/// a party's other records.
+pub const AUDIT_SAMPLE_CAP: usize = 64;
 /// Reference models each party trains at home for LiRA and RMIA.
 pub const REFERENCE_MODELS: usize = 4;
 
@@ -55,8 +66,14 @@ pub struct Canary {
 #[derive(Clone, Debug)]
 pub struct PartySample {
     pub party: u32,
+    /// Every sample record the coin made a member (kept in training).
     pub members: Vec<usize>,
+    /// Every sample record the coin made a non-member (held out).
     pub non_members: Vec<usize>,
+    /// The members and non-members scored into the histograms: the
+    /// [`AUDIT_SAMPLE_CAP`] sample records with the smallest draws.
+    pub scored_members: Vec<usize>,
+    pub scored_non_members: Vec<usize>,
 }
 
 /// Everything decided before training.
@@ -91,23 +108,83 @@ pub fn draw_canaries(
         .collect()
 }
 
-/// One party's audit sample: a share of its records, split into members
-/// and non-members by fair coins drawn from `rng`.
-pub fn draw_sample(party: u32, d: &Dataset, rng: &mut ChaCha20Rng) -> PartySample {
-    let order = shuffled(d.len(), rng);
-    let take = ((d.len() as f64) * AUDIT_FRACTION).round() as usize;
-    let (mut members, mut non_members) = (Vec::new(), Vec::new());
-    for &i in &order[..take] {
-        if fair_coin(rng) {
-            members.push(i);
-        } else {
-            non_members.push(i);
+/// One party's audit sample, drawn record by record: each record's fate
+/// (in the sample or not, member or non-member) is a keyed hash of the
+/// record itself under the party's secret, so adding or removing one record
+/// changes no other record's fate — which is what bounds the sensitivity of
+/// the training set and of the audit's counts to one record.
+pub fn draw_sample(party: u32, d: &Dataset, secret: &[u8; 32]) -> PartySample {
+    let mut drawn: Vec<(u64, usize, bool)> = Vec::new();
+    let threshold = (AUDIT_FRACTION * 2f64.powi(64)) as u64;
+    for i in 0..d.len() {
+        let mut h = Sha256::new();
+        h.update(b"shroud/v1/audit-sample");
+        h.update(secret);
+        h.update((d.labels[i] as u64).to_le_bytes());
+        for x in &d.features[i] {
+            h.update(x.to_le_bytes());
+        }
+        let out: [u8; 32] = h.finalize().into();
+        let draw = u64::from_le_bytes(out[..8].try_into().expect("8 bytes"));
+        if draw < threshold {
+            drawn.push((draw, i, out[8] & 1 == 1));
         }
     }
+    let pick = |keep: &dyn Fn(&(u64, usize, bool)) -> bool, list: &[(u64, usize, bool)]| {
+        let mut v: Vec<usize> = list.iter().filter(|x| keep(x)).map(|x| x.1).collect();
+        v.sort_unstable();
+        v
+    };
+    let members = pick(&|x| x.2, &drawn);
+    let non_members = pick(&|x| !x.2, &drawn);
+    drawn.sort_unstable();
+    drawn.truncate(AUDIT_SAMPLE_CAP);
     PartySample {
         party,
         members,
         non_members,
+        scored_members: pick(&|x| x.2, &drawn),
+        scored_non_members: pick(&|x| !x.2, &drawn),
+    }
+}
+
+/// The party's secret for its audit sample in one job, from a public
+/// in-process seed (the networked party uses its own identity secret).
+pub fn sample_secret(seed: u64, party: u32) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"shroud/v1/in-process-audit-sample");
+    h.update(seed.to_le_bytes());
+    h.update(party.to_le_bytes());
+    h.finalize().into()
+}
+
+/// The audit histograms' L2 sensitivity per population attack, to one
+/// unit of privacy, and their width: what the privacy plan sizes the
+/// counts' noise by.
+///
+/// - Record unit. A record enters its own bin (and, the sample being capped,
+///   may push one other scored record out): √2 for the loss attack, whose
+///   scores depend on nothing but the model and the record. LiRA's reference
+///   models train on the party's other records and RMIA compares each
+///   record with the party's held-out non-members, so one record can move
+///   every scored record of its party to another bin: √2·(cap + 1).
+/// - Party unit. A party's histograms hold at most `cap` records: `cap`.
+pub fn histogram_shape(policy: &Policy) -> crate::dp::plan::AuditShape {
+    let cap = AUDIT_SAMPLE_CAP as f64;
+    let sensitivities = population_attacks(policy)
+        .into_iter()
+        .map(|a| {
+            let s = match (policy.privacy.unit, a.as_str()) {
+                (crate::policy::Unit::Party, _) => cap,
+                (_, "loss") => std::f64::consts::SQRT_2,
+                _ => std::f64::consts::SQRT_2 * (cap + 1.0),
+            };
+            (a, s)
+        })
+        .collect();
+    crate::dp::plan::AuditShape {
+        sensitivities,
+        width_per_attack: 2 * BINS,
     }
 }
 
@@ -139,11 +216,10 @@ pub fn prepare(
     let (dim, classes) = (parties[0].1.dim(), parties[0].1.classes);
     let ids: Vec<u32> = parties.iter().map(|p| p.0).collect();
     let list = draw_canaries(canary_seed, canaries, dim, classes, &ids);
-    let mut srng = ChaCha20Rng::seed_from_u64(sample_seed ^ 0x00a0_d175);
     let mut samples = Vec::new();
     let mut training = Vec::new();
     for &(id, d) in parties {
-        let sample = draw_sample(id, d, &mut srng);
+        let sample = draw_sample(id, d, &sample_secret(sample_seed, id));
         training.push(training_set(d, &sample, &list));
         samples.push(sample);
     }
@@ -158,12 +234,13 @@ pub fn prepare(
     )
 }
 
-/// Fixed score ranges for the bins, per attack.
+/// Fixed score ranges for the bins, per attack; scores outside fall into
+/// the end bins.
 fn range(attack: &str) -> (f64, f64) {
     match attack {
-        // −ln(loss): losses from e^5 down to e^-30.
-        "loss" => (-5.0, 30.0),
-        "lira" => (-30.0, 30.0),
+        // −ln(loss): losses from e^3 down to e^-13 (0.5 per bin).
+        "loss" => (-3.0, 13.0),
+        "lira" => (-8.0, 8.0),
         _ => (0.0, 1.0),
     }
 }
@@ -209,8 +286,8 @@ fn party_scores(
     seed: u64,
 ) -> BTreeMap<String, (Vec<f64>, Vec<f64>)> {
     let mut out = BTreeMap::new();
-    let lm = losses(model, d, &sample.members);
-    let ln = losses(model, d, &sample.non_members);
+    let lm = losses(model, d, &sample.scored_members);
+    let ln = losses(model, d, &sample.scored_non_members);
     let need_refs = attacks.iter().any(|a| a == "lira" || a == "rmia");
     // Reference models, trained at home on random halves of the records
     // outside the audit sample: every audit record is "out" for them.
@@ -252,7 +329,10 @@ fn party_scores(
     // attacks that use them (empty without reference models).
     let ref_losses =
         |idx: &[usize]| -> Vec<Vec<f64>> { refs.iter().map(|r| losses(r, d, idx)).collect() };
-    let (rm, rn) = (ref_losses(&sample.members), ref_losses(&sample.non_members));
+    let (rm, rn) = (
+        ref_losses(&sample.scored_members),
+        ref_losses(&sample.scored_non_members),
+    );
     for a in attacks {
         match a.as_str() {
             "loss" => {
@@ -357,9 +437,8 @@ pub fn counts_width(attacks: &[String]) -> usize {
     2 * BINS * attacks.len()
 }
 
-/// Party side: scores the party's audit sample with every attack and bins
-/// the scores, members then non-members per attack. Only these counts leave
-/// the party, and only inside a secure sum.
+/// Party side: scores the party's scored audit records with every attack
+/// and bins the scores, members then non-members per attack.
 pub fn party_counts(
     model: &Mlp,
     d: &Dataset,
@@ -378,15 +457,73 @@ pub fn party_counts(
     counts
 }
 
-/// Runs both audits on `model`. Party-side scoring happens per party; only
-/// the summed bin counts reach the coordinator.
+/// What a party puts into the audit's secure sum: its counts plus its
+/// discrete Gaussian share of each attack's noise (from the privacy plan),
+/// wrapped to 32-bit words. Only these noisy words leave the party, and
+/// only inside a secure sum. Without a plan (no DP) the counts go as they are.
+pub fn party_input(
+    counts: &[u32],
+    noise: Option<&crate::dp::plan::AuditPlan>,
+) -> Result<Vec<u32>, crate::dp::noise::NoiseError> {
+    let mut v: zeroize::Zeroizing<Vec<i64>> =
+        zeroize::Zeroizing::new(counts.iter().map(|&c| i64::from(c)).collect());
+    if let Some(plan) = noise {
+        for (k, a) in plan.attacks.iter().enumerate() {
+            let share = crate::dp::noise::DiscreteGaussianShare::new(a.noise_std_per_party)?;
+            share.add_to(&mut v[2 * BINS * k..2 * BINS * (k + 1)])?;
+        }
+    }
+    Ok(v.iter().map(|&x| x as u32).collect())
+}
+
+/// The summed words as signed noisy counts (the sum is far inside ±2^31).
+pub fn decode_counts(summed: &[u32]) -> Vec<i64> {
+    summed.iter().map(|&w| i64::from(w as i32)).collect()
+}
+
+/// The audit's decoded sum and the noise each of its counts carries.
+pub struct SummedCounts {
+    pub counts: Vec<i64>,
+    /// Per population attack: the std of the noise on each count, summed
+    /// over the parties that contributed (0 without DP).
+    pub noise_std: Vec<f64>,
+}
+
+impl SummedCounts {
+    pub fn new(
+        summed: &[u32],
+        noise: Option<&crate::dp::plan::AuditPlan>,
+        contributors: usize,
+        attacks: usize,
+    ) -> SummedCounts {
+        SummedCounts {
+            counts: decode_counts(summed),
+            noise_std: match noise {
+                Some(p) => p
+                    .attacks
+                    .iter()
+                    .map(|a| a.noise_std_per_party * (contributors as f64).sqrt())
+                    .collect(),
+                None => vec![0.0; attacks],
+            },
+        }
+    }
+}
+
+/// Runs both audits on `model` in one process. Party-side scoring happens
+/// per party; only the noisy summed counts reach the coordinator, after
+/// `charge` has recorded their cost (it runs at the secure sum's charge
+/// point, before anything of the sum can be decoded).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     model: &Mlp,
     setup: &AuditSetup,
     parties: &[AuditParty<'_>],
     policy: &Policy,
+    noise: Option<&crate::dp::plan::AuditPlan>,
     job: &str,
     delta: f64,
+    charge: impl FnMut(&[PartyId]) -> Result<(), shroud_crypto::Error>,
 ) -> Result<Findings, String> {
     let attacks = population_attacks(policy);
     let seed = setup.sample_seed.unwrap_or(0);
@@ -397,13 +534,13 @@ pub fn run(
             .iter()
             .find(|s| s.party == p.id)
             .ok_or("missing audit sample")?;
-        inputs.insert(
-            PartyId(p.id),
-            party_counts(model, p.data, sample, &attacks, seed),
-        );
+        let counts = party_counts(model, p.data, sample, &attacks, seed);
+        let words = party_input(&counts, noise).map_err(|e| e.to_string())?;
+        inputs.insert(PartyId(p.id), words);
     }
-    let summed = secure_sum(policy, parties, &inputs, job)?;
-    Ok(findings(model, setup, &summed, policy, delta))
+    let summed = secure_sum(policy, parties, &inputs, job, charge)?;
+    let counts = SummedCounts::new(&summed, noise, parties.len(), attacks.len());
+    Ok(findings(model, setup, &counts, policy, delta))
 }
 
 /// Coordinator side: the consortium-wide ROC of every attack from the
@@ -411,7 +548,7 @@ pub fn run(
 pub fn findings(
     model: &Mlp,
     setup: &AuditSetup,
-    summed: &[u32],
+    summed: &SummedCounts,
     policy: &Policy,
     delta: f64,
 ) -> Findings {
@@ -420,15 +557,14 @@ pub fn findings(
     let mut results = Vec::new();
     for (k, a) in attacks.iter().enumerate() {
         let base = 2 * BINS * k;
-        let mc: Vec<u64> = summed[base..base + BINS]
-            .iter()
-            .map(|&c| u64::from(c))
-            .collect();
-        let nc: Vec<u64> = summed[base + BINS..base + 2 * BINS]
-            .iter()
-            .map(|&c| u64::from(c))
-            .collect();
-        let roc = Roc::from_counts(&mc, &nc, &lower_edges(a));
+        let edges = lower_edges(a);
+        let analysis = NoisyCounts {
+            members: &summed.counts[base..base + BINS],
+            non_members: &summed.counts[base + BINS..base + 2 * BINS],
+            lower_edges: &edges,
+            noise_std: summed.noise_std[k],
+        }
+        .analyse(delta, confidence);
         let parameters = match a.as_str() {
             "loss" => {
                 json!({"score": "-ln(cross-entropy loss)", "threshold": "every bin edge", "bins": BINS, "sample_seed": setup.sample_seed})
@@ -440,8 +576,12 @@ pub fn findings(
                 json!({"variant": "offline", "reference_models_per_party": REFERENCE_MODELS, "gamma": 1.0, "population": "the party's held-out audit non-members, leave-one-out", "bins": BINS, "sample_seed": setup.sample_seed})
             }
         };
-        results.push(attack_result(
-            a, parameters, &roc, delta, confidence, policy,
+        results.push(noisy_attack_result(
+            a,
+            parameters,
+            &analysis,
+            summed.noise_std[k],
+            policy,
         ));
     }
     let canary = if setup.canaries.is_empty() {
@@ -490,6 +630,54 @@ pub fn findings(
     }
 }
 
+/// The FPRs at which every attack reports its TPR: the standard three and
+/// the policy's own.
+fn report_fprs(policy: &Policy) -> Vec<f64> {
+    let mut fprs = vec![0.001, 0.01, 0.1];
+    if let Some((f, _)) = policy.audit.max_tpr_at_fpr {
+        if !fprs.iter().any(|x| (x - f).abs() < 1e-12) {
+            fprs.push(f);
+        }
+    }
+    fprs
+}
+
+/// One population attack's figures from noisy counts: point estimates from
+/// the clamped counts, bounds that account for the noise.
+fn noisy_attack_result(
+    attack: &str,
+    parameters: serde_json::Value,
+    a: &shroud_audit::noisy::NoisyAnalysis,
+    noise_std: f64,
+    policy: &Policy,
+) -> AttackResult {
+    let tpr_at_fpr = report_fprs(policy)
+        .into_iter()
+        .map(|fpr| {
+            let (lo, hi) = a.tpr_bounds_at_fpr(fpr);
+            TprAtFpr {
+                fpr,
+                tpr: a.roc.tpr_at_fpr(fpr),
+                tpr_lower: lo,
+                tpr_upper: hi,
+            }
+        })
+        .collect();
+    let pts: Vec<(f64, f64)> = a.roc.points.iter().map(|p| (p.fpr, p.tpr)).collect();
+    AttackResult {
+        attack: attack.to_string(),
+        parameters,
+        members: a.members,
+        non_members: a.non_members,
+        auc: a.roc.auc(),
+        auc_lower: Some(a.auc_lower),
+        noise_std: Some(noise_std),
+        tpr_at_fpr,
+        epsilon: a.epsilon,
+        roc: thin(&pts, 400),
+    }
+}
+
 /// AUC, TPR at the standard FPRs (and the policy's), the ε lower bound and
 /// a thinned curve for one attack.
 fn attack_result(
@@ -502,13 +690,7 @@ fn attack_result(
 ) -> AttackResult {
     let eps = lower_bound(roc, delta, confidence);
     let alpha = (1.0 - confidence) / 2.0;
-    let mut fprs = vec![0.001, 0.01, 0.1];
-    if let Some((f, _)) = policy.audit.max_tpr_at_fpr {
-        if !fprs.iter().any(|x| (x - f).abs() < 1e-12) {
-            fprs.push(f);
-        }
-    }
-    let tpr_at_fpr = fprs
+    let tpr_at_fpr = report_fprs(policy)
         .iter()
         .map(|&fpr| {
             let tp = roc
@@ -533,19 +715,22 @@ fn attack_result(
         members: roc.members,
         non_members: roc.non_members,
         auc: roc.auc(),
+        auc_lower: None,
+        noise_std: None,
         tpr_at_fpr,
         epsilon: eps,
         roc: thin(&pts, 400),
     }
 }
 
-/// Sums the parties' count vectors with secure aggregation (32-bit words,
-/// no noise: counts of the parties' own audit records).
+/// Sums the parties' noisy count vectors with secure aggregation (32-bit
+/// words), charging the sum at its charge point.
 fn secure_sum(
     policy: &Policy,
     parties: &[AuditParty<'_>],
     inputs: &BTreeMap<PartyId, Vec<u32>>,
     job: &str,
+    charge: impl FnMut(&[PartyId]) -> Result<(), shroud_crypto::Error>,
 ) -> Result<Vec<u32>, String> {
     let identities: Vec<(PartyId, IdentityKey)> = parties
         .iter()
@@ -576,7 +761,7 @@ fn secure_sum(
     )
     .map_err(|e| e.to_string())?;
     let agg = sim
-        .run()
+        .run_charged(charge)
         .map_err(|e| format!("the audit's secure sum failed: {e}"))?;
     if agg.contributors.len() != n {
         return Err(format!(

@@ -29,6 +29,7 @@ use crate::job::{job_policy, protocol_round, rotation_seed};
 use crate::net::api::{CanaryRecord, JobStatus, LiveTask, PartySetup, StartJob};
 use crate::net::metrics::Metrics;
 use crate::policy::{Policy, Unit};
+use crate::store::ledger::ChargeKind;
 use crate::store::service::{JobRunRecord, ReleaseRecord};
 use crate::store::{LedgerError, PrivacyLedger};
 use crate::strategy::fedavg::FedAvg;
@@ -417,7 +418,8 @@ impl Engine {
                 policy.privacy.delta,
                 policy.privacy.accountant,
             )?;
-            let planned = vec![plan.charge.clone(); rounds as usize * tasks];
+            let mut planned = vec![plan.charge.clone(); rounds as usize * tasks];
+            planned.extend(plan.audit.as_ref().map(|a| a.charge.clone()));
             self.store
                 .begin_job(&policy.consortium.id, &req.job, &policy.hash, &planned)
                 .map_err(|e| match e {
@@ -720,7 +722,7 @@ impl Engine {
             JobState::Auditing => {
                 let attacks = audit::population_attacks(&job.policy);
                 if attacks.is_empty() {
-                    return self.finish_audit(id, &[]);
+                    return self.finish_audit(id, &[], 0);
                 }
                 let plan = RoundPlan {
                     tasks: vec![TaskSpec {
@@ -747,7 +749,6 @@ impl Engine {
     ) -> Result<(), ServiceError> {
         let job = self.jobs.get(id).expect("job exists");
         let task = plan.tasks[index].clone();
-        let no_dp = job.policy.privacy.unit == Unit::None;
         let (scheme, bits, len) = match kind {
             TaskKind::Training => {
                 let scheme = EncodingScheme::from_plan(
@@ -766,14 +767,9 @@ impl Engine {
             .collect();
         let round_cfg = protocol_round(&job.policy, id, round, task.id, &cohort, bits, len)
             .map_err(|e| ServiceError::new(ErrorKind::Internal, format!("round setup: {e}")))?;
-        // Charged (and recorded) before any party is asked for anything.
-        if kind == TaskKind::Training && !no_dp {
-            let charge = job.plan.charge.clone();
-            self.store
-                .begin_charged_round(id, round, task.id, &charge)?;
-        } else {
-            self.store.begin_round(id, round, task.id)?;
-        }
+        // Recorded as running; charged at its charge point, once the
+        // masked inputs are in and before any unmask request goes out.
+        self.store.begin_round(id, round, task.id)?;
         let job = self.jobs.get_mut(id).expect("job exists");
         job.next_round = round + 1;
         job.live = Some(Live {
@@ -828,6 +824,10 @@ impl Engine {
                         .set_round_phase(id, round, task, next, &survivors)?;
                     self.bump();
                 }
+                Some(Event::ReadyToUnmask { .. }) => {
+                    self.charge_point(id, round, task, now)?;
+                    self.bump();
+                }
                 Some(Event::Finished(agg)) => {
                     let live = self.take_live(id);
                     return self.finish_task(id, live, agg, now);
@@ -838,6 +838,48 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The round's masked inputs are in: charge it durably, then let the
+    /// unmask requests go. Nothing of the round can be decoded before this
+    /// charge commits; a crash after it over-counts, never under-counts.
+    fn charge_point(
+        &mut self,
+        id: &str,
+        round: u32,
+        task: u32,
+        now: Instant,
+    ) -> Result<(), ServiceError> {
+        let job = self.jobs.get(id).expect("job exists");
+        let live = job.live.as_ref().expect("a live task");
+        let charge = match (job.policy.privacy.unit, live.kind) {
+            (Unit::None, _) => None,
+            (_, TaskKind::Training) => Some((ChargeKind::Training, job.plan.charge.clone())),
+            (_, TaskKind::Audit) => job
+                .plan
+                .audit
+                .as_ref()
+                .map(|a| (ChargeKind::Audit, a.charge.clone())),
+        };
+        failpoint("before-charge");
+        if let Some((kind, charge)) = charge {
+            let c = self.store.charge_round(id, round, task, kind, &charge)?;
+            self.log(
+                "round-charged",
+                id,
+                json!({ "round": round, "task": task, "kind": kind.name(), "charge_id": c.id,
+                        "rho": c.rho, "epsilon_after": c.epsilon_after }),
+            )?;
+        }
+        failpoint("after-charge");
+        let live = self
+            .jobs
+            .get_mut(id)
+            .and_then(|j| j.live.as_mut())
+            .expect("a live task");
+        live.protocol
+            .confirm_unmask(now)
+            .map_err(|e| ServiceError::new(ErrorKind::Internal, format!("unmask: {e}")))
     }
 
     /// The task that just ended, off its job.
@@ -889,7 +931,7 @@ impl Engine {
                 id,
                 json!({ "round": live.round, "contributors": contributors, "dropped": dropped }),
             )?;
-            return self.finish_audit(id, &agg.sum);
+            return self.finish_audit(id, &agg.sum, contributors.len());
         }
         let job = self.jobs.get_mut(id).expect("job exists");
         let records: Vec<usize> = contributors
@@ -1008,7 +1050,12 @@ impl Engine {
     }
 
     /// The audit's findings, the gate, the report, and the release.
-    fn finish_audit(&mut self, id: &str, summed: &[u32]) -> Result<(), ServiceError> {
+    fn finish_audit(
+        &mut self,
+        id: &str,
+        summed: &[u32],
+        contributors: usize,
+    ) -> Result<(), ServiceError> {
         let job = self.jobs.get(id).expect("job exists");
         let setup = AuditSetup {
             canaries: job.canaries.clone(),
@@ -1017,10 +1064,13 @@ impl Engine {
             sample_seed: None,
         };
         let model = job.strategy.model().clone();
+        let attacks = audit::population_attacks(&job.policy).len();
+        let counts =
+            audit::SummedCounts::new(summed, job.plan.audit.as_ref(), contributors, attacks);
         let findings = audit::findings(
             &model,
             &setup,
-            summed,
+            &counts,
             &job.policy,
             job.policy.privacy.delta,
         );
@@ -1028,7 +1078,7 @@ impl Engine {
         let epsilon_spent = if no_dp {
             None
         } else {
-            Some(self.store.spent(&self.policy.consortium.id)?.epsilon)
+            Some(self.store.job_spent(id)?)
         };
         let cohort = job
             .policy
@@ -1045,6 +1095,7 @@ impl Engine {
         let out = self.out.join(id);
         let policy = job.policy.clone();
         let noise = job.plan.noise_std_per_party;
+        let audit_plan = job.plan.audit.clone();
         let release = crate::release::gate_and_report(
             crate::release::ReleaseInputs {
                 policy: &policy,
@@ -1053,6 +1104,7 @@ impl Engine {
                 model: &model,
                 findings,
                 epsilon_spent,
+                audit_plan: audit_plan.as_ref(),
                 noise_std_per_party: noise,
                 cohort,
                 out: &out,
@@ -1083,6 +1135,16 @@ impl Engine {
         job.state = state;
         self.bump();
         Ok(())
+    }
+}
+
+/// Test hook: `SHROUD_FAILPOINT=<name>` makes the process abort — no
+/// destructor, no flush, like a kill -9 — when it reaches the named point,
+/// so tests can crash the coordinator at exactly the instants that matter
+/// to the ledger.
+fn failpoint(name: &str) {
+    if std::env::var("SHROUD_FAILPOINT").is_ok_and(|v| v == name) {
+        std::process::abort();
     }
 }
 

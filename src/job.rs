@@ -3,11 +3,13 @@
 //! unmasking, decoding and ledger charges, and dropouts injected on
 //! request. The networked service runs the same steps over HTTP.
 //!
-//! Order of a round, per task: charge the ledger (committed, fsynced) →
-//! parties compute, encode and add noise → secure aggregation → check the
-//! secure sum against the plain sum of the contributors' inputs → decode →
-//! the strategy absorbs the result → the charge is marked released. A
-//! round that aborts (too few survivors) stays charged.
+//! Order of a round, per task: parties compute, encode and add noise →
+//! secure aggregation, charged in the ledger (committed, fsynced) once the
+//! masked inputs are in and before any unmask request → check the secure
+//! sum against the plain sum of the contributors' inputs → decode → the
+//! strategy absorbs the result → the charge is marked released. A round
+//! that aborts after its charge point stays charged; one that aborts
+//! before it costs nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,6 +27,7 @@ use crate::dp::encode::EncodingScheme;
 use crate::dp::noise::DiscreteGaussianShare;
 use crate::dp::plan::PrivacyPlan;
 use crate::policy::{Neighbours, Policy, Rotation, Unit};
+use crate::store::ledger::ChargeKind;
 use crate::store::PrivacyLedger;
 use crate::strategy::{Contribution, PartyView, Strategy, TaskResult, TaskSpec};
 
@@ -68,7 +71,7 @@ pub struct JobSpec<'a> {
 pub struct RoundOutcome {
     pub round: u32,
     pub accuracy: f64,
-    /// ε spent by the consortium after this round (`None` without DP).
+    /// ε this job has spent after this round (`None` without DP).
     pub epsilon_spent: Option<f64>,
     pub contributors: usize,
     pub dropped: Vec<u32>,
@@ -187,7 +190,8 @@ pub fn run_job(
             policy.privacy.delta,
             policy.privacy.accountant,
         )?;
-        let planned = vec![plan.charge.clone(); rounds as usize * tasks_per_round];
+        let mut planned = vec![plan.charge.clone(); rounds as usize * tasks_per_round];
+        planned.extend(plan.audit.as_ref().map(|a| a.charge.clone()));
         ledger.begin_job(&policy.consortium.id, &spec.job_id, &policy.hash, &planned)?;
     }
     let noise = if no_dp {
@@ -208,11 +212,21 @@ pub fn run_job(
             aborted: None,
         };
         for task in &round_plan.tasks {
-            // Charged first, durably: a crash from here on over-counts.
-            let charge = if no_dp {
-                None
-            } else {
-                Some(ledger.charge(&spec.job_id, round, task.id, &plan.charge)?)
+            // Charged at the round's charge point, durably, before anything
+            // of it can be decoded: a crash from there on over-counts, and
+            // a round that aborts before it costs nothing.
+            let mut charge = || -> Result<Option<i64>, crate::store::LedgerError> {
+                if no_dp {
+                    return Ok(None);
+                }
+                let c = ledger.charge(
+                    &spec.job_id,
+                    round,
+                    task.id,
+                    ChargeKind::Training,
+                    &plan.charge,
+                )?;
+                Ok(Some(c.id))
             };
             match run_task(
                 &spec,
@@ -223,15 +237,17 @@ pub fn run_job(
                 round,
                 &records,
                 &mut rng,
+                &mut charge,
             )? {
                 TaskOutcome::Done {
                     contributors,
                     dropped,
+                    charge_id,
                 } => {
                     outcome.contributors = outcome.contributors.max(contributors);
                     outcome.dropped.extend(dropped);
-                    if let Some(c) = &charge {
-                        ledger.mark_released(c.id)?;
+                    if let Some(id) = charge_id {
+                        ledger.mark_released(id)?;
                     }
                 }
                 TaskOutcome::Aborted { reason, dropped } => {
@@ -244,7 +260,7 @@ pub fn run_job(
         outcome.dropped.dedup();
         outcome.accuracy = strategy.model().accuracy(spec.test);
         if !no_dp {
-            outcome.epsilon_spent = Some(ledger.spent(&policy.consortium.id)?.epsilon);
+            outcome.epsilon_spent = Some(ledger.job_spent(&spec.job_id)?);
         }
         progress(&outcome);
         outcomes.push(outcome);
@@ -252,7 +268,7 @@ pub fn run_job(
     let epsilon_spent = if no_dp {
         None
     } else {
-        Some(ledger.spent(&policy.consortium.id)?.epsilon)
+        Some(ledger.job_spent(&spec.job_id)?)
     };
     Ok(JobOutcome {
         accuracy: strategy.model().accuracy(spec.test),
@@ -273,6 +289,8 @@ enum TaskOutcome {
     Done {
         contributors: usize,
         dropped: Vec<u32>,
+        /// The round's charge, when DP charged it.
+        charge_id: Option<i64>,
     },
     Aborted {
         reason: String,
@@ -394,6 +412,7 @@ fn run_task(
     round: u32,
     records: &BTreeMap<u32, usize>,
     rng: &mut ChaCha20Rng,
+    charge: &mut dyn FnMut() -> Result<Option<i64>, crate::store::LedgerError>,
 ) -> Result<TaskOutcome, JobError> {
     let policy = spec.policy;
     let rotation = rotation_seed(policy, &spec.job_id, round, task.id);
@@ -444,7 +463,23 @@ fn run_task(
             dropped.push(p);
         }
     }
-    let agg = match sim.run() {
+    let (mut charge_id, mut ledger_error) = (None, None);
+    let result = sim.run_charged(|_| match charge() {
+        Ok(id) => {
+            charge_id = id;
+            Ok(())
+        }
+        Err(e) => {
+            ledger_error = Some(e);
+            Err(shroud_crypto::Error::Config(
+                "the ledger could not record the round's charge".into(),
+            ))
+        }
+    });
+    if let Some(e) = ledger_error {
+        return Err(JobError::Ledger(e));
+    }
+    let agg = match result {
         Ok(a) => a,
         Err(e) => {
             return Ok(TaskOutcome::Aborted {
@@ -471,5 +506,6 @@ fn run_task(
     Ok(TaskOutcome::Done {
         contributors: contributors.len(),
         dropped,
+        charge_id,
     })
 }

@@ -48,6 +48,44 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("{}: cannot write: {e}", path.display()))
 }
 
+/// Writes a public key file (hex, with a comment): what an operator hands
+/// to `serve` and parties hand to whoever writes the roster.
+pub fn write_public(path: &Path, public_hex: &str) -> Result<(), String> {
+    if path.exists() {
+        return Err(format!(
+            "{}: already exists; refusing to overwrite",
+            path.display()
+        ));
+    }
+    std::fs::write(
+        path,
+        format!("# shroud identity public key (ed25519)\n{public_hex}\n"),
+    )
+    .map_err(|e| format!("{}: cannot write: {e}", path.display()))
+}
+
+/// A public identity key from 64 hex characters, or from a file holding
+/// them (the `.pub` file `keygen` writes).
+pub fn load_public(value: &str) -> Result<shroud_crypto::IdentityPublicKey, String> {
+    let line = if value.len() == 64 && unhex(value).is_some() {
+        value.to_string()
+    } else {
+        let text = std::fs::read_to_string(value).map_err(|e| {
+            format!("{value}: neither 64 hex characters nor a readable public key file: {e}")
+        })?;
+        text.lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .ok_or_else(|| format!("{value}: holds no public key"))?
+            .to_string()
+    };
+    let bytes: [u8; 32] = unhex(&line)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("{value}: the public key is not 64 hex characters"))?;
+    shroud_crypto::IdentityPublicKey::from_bytes(&bytes)
+        .map_err(|_| format!("{value}: not a valid ed25519 public key"))
+}
+
 /// Reads the seed from a key file.
 pub fn load(path: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
     let text = Zeroizing::new(

@@ -111,7 +111,7 @@ pub async fn start_coordinator(o: CoordinatorOptions<'_>) -> Result<LocalCoordin
 
 /// `shroud serve` as a child process, over TLS on loopback, with its files
 /// in one folder: `policy.toml`, `server.crt`, `server.key`,
-/// `operator.key`; it keeps `coordinator.db` and `out/` there. Killed when
+/// `operator.pub`; it keeps `coordinator.db` and `out/` there. Killed when
 /// dropped.
 pub struct ServeProcess {
     pub child: std::process::Child,
@@ -119,7 +119,19 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(exe: &Path, dir: &Path, port: u16, extra: &[&str]) -> std::io::Result<Self> {
+        Self::start_with_env(exe, dir, port, extra, &[])
+    }
+
+    /// As [`ServeProcess::start`], with extra environment variables.
+    pub fn start_with_env(
+        exe: &Path,
+        dir: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
         let child = std::process::Command::new(exe)
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--policy")
             .arg(dir.join("policy.toml"))
@@ -130,8 +142,8 @@ impl ServeProcess {
             .arg(dir.join("server.crt"))
             .arg("--tls-key")
             .arg(dir.join("server.key"))
-            .arg("--operator-key")
-            .arg(dir.join("operator.key"))
+            .arg("--operator-public-key")
+            .arg(dir.join("operator.pub"))
             .arg("--out")
             .arg(dir.join("out"))
             .args(extra)

@@ -32,8 +32,23 @@ use crate::policy::{Policy, Unit};
 use crate::strategy::fedavg::FedAvg;
 use crate::strategy::{PartyView, Strategy, TaskSpec};
 
-/// One party's input to one secure sum, as observed at the party (tests
-/// check sums end to end with it).
+/// What a party saw, for callers that check the protocol end to end
+/// (tests, benchmarks).
+#[derive(Debug, Clone)]
+pub enum PartyObservation {
+    /// The words it put into a secure sum.
+    Input(ObservedInput),
+    /// An unmask request reached it: from here on the round's result could
+    /// be decoded, so the round must already be charged.
+    UnmaskRequest {
+        party: u32,
+        job: String,
+        round: u32,
+        task: u32,
+    },
+}
+
+/// One party's input to one secure sum, as observed at the party.
 #[derive(Debug, Clone)]
 pub struct ObservedInput {
     pub party: u32,
@@ -67,7 +82,7 @@ pub struct PartyConfig {
     /// so that a restarted party refuses a replay as it would have before.
     /// `None` keeps the record in memory (in-process demos and tests).
     pub journal: Option<std::path::PathBuf>,
-    pub input_tap: Option<mpsc::Sender<ObservedInput>>,
+    pub tap: Option<mpsc::Sender<PartyObservation>>,
 }
 
 /// What the party did.
@@ -283,8 +298,9 @@ async fn run_job(
     }
     // The audit sample is drawn from this party's own secret, fixed per job,
     // so a restarted party holds out the same non-members.
-    let mut srng = ChaCha20Rng::from_seed(party_secret(&cfg.identity_seed, "audit sample", job));
-    let sample = audit::draw_sample(cfg.id, &cfg.data, &mut srng);
+    let sample_secret =
+        zeroize::Zeroizing::new(party_secret(&cfg.identity_seed, "audit sample", job));
+    let sample = audit::draw_sample(cfg.id, &cfg.data, &sample_secret);
     let training = audit::training_set(&cfg.data, &sample, &canaries);
     let noise_std = (policy.privacy.unit != Unit::None).then_some(plan.noise_std_per_party);
     let audit_seed = u64::from_le_bytes(
@@ -419,15 +435,18 @@ async fn take_part(
         let policy = ctx.session.policy();
         Ok(match task.kind {
             TaskKind::Audit => {
-                // The strategy holds the final model (set from `params` above).
+                // The strategy holds the final model (set from `params`
+                // above); the counts leave with this party's noise share.
                 let attacks = audit::population_attacks(policy);
-                audit::party_counts(
+                let counts = audit::party_counts(
                     ctx.strategy.model(),
                     &cfg.data,
                     &ctx.sample,
                     &attacks,
                     ctx.audit_seed,
-                )
+                );
+                audit::party_input(&counts, ctx.session.plan().audit.as_ref())
+                    .map_err(|e| PartyError::Refusing(e.to_string()))?
             }
             TaskKind::Training => {
                 let spec = TaskSpec {
@@ -469,14 +488,14 @@ async fn take_part(
             task.len
         )));
     }
-    if let Some(tap) = &cfg.input_tap {
-        let _ = tap.send(ObservedInput {
+    if let Some(tap) = &cfg.tap {
+        let _ = tap.send(PartyObservation::Input(ObservedInput {
             party: cfg.id,
             job: job.clone(),
             round: task.round,
             task: task.task,
             words: words.clone(),
-        });
+        }));
     }
 
     let round = ctx
@@ -548,6 +567,16 @@ async fn take_part(
             .bytes()
             .await
             .map_err(|e| PartyError::Unreachable(e.to_string()))?;
+        if let Some(tap) = &cfg.tap {
+            if bytes.get(1) == Some(&(MessageKind::UnmaskRequest as u8)) {
+                let _ = tap.send(PartyObservation::UnmaskRequest {
+                    party: cfg.id,
+                    job: job.clone(),
+                    round: task.round,
+                    task: task.task,
+                });
+            }
+        }
         tokio::task::block_in_place(|| party.handle_bytes(&bytes, &mut OsRng))
             .map_err(|e| PartyError::Refusing(format!("the coordinator's message: {e}")))?;
     }

@@ -137,6 +137,8 @@ struct RawAudit {
     confidence: Option<f64>,
     #[serde(default)]
     canaries: Option<i64>,
+    #[serde(default)]
+    budget_share: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +268,9 @@ pub struct AuditPolicy {
     pub max_epsilon_lower_bound: Option<f64>,
     pub confidence: f64,
     pub canaries: u32,
+    /// Share of the job's budget (zCDP ρ) set aside for the noise on the
+    /// population attacks' counts.
+    pub budget_share: f64,
 }
 
 /// A validated policy.
@@ -776,6 +781,7 @@ impl Validator<'_> {
             max_epsilon_lower_bound: None,
             confidence: None,
             canaries: None,
+            budget_share: None,
         });
         for (i, name) in a.attacks.iter().enumerate() {
             if !ATTACKS.contains(&name.as_str()) {
@@ -831,6 +837,16 @@ impl Validator<'_> {
             None => 0,
             Some(v) => self.positive_int("audit.canaries", v, 0, 100_000)? as u32,
         };
+        let budget_share = match a.budget_share {
+            None => 0.1,
+            Some(v) => self.finite_in(
+                "audit.budget_share",
+                v,
+                0.0,
+                0.5,
+                "a share of the budget in (0, 0.5]",
+            )?,
+        };
 
         let mut policy = Policy {
             source: self.path.to_path_buf(),
@@ -869,6 +885,7 @@ impl Validator<'_> {
                 max_epsilon_lower_bound,
                 confidence,
                 canaries,
+                budget_share,
             },
         };
         if pr.calibrate && unit != Unit::None {

@@ -53,7 +53,10 @@ pub struct ReleaseInputs<'a> {
     pub job: &'a str,
     pub model: &'a Mlp,
     pub findings: Findings,
+    /// ε this job spent (its own charges, the audit's included).
     pub epsilon_spent: Option<f64>,
+    /// The audit's noisy release, as planned.
+    pub audit_plan: Option<&'a crate::dp::plan::AuditPlan>,
     /// Each party's noise share, in integer units (from the privacy plan).
     pub noise_std_per_party: f64,
     pub cohort: Vec<CohortEntry>,
@@ -71,7 +74,8 @@ pub fn gate_and_report(
     let limits = GateLimits {
         max_auc: p.audit.max_auc,
         max_tpr_at_fpr: p.audit.max_tpr_at_fpr,
-        // Default: no empirical bound may exceed what the ledger says was spent.
+        // Default: no empirical bound may exceed what the ledger says this
+        // job spent.
         max_epsilon_lower_bound: p
             .audit
             .max_epsilon_lower_bound
@@ -84,21 +88,24 @@ pub fn gate_and_report(
             .map(|a| {
                 // A few hundred canaries make AUC and TPR too noisy to gate on
                 // directly; canaries are gated through their ε lower bounds,
-                // which account for the sample size. Population attacks are
-                // gated on all three.
+                // which account for the sample size. Population attacks come
+                // from DP-noised counts and are gated on their lower confidence
+                // bounds: blocked when the evidence says a limit is exceeded.
                 let population = a.attack != "canary";
+                let tpr = |t: &shroud_audit::report::TprAtFpr| t.tpr_lower;
                 AttackFigures {
                     attack: &a.attack,
-                    auc: population.then_some(a.auc),
+                    auc: population.then(|| a.auc_lower.unwrap_or(a.auc)),
                     tpr_at_fpr: limits.max_tpr_at_fpr.filter(|_| population).and_then(
                         |(fpr, _)| {
                             a.tpr_at_fpr
                                 .iter()
                                 .find(|t| (t.fpr - fpr).abs() < 1e-12)
-                                .map(|t| t.tpr)
+                                .map(tpr)
                         },
                     ),
                     epsilon_lower_bound: a.epsilon.epsilon,
+                    lower_bounds: population,
                 }
             })
             .collect();
@@ -108,6 +115,7 @@ pub fn gate_and_report(
             auc: None,
             tpr_at_fpr: None,
             epsilon_lower_bound: c.epsilon_lower_bound,
+            lower_bounds: false,
         });
     }
     let (mut checks, mut decision) = evaluate(&limits, &figures);
@@ -155,6 +163,19 @@ pub fn gate_and_report(
         epsilon_spent: r.epsilon_spent,
         epsilon_budget: p.privacy.epsilon,
         delta: p.privacy.delta,
+        audit_release: r.audit_plan.map(|a| shroud_audit::report::AuditRelease {
+            epsilon_alone: a.epsilon_alone,
+            budget_share: a.budget_share,
+            noise: a
+                .attacks
+                .iter()
+                .map(|n| shroud_audit::report::CountsNoise {
+                    attack: n.attack.clone(),
+                    sensitivity: n.sensitivity,
+                    noise_std_per_party: n.noise_std_per_party,
+                })
+                .collect(),
+        }),
         confidence: p.audit.confidence,
         attacks: r.findings.attacks,
         canary: r.findings.canary,

@@ -5,16 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use shroud::dp::accountant::{rdp_curve, zcdp_epsilon_of_rho};
+use shroud::dp::accountant::zcdp_epsilon_of_rho;
 use shroud::dp::plan::RoundCharge;
 use shroud::policy::AccountantKind;
+use shroud::store::ledger::ChargeKind;
 use shroud::store::{LedgerError, PrivacyLedger};
 
+const TRAINING: ChargeKind = ChargeKind::Training;
+
 fn charge(rho: f64) -> RoundCharge {
-    RoundCharge {
-        rho,
-        rdp: rdp_curve(1.0, (1.0 / (2.0 * rho)).sqrt()),
-    }
+    RoundCharge::of_zcdp(rho, 1.0)
 }
 
 fn temp_db(name: &str) -> PathBuf {
@@ -33,8 +33,8 @@ fn spent_is_the_composition_of_all_charges() {
         .unwrap();
     l.begin_job("c1", "job-a", "hash", &[charge(0.05), charge(0.05)])
         .unwrap();
-    let first = l.charge("job-a", 1, 0, &charge(0.05)).unwrap();
-    let second = l.charge("job-a", 2, 0, &charge(0.075)).unwrap();
+    let first = l.charge("job-a", 1, 0, TRAINING, &charge(0.05)).unwrap();
+    let second = l.charge("job-a", 2, 0, TRAINING, &charge(0.075)).unwrap();
     assert!(second.epsilon_after > first.epsilon_after);
     let spent = l.spent("c1").unwrap();
     assert_eq!(spent.charges, 2);
@@ -63,14 +63,14 @@ fn a_job_over_budget_is_refused_and_leaves_no_trace() {
     }
     assert_eq!(l.spent("c2").unwrap().jobs, 0);
     assert!(matches!(
-        l.charge("too-much", 1, 0, &charge(0.1)),
+        l.charge("too-much", 1, 0, TRAINING, &charge(0.1)),
         Err(LedgerError::UnknownJob(_))
     ));
     // A small job fits, and then a second one no longer does.
     let light: Vec<RoundCharge> = (0..3).map(|_| charge(0.002)).collect();
     l.begin_job("c2", "light", "hash", &light).unwrap();
     for r in 0..3 {
-        l.charge("light", r, 0, &charge(0.002)).unwrap();
+        l.charge("light", r, 0, TRAINING, &charge(0.002)).unwrap();
     }
     let big: Vec<RoundCharge> = (0..40).map(|_| charge(0.002)).collect();
     let err = l.begin_job("c2", "next", "hash", &big).unwrap_err();
@@ -89,7 +89,7 @@ fn crash_child(db: &Path) -> ! {
     l.set_budget("c3", 5.0, 1e-5, AccountantKind::Zcdp).unwrap();
     l.begin_job("c3", "job-crash", "hash", &[charge(0.1)])
         .unwrap();
-    l.charge("job-crash", 7, 0, &charge(0.1)).unwrap();
+    l.charge("job-crash", 7, 0, TRAINING, &charge(0.1)).unwrap();
     // The process dies between the charge and the release: no destructor,
     // no clean close of the database.
     std::process::abort();
@@ -120,4 +120,69 @@ fn a_charge_survives_a_crash_before_release() {
     assert!(!charges[0].released);
     let spent = l.spent("c3").unwrap();
     assert!(spent.epsilon > 0.0, "the in-flight round counts as spent");
+}
+
+#[test]
+fn a_job_spends_only_its_own_charges() {
+    let db = temp_db("per-job");
+    let mut l = PrivacyLedger::open(&db).unwrap();
+    l.set_budget("c4", 10.0, 1e-6, AccountantKind::Zcdp)
+        .unwrap();
+    l.begin_job("c4", "first", "hash", &[charge(0.1)]).unwrap();
+    l.begin_job("c4", "second", "hash", &[charge(0.025), charge(0.1)])
+        .unwrap();
+    l.charge("first", 1, 0, TRAINING, &charge(0.1)).unwrap();
+    l.charge("second", 1, 0, TRAINING, &charge(0.025)).unwrap();
+    let audit = l
+        .charge("second", 2, 0, ChargeKind::Audit, &charge(0.1))
+        .unwrap();
+    assert_eq!(audit.kind, ChargeKind::Audit);
+    // The second job's model rests on its own 0.125, not the consortium's 0.225.
+    let own = l.job_spent("second").unwrap();
+    assert!((own - zcdp_epsilon_of_rho(0.125, 1e-6).unwrap()).abs() < 1e-12);
+    assert!(l.spent("c4").unwrap().epsilon > own);
+    assert!(matches!(
+        l.job_spent("nobody"),
+        Err(LedgerError::UnknownJob(_))
+    ));
+}
+
+#[test]
+fn a_ledger_from_before_charge_kinds_is_brought_up_to_date() {
+    let db = temp_db("migrate");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE budgets (consortium TEXT PRIMARY KEY, epsilon REAL NOT NULL,
+               delta REAL NOT NULL, accountant TEXT NOT NULL);
+             CREATE TABLE jobs (job TEXT PRIMARY KEY, consortium TEXT NOT NULL,
+               policy_hash TEXT NOT NULL, planned INTEGER NOT NULL,
+               created_at TEXT NOT NULL DEFAULT 'then');
+             CREATE TABLE charges (id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL,
+               round INTEGER NOT NULL, task INTEGER NOT NULL, accountant TEXT NOT NULL,
+               rho REAL NOT NULL, rdp TEXT NOT NULL, epsilon_after REAL NOT NULL,
+               delta REAL NOT NULL, released INTEGER NOT NULL DEFAULT 0,
+               created_at TEXT NOT NULL DEFAULT 'then');
+             INSERT INTO budgets VALUES ('old', 5.0, 1e-5, 'zcdp');
+             INSERT INTO jobs (job, consortium, policy_hash, planned) VALUES ('j', 'old', 'h', 1);
+             INSERT INTO charges (job, round, task, accountant, rho, rdp, epsilon_after, delta)
+               VALUES ('j', 1, 0, 'zcdp', 0.1, '[0.1]', 1.0, 1e-5);",
+        )
+        .unwrap();
+    }
+    let l = PrivacyLedger::open(&db).unwrap();
+    let charges = l.charges(Some("j")).unwrap();
+    assert_eq!(charges.len(), 1);
+    assert_eq!(charges[0].kind, ChargeKind::Training);
+    // zCDP totals need only ρ: the old curve's grid does not matter...
+    assert!(l.spent("old").unwrap().epsilon > 0.0);
+    drop(l);
+    // ...but an RDP budget cannot be totalled over another grid of orders.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute("UPDATE budgets SET accountant = 'rdp'", [])
+        .unwrap();
+    drop(c);
+    let l = PrivacyLedger::open(&db).unwrap();
+    let err = l.spent("old").unwrap_err().to_string();
+    assert!(err.contains("earlier RDP accountant"), "{err}");
 }

@@ -61,14 +61,12 @@ fn budget_show_reads_the_ledger() {
         let mut l = PrivacyLedger::open(&db).unwrap();
         l.set_budget("demo", 4.0, 1e-6, shroud::policy::AccountantKind::Zcdp)
             .unwrap();
-        let c = RoundCharge {
-            rho: 0.0625,
-            rdp: shroud::dp::accountant::rdp_curve(1.0, 2.0),
-        };
+        let c = RoundCharge::of_zcdp(0.0625, 1.0);
         l.begin_job("demo", "job-1", "abc", &[c.clone(), c.clone()])
             .unwrap();
-        l.charge("job-1", 1, 0, &c).unwrap();
-        l.charge("job-1", 2, 0, &c).unwrap();
+        use shroud::store::ledger::ChargeKind;
+        l.charge("job-1", 1, 0, ChargeKind::Training, &c).unwrap();
+        l.charge("job-1", 2, 0, ChargeKind::Audit, &c).unwrap();
     }
     let (code, stdout, stderr) =
         shroud(&["budget", "show", "--db", db.to_str().unwrap(), "--json"]);
@@ -78,6 +76,8 @@ fn budget_show_reads_the_ledger() {
     assert_eq!(c["consortium"], "demo");
     assert!((c["epsilon"].as_f64().unwrap() - 2.41909).abs() < 1e-4);
     assert_eq!(v["charges"].as_array().unwrap().len(), 2);
+    // The audit's charge is shown as such.
+    assert_eq!(v["charges"][1]["kind"], "audit");
     let (code, stdout, _) = shroud(&["budget", "show", "--db", db.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(stdout.contains("demo: spent ε = 2.4191 of 4"), "{stdout}");

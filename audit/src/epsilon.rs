@@ -25,6 +25,9 @@ pub struct EpsilonBound {
     /// in which direction.
     pub threshold: Option<f64>,
     pub direction: Direction,
+    /// The two rates the bound came from, in its direction: TPR lower and
+    /// FPR upper bounds when flagging members, TNR lower and FNR upper
+    /// bounds when flagging non-members.
     pub tpr_lower: f64,
     pub fpr_upper: f64,
     /// Thresholds the Bonferroni correction covered.
@@ -43,7 +46,8 @@ pub enum Direction {
     NonMembers,
 }
 
-/// ε from one operating point's counts at per-bound error `alpha`.
+/// ε from one operating point's counts at per-bound error `alpha`, with
+/// the two rates it came from in its direction.
 pub fn epsilon_at(
     tp: u64,
     m: u64,
@@ -69,7 +73,7 @@ pub fn epsilon_at(
     if e1 >= e2 {
         (e1.max(0.0), tpr_lo, fpr_hi, Direction::Members)
     } else {
-        (e2.max(0.0), tpr_lo, fpr_hi, Direction::NonMembers)
+        (e2.max(0.0), tnr_lo, fnr_hi, Direction::NonMembers)
     }
 }
 

@@ -38,6 +38,10 @@ pub struct AttackFigures<'a> {
     /// TPR at the policy's FPR, if the attack has a ROC.
     pub tpr_at_fpr: Option<f64>,
     pub epsilon_lower_bound: f64,
+    /// `auc` and `tpr_at_fpr` are lower confidence bounds (figures from
+    /// noisy counts), not point estimates: the gate then blocks only when
+    /// the evidence says the limit is exceeded at the stated confidence.
+    pub lower_bounds: bool,
 }
 
 pub fn evaluate(limits: &GateLimits, figures: &[AttackFigures<'_>]) -> (Vec<GateCheck>, Decision) {
@@ -53,11 +57,12 @@ pub fn evaluate(limits: &GateLimits, figures: &[AttackFigures<'_>]) -> (Vec<Gate
         });
     };
     for f in figures {
+        let suffix = if f.lower_bounds { "_lower_bound" } else { "" };
         if let Some(auc) = f.auc {
-            push("auc".into(), f.attack, auc, limits.max_auc);
+            push(format!("auc{suffix}"), f.attack, auc, limits.max_auc);
         }
         if let (Some(tpr), Some((fpr, max))) = (f.tpr_at_fpr, limits.max_tpr_at_fpr) {
-            push(format!("tpr_at_fpr_{fpr}"), f.attack, tpr, max);
+            push(format!("tpr{suffix}_at_fpr_{fpr}"), f.attack, tpr, max);
         }
         push(
             "epsilon_lower_bound".into(),

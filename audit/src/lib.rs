@@ -9,6 +9,7 @@
 pub mod canary;
 pub mod epsilon;
 pub mod gate;
+pub mod noisy;
 pub mod report;
 pub mod roc;
 pub mod stats;

@@ -37,11 +37,41 @@ pub struct AttackResult {
     pub parameters: serde_json::Value,
     pub members: u64,
     pub non_members: u64,
+    /// Point estimate (from noisy counts: the counts clamped at zero).
     pub auc: f64,
+    /// Lower confidence bound on the AUC, for attacks on noisy counts.
+    #[serde(default)]
+    pub auc_lower: Option<f64>,
+    /// The std of the DP noise on each count the attack's figures come
+    /// from (summed over parties); `None` for exact scores.
+    #[serde(default)]
+    pub noise_std: Option<f64>,
     pub tpr_at_fpr: Vec<TprAtFpr>,
     pub epsilon: EpsilonBound,
     /// (fpr, tpr) points, thinned for plotting.
     pub roc: Vec<(f64, f64)>,
+}
+
+/// The noise on one attack's counts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CountsNoise {
+    pub attack: String,
+    /// L2 sensitivity of the attack's histograms to one unit of privacy.
+    pub sensitivity: f64,
+    /// Std of each party's discrete Gaussian share on every count.
+    pub noise_std_per_party: f64,
+}
+
+/// The audit's own release: the population attacks' counts, noised and
+/// charged like a training round.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditRelease {
+    /// ε of this release alone at the report's δ (it is included in
+    /// `epsilon_spent`).
+    pub epsilon_alone: f64,
+    /// Share of the job's budget (zCDP ρ) it was sized to.
+    pub budget_share: f64,
+    pub noise: Vec<CountsNoise>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,9 +88,15 @@ pub struct AuditReport {
     pub mechanism: String,
     pub unit: String,
     pub accountant: String,
+    /// ε this job spent, its audit's counts included (the ledger's charges
+    /// for this job, composed).
     pub epsilon_spent: Option<f64>,
     pub epsilon_budget: f64,
     pub delta: f64,
+    /// The audit's own noisy release; `None` without DP or without
+    /// population attacks.
+    #[serde(default)]
+    pub audit_release: Option<AuditRelease>,
     pub confidence: f64,
     pub attacks: Vec<AttackResult>,
     pub canary: Option<CanaryAudit>,
@@ -138,9 +174,42 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
         let spent = self
             .epsilon_spent
             .map_or("none (no DP)".to_string(), |e| format!("{e:.4}"));
-        row(&mut w, "ε spent (ledger)", &spent)?;
+        row(&mut w, "ε spent by this job (ledger)", &spent)?;
         row(&mut w, "ε budget", &format!("{}", self.epsilon_budget))?;
         row(&mut w, "δ", &format!("{}", self.delta))?;
+        match &self.audit_release {
+            Some(a) => {
+                let noise: Vec<String> = a
+                    .noise
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "{}: σ {} per party (sensitivity {:.3})",
+                            n.attack, n.noise_std_per_party, n.sensitivity
+                        )
+                    })
+                    .collect();
+                row(
+                    &mut w,
+                    "this audit's counts",
+                    &format!(
+                        "DP-noised and charged: ε {:.4} alone ({:.0} % of the budget's ρ), included above; {}",
+                        a.epsilon_alone,
+                        100.0 * a.budget_share,
+                        noise.join("; ")
+                    ),
+                )?;
+            }
+            None => row(
+                &mut w,
+                "this audit's counts",
+                if self.epsilon_spent.is_some() {
+                    "no population attack: nothing summed"
+                } else {
+                    "exact (no DP): this job is never released"
+                },
+            )?,
+        }
         writeln!(w, "</table>")?;
 
         writeln!(w, "<h2>Cohort</h2><table><tr><th>party</th><th>name</th><th>records</th><th>audit members</th><th>audit non-members</th></tr>")?;

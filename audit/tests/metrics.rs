@@ -1,8 +1,10 @@
 //! Metrics against hand-computed values.
 
 use shroud_audit::canary::{audit, epsilon_from_guesses};
+use shroud_audit::epsilon::Direction;
 use shroud_audit::epsilon::{epsilon_at, lower_bound};
 use shroud_audit::gate::{evaluate, AttackFigures, Decision, GateLimits};
+use shroud_audit::noisy::NoisyCounts;
 use shroud_audit::stats::{beta_inc, beta_quantile, binomial_sf, cp_lower, cp_upper, ln_gamma};
 use shroud_audit::Roc;
 
@@ -145,22 +147,28 @@ fn gate_blocks_on_any_breach_and_names_it() {
         auc: Some(0.52),
         tpr_at_fpr: Some(0.012),
         epsilon_lower_bound: 0.1,
+        lower_bounds: true,
     }];
     let (checks, d) = evaluate(&limits, &ok);
     assert_eq!(d, Decision::Release);
     assert_eq!(checks.len(), 3);
+    // Figures from noisy counts are named as the bounds they are.
+    assert_eq!(checks[0].check, "auc_lower_bound");
+    assert_eq!(checks[1].check, "tpr_lower_bound_at_fpr_0.01");
     let bad = [
         AttackFigures {
             attack: "loss",
             auc: Some(0.52),
             tpr_at_fpr: Some(0.012),
             epsilon_lower_bound: 0.1,
+            lower_bounds: true,
         },
         AttackFigures {
             attack: "canary",
             auc: None,
             tpr_at_fpr: None,
             epsilon_lower_bound: 2.5,
+            lower_bounds: false,
         },
     ];
     let (checks, d) = evaluate(&limits, &bad);
@@ -169,4 +177,119 @@ fn gate_blocks_on_any_breach_and_names_it() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].attack, "canary");
     assert!(close(failed[0].margin, -0.5, 1e-12));
+}
+
+#[test]
+fn the_bound_reports_the_rates_of_its_own_direction() {
+    // 100 members, 100 non-members; flagging the top bin catches 95
+    // non-members' complement: the non-member direction wins.
+    let (tp, m, fp, n, alpha) = (95, 100, 50, 100, 0.01);
+    let (e, lo, hi, dir) = epsilon_at(tp, m, fp, n, 0.0, alpha);
+    assert_eq!(dir, Direction::NonMembers);
+    assert!(close(lo, cp_lower(n - fp, n, alpha), 1e-12), "{lo}");
+    assert!(close(hi, cp_upper(m - tp, m, alpha), 1e-12), "{hi}");
+    assert!(close(e, (lo / hi).ln(), 1e-12));
+}
+
+/// Deterministic pseudo-Gaussian noise (sum of 12 uniforms − 6).
+fn noise(state: &mut u64, std: f64) -> f64 {
+    let mut acc = 0.0;
+    for _ in 0..12 {
+        *state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        acc += (*state >> 11) as f64 / (1u64 << 53) as f64;
+    }
+    (acc - 6.0) * std
+}
+
+fn noisy(counts: &[i64], std: f64, seed: &mut u64) -> Vec<i64> {
+    counts
+        .iter()
+        .map(|&c| c + noise(seed, std).round() as i64)
+        .collect()
+}
+
+#[test]
+fn exact_counts_give_bounds_no_stronger_than_the_point_figures() {
+    let members: Vec<i64> = (0..20).map(|i| 5 + i / 2).collect();
+    let non_members: Vec<i64> = (0..20).map(|i| 15 - i / 2).collect();
+    let edges: Vec<f64> = (0..20).map(f64::from).collect();
+    let a = NoisyCounts {
+        members: &members,
+        non_members: &non_members,
+        lower_edges: &edges,
+        noise_std: 0.0,
+    }
+    .analyse(1e-5, 0.95);
+    assert!(a.auc_lower < a.roc.auc(), "{} {}", a.auc_lower, a.roc.auc());
+    assert!(a.roc.auc() > 0.6);
+    let (lo, hi) = a.tpr_bounds_at_fpr(0.1);
+    assert!(lo <= a.roc.tpr_at_fpr(0.1) && a.roc.tpr_at_fpr(0.1) <= hi);
+    let exact = lower_bound(
+        &Roc::from_counts(
+            &members.iter().map(|&c| c as u64).collect::<Vec<_>>(),
+            &non_members.iter().map(|&c| c as u64).collect::<Vec<_>>(),
+            &edges,
+        ),
+        1e-5,
+        0.95,
+    );
+    assert!(a.epsilon.epsilon <= exact.epsilon + 1e-12);
+}
+
+#[test]
+fn strong_leakage_shows_through_modest_noise_and_not_through_heavy_noise() {
+    // 400 members all in the top bins, 400 non-members all in the bottom,
+    // over 32 bins as the audit uses.
+    let mut members = vec![0i64; 32];
+    let mut non_members = vec![0i64; 32];
+    members[27..].iter_mut().for_each(|c| *c = 80);
+    non_members[..5].iter_mut().for_each(|c| *c = 80);
+    let edges: Vec<f64> = (0..32).map(f64::from).collect();
+    let mut seed = 7;
+    let analyse = |std: f64, seed: &mut u64| {
+        NoisyCounts {
+            members: &noisy(&members, std, seed),
+            non_members: &noisy(&non_members, std, seed),
+            lower_edges: &edges,
+            noise_std: std,
+        }
+        .analyse(1e-5, 0.95)
+    };
+    let modest = analyse(3.0, &mut seed);
+    assert!(modest.auc_lower > 0.6, "{}", modest.auc_lower);
+    assert!(modest.epsilon.epsilon > 1.0, "{:?}", modest.epsilon);
+    let heavy = analyse(200.0, &mut seed);
+    assert!(heavy.auc_lower < 0.5, "{}", heavy.auc_lower);
+    assert!(heavy.epsilon.epsilon < 0.5, "{:?}", heavy.epsilon);
+}
+
+#[test]
+fn noise_alone_rarely_certifies_leakage() {
+    // Members and non-members drawn alike: any ε above zero or AUC lower
+    // bound above ½ is a false alarm; at 95 % confidence at most 5 % of
+    // trials may raise one (Bonferroni makes it far fewer).
+    let edges: Vec<f64> = (0..40).map(f64::from).collect();
+    let mut seed = 11;
+    let mut false_alarms = 0;
+    for _ in 0..200 {
+        let base: Vec<i64> = (0..40)
+            .map(|_| 10 + noise(&mut seed, 2.0).round() as i64)
+            .collect();
+        let base2: Vec<i64> = (0..40)
+            .map(|_| 10 + noise(&mut seed, 2.0).round() as i64)
+            .collect();
+        let a = NoisyCounts {
+            members: &noisy(&base, 4.0, &mut seed),
+            non_members: &noisy(&base2, 4.0, &mut seed),
+            lower_edges: &edges,
+            noise_std: 4.0,
+        }
+        .analyse(1e-5, 0.95);
+        if a.epsilon.epsilon > 0.2 || a.auc_lower > 0.5 {
+            false_alarms += 1;
+        }
+    }
+    assert!(false_alarms <= 10, "{false_alarms} false alarms in 200");
 }

@@ -123,7 +123,10 @@ pub fn service(parties: usize, len: usize, rounds: u32, neighbors: &str, json: b
     std::fs::write(dir.join("server.crt"), cert)?;
     crate::keyfile::write_secret(&dir.join("server.key"), key.as_bytes())
         .map_err(anyhow::Error::msg)?;
-    crate::keyfile::generate(&dir.join("operator.key")).map_err(anyhow::Error::msg)?;
+    let op_public =
+        crate::keyfile::generate(&dir.join("operator.key")).map_err(anyhow::Error::msg)?;
+    crate::keyfile::write_public(&dir.join("operator.pub"), &op_public)
+        .map_err(anyhow::Error::msg)?;
     let port = free_port()?;
     let child = ServeProcess::start(&std::env::current_exe()?, &dir, port, &["--allow-no-dp"])
         .context("cannot start the coordinator")?;
@@ -170,7 +173,7 @@ pub fn service(parties: usize, len: usize, rounds: u32, neighbors: &str, json: b
                     dropout: 0.0,
                     dropout_seed: 0,
                     journal: None,
-                    input_tap: None,
+                    tap: None,
                 }))
             })
             .collect();

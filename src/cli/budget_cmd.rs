@@ -53,13 +53,21 @@ pub fn show(db: &Path, json: bool) -> Result<()> {
     }
     if !report.charges.is_empty() {
         println!(
-            "{:>6} {:<20} {:>6} {:>5} {:>12} {:>10} {:>9}  at",
-            "id", "job", "round", "task", "rho", "ε after", "released"
+            "{:>6} {:<20} {:>6} {:>5} {:<8} {:>12} {:>10} {:>9}  at",
+            "id", "job", "round", "task", "kind", "rho", "ε after", "released"
         );
         for c in &report.charges {
             println!(
-                "{:>6} {:<20} {:>6} {:>5} {:>12.6} {:>10.4} {:>9}  {}",
-                c.id, c.job, c.round, c.task, c.rho, c.epsilon_after, c.released, c.created_at
+                "{:>6} {:<20} {:>6} {:>5} {:<8} {:>12.6} {:>10.4} {:>9}  {}",
+                c.id,
+                c.job,
+                c.round,
+                c.task,
+                c.kind.name(),
+                c.rho,
+                c.epsilon_after,
+                c.released,
+                c.created_at
             );
         }
     }

@@ -21,6 +21,7 @@ use crate::net::client::Client;
 use crate::party::{self, PartyConfig};
 use crate::policy::{Policy, Unit};
 use crate::release::{gate_and_report, ReleaseInputs, ReleaseOutcome};
+use crate::store::ledger::ChargeKind;
 use crate::store::PrivacyLedger;
 use crate::strategy::fedavg::FedAvg;
 use crate::strategy::Strategy;
@@ -617,15 +618,34 @@ impl DemoJob<'_> {
                 data: d,
             })
             .collect();
+        // The audit's noisy counts are charged at their sum's charge point.
+        let audit_plan = self.plan.audit.as_ref();
+        let audit_round = policy.privacy.rounds + 1;
+        let mut charge_error = None;
         let findings = audit::run(
             strategy.model(),
             audit_setup,
             &audit_parties,
             policy,
+            audit_plan,
             self.job_id,
             policy.privacy.delta,
+            |_| {
+                let Some(a) = audit_plan else { return Ok(()) };
+                ledger
+                    .charge(self.job_id, audit_round, 0, ChargeKind::Audit, &a.charge)
+                    .map(|_| ())
+                    .map_err(|e| {
+                        charge_error = Some(e.to_string());
+                        shroud_crypto::Error::Config("the ledger refused the audit's charge".into())
+                    })
+            },
         )
-        .map_err(anyhow::Error::msg)?;
+        .map_err(|e| anyhow::anyhow!("{}", charge_error.clone().unwrap_or(e)))?;
+        let epsilon_spent = match outcome.epsilon_spent {
+            Some(_) => Some(ledger.job_spent(self.job_id)?),
+            None => None,
+        };
         let cohort = policy
             .parties
             .iter()
@@ -645,7 +665,8 @@ impl DemoJob<'_> {
                 job: self.job_id,
                 model: strategy.model(),
                 findings,
-                epsilon_spent: outcome.epsilon_spent,
+                epsilon_spent,
+                audit_plan,
                 noise_std_per_party: self.plan.noise_std_per_party,
                 cohort,
                 out: &f.out,
@@ -711,7 +732,7 @@ impl DemoJob<'_> {
                         dropout: f.dropout,
                         dropout_seed: f.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64,
                         journal: None,
-                        input_tap: None,
+                        tap: None,
                     }))
                 })
                 .collect();

@@ -41,8 +41,10 @@ struct CheckReport<'a> {
     noise_std_per_party: f64,
     rho_per_round: f64,
     epsilon_by_round: &'a [f64],
+    /// Training rounds and the audit's release.
     epsilon_total: f64,
     epsilon_ideal: f64,
+    audit: Option<&'a crate::dp::plan::AuditPlan>,
     no_dp: bool,
 }
 
@@ -100,6 +102,7 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
         epsilon_by_round: &plan.epsilon_by_round,
         epsilon_total: plan.epsilon_total,
         epsilon_ideal: plan.epsilon_ideal,
+        audit: plan.audit.as_ref(),
         no_dp: policy.privacy.unit == Unit::None,
     };
     if json {
@@ -187,8 +190,27 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
             r.epsilon_by_round[i]
         );
     }
+    match r.audit {
+        Some(a) => {
+            println!(
+                "audit       the attacks' counts, noised after the last round: {:.0} % of the budget's ρ, \
+                 ε {:.4} alone, ρ {:.6}",
+                100.0 * a.budget_share,
+                a.epsilon_alone,
+                a.charge.rho
+            );
+            for n in &a.attacks {
+                println!(
+                    "            {}: sensitivity {:.3} counts, each party adds std {:.0} per count",
+                    n.attack, n.sensitivity, n.noise_std_per_party
+                );
+            }
+        }
+        None => println!("audit       no population attack: nothing summed, nothing charged"),
+    }
     println!(
-        "ε total     {:.4} of budget {} (ideal continuous Gaussian, same accountant: {:.4})",
+        "ε total     {:.4} of budget {}, rounds and audit (ideal continuous Gaussian, rounds only, \
+         same accountant: {:.4})",
         r.epsilon_total, r.epsilon_budget, r.epsilon_ideal
     );
     Ok(())

@@ -60,7 +60,13 @@ pub fn keygen(f: KeygenFlags) -> Result<()> {
         return Ok(());
     }
     let public = crate::keyfile::generate(&f.out).map_err(anyhow::Error::msg)?;
+    let pub_path = f.out.with_extension("pub");
+    crate::keyfile::write_public(&pub_path, &public).map_err(anyhow::Error::msg)?;
     println!("wrote {} (keep it secret)", f.out.display());
+    println!(
+        "wrote {} (the public key: for the roster, or `serve --operator-public-key`)",
+        pub_path.display()
+    );
     println!("roster line for the policy:");
     println!("identity_key = \"{public}\"");
     Ok(())
@@ -84,9 +90,14 @@ pub struct ServeFlags {
     /// Serve plain HTTP: only on a trusted network or behind a TLS proxy.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     insecure_http: bool,
-    /// The operator's identity key file (from `shroud keygen`); requests
-    /// signed with it may start and abort jobs.
+    /// The operator's public identity key: 64 hex characters, or the
+    /// `.pub` file `shroud keygen` wrote beside the operator's key. Requests
+    /// signed with the matching private key may start and abort jobs; the
+    /// private key itself stays with the operator.
     #[arg(long)]
+    operator_public_key: Option<String>,
+    /// Refused: the coordinator takes the operator's public key only.
+    #[arg(long, hide = true)]
     operator_key: Option<PathBuf>,
     /// Folder for audit reports and released models.
     #[arg(long, default_value = "out")]
@@ -111,10 +122,15 @@ pub fn serve(f: ServeFlags) -> Result<()> {
     let policy = Policy::parse(&f.policy, &text)?;
     let plan = PrivacyPlan::for_policy(&policy)
         .map_err(|e| anyhow::anyhow!("{}: `{}`: {}", f.policy.display(), e.key, e.message))?;
-    let operator = match &f.operator_key {
-        Some(p) => Some(
-            IdentityKey::from_seed(&*crate::keyfile::load(p).map_err(anyhow::Error::msg)?).public(),
-        ),
+    if let Some(p) = &f.operator_key {
+        bail!(
+            "--operator-key {}: the coordinator takes the operator's public key, not its private key; \
+             give --operator-public-key the `.pub` file `shroud keygen` wrote beside it (or its hex)",
+            p.display()
+        );
+    }
+    let operator = match &f.operator_public_key {
+        Some(v) => Some(crate::keyfile::load_public(v).map_err(anyhow::Error::msg)?),
         None => None,
     };
     let store = PrivacyLedger::open(&f.db)
@@ -152,7 +168,7 @@ pub fn serve(f: ServeFlags) -> Result<()> {
                     if tls { "https" } else { "http" },
                     f.db.display(),
                     if operator.is_none() {
-                        "; no --operator-key: jobs cannot be started"
+                        "; no --operator-public-key: jobs cannot be started"
                     } else {
                         ""
                     }
@@ -244,7 +260,7 @@ pub fn party(f: PartyFlags) -> Result<()> {
             f.journal
                 .unwrap_or_else(|| f.key.with_extension("journal.json")),
         ),
-        input_tap: None,
+        tap: None,
     };
     let id = cfg.id;
     let rt = tokio::runtime::Runtime::new()?;

@@ -6,10 +6,13 @@
 //!   with opendp's `make_composition` and converted to (ε, δ) with
 //!   `make_zCDP_to_approxDP` and `make_fix_delta`. zCDP gives sampling no
 //!   amplification.
-//! - **RDP** for the Poisson-subsampled Gaussian (Mironov, Talwar, Zhang
-//!   2019), converted to (ε, δ) with the conversion of Balle et al. 2020
-//!   over the usual grid of orders. The discrete mechanism enters as the
-//!   Gaussian with the same ρ as its zCDP bound.
+//! - **RDP** of the Poisson-subsampled round, converted to (ε, δ) with the
+//!   conversion of Balle et al. 2020 over a grid of orders. The round's base
+//!   mechanism is the sum of discrete Gaussians, ρ-zCDP by the bound above,
+//!   hence RDP ε(α) = ρα at every order (Bun & Steinke 2016). Subsampling
+//!   is bounded by [`rdp_subsampled_zcdp`], a bound for any mechanism with
+//!   that RDP curve, derived in docs/privacy.md — not the continuous
+//!   Gaussian's formula, which the discrete sum need not obey.
 
 use opendp::combinators::{make_composition, make_fix_delta, make_zCDP_to_approxDP};
 use opendp::core::{Function, Measurement, PrivacyMap};
@@ -146,6 +149,28 @@ pub fn zcdp_epsilon(
     Ok((eps, rho))
 }
 
+/// ε at `delta` after composing different measurements at sensitivity
+/// `d_in`, through opendp. Also returns the composed ρ.
+pub fn zcdp_epsilon_of(
+    measurements: Vec<RoundMeasurement>,
+    d_in: f64,
+    delta: f64,
+) -> Result<(f64, f64), AccountingError> {
+    let composed = od(make_composition(measurements))?;
+    let rho = od(composed.map(&d_in))?;
+    let approx = od(make_zCDP_to_approxDP(composed))?;
+    let fixed = od(make_fix_delta(&approx, delta))?;
+    let (eps, _) = od(fixed.map(&d_in))?;
+    Ok((eps, rho))
+}
+
+/// A release that costs `rho` at sensitivity `d` (and scales as the square
+/// of the distance): how a release with its own sensitivity, such as the
+/// audit's counts, joins the training rounds' composition.
+pub fn fixed_rho_measurement(rho: f64, d: f64) -> Result<RoundMeasurement, AccountingError> {
+    accounting_measurement(move |d_in| rho * (d_in / d).powi(2))
+}
+
 /// ε at `delta` for a total ρ, through opendp's conversion: the ledger's
 /// view of everything charged so far.
 pub fn zcdp_epsilon_of_rho(rho: f64, delta: f64) -> Result<f64, AccountingError> {
@@ -161,12 +186,99 @@ pub fn zcdp_epsilon_of_rho(rho: f64, delta: f64) -> Result<f64, AccountingError>
 
 // ------------------------------------------------------------------- RDP
 
-/// Orders α at which RDP is tracked: 1.1 to 10.9 in steps of 0.1, then 12
-/// to 63 (the grid of the common DP-SGD accountants).
+/// Orders α at which RDP is tracked: 1.1 to 10.9 in steps of 0.1, every
+/// integer from 11 to 64, then up to 1024 for small budgets (whose best
+/// order is large: roughly 1 + √(ln(1/δ)/ρ)).
 pub fn orders() -> Vec<f64> {
     let mut v: Vec<f64> = (1..100).map(|x| 1.0 + f64::from(x) / 10.0).collect();
-    v.extend((12..64).map(f64::from));
+    v.extend((11..=64).map(f64::from));
+    v.extend(
+        [
+            72, 80, 88, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024,
+        ]
+        .map(f64::from),
+    );
     v
+}
+
+/// RDP at integer order `alpha ≥ 2` of a mechanism that is `rho`-zCDP
+/// (so `E_q[r^ℓ] ≤ e^{ℓ(ℓ−1)ρ}` for the likelihood ratio `r = p/q` of
+/// neighbours), applied to a Poisson sample of rate `q`, under add/remove
+/// neighbours. The larger of the two directions' bounds, each the
+/// `(α−1)`-th power of e^{ε} (docs/privacy.md derives both):
+///
+/// - `D_α(mix ‖ q)`, by the binomial expansion, exactly:
+///   `(1−q)^{α−1}(1 + (α−1)q) + Σ_{ℓ≥2} C(α,ℓ)(1−q)^{α−ℓ} q^ℓ E_q[r^ℓ]`;
+/// - `D_α(q ‖ mix)`, expanding `q/mix = 1 + q(1−r)/mix` and using
+///   `mix ≥ (1−q)q`: `1 + Σ_{ℓ≥2} C(α,ℓ) q^ℓ (1−q)^{1−ℓ} E_q|1−r|^ℓ`, with
+///   `E_q(1−r)² ≤ e^{2ρ} − 1` and, for ℓ ≥ 3, the smaller of
+///   `1 + e^{ℓ(ℓ−1)ρ}` and `(e^{2ρ}−1) + (e^{ℓ(ℓ−1)ρ}−1) + (e^{(ℓ−2)(ℓ−3)ρ}−1)`
+///   (from `|1−r|^ℓ ≤ (1−r)²(1 + r^{ℓ−2})` and `E_q r^{ℓ−1} ≥ 1`), which
+///   vanishes with ρ.
+pub fn rdp_subsampled_zcdp(q: f64, rho: f64, alpha: u64) -> f64 {
+    assert!(
+        alpha >= 2,
+        "the subsampled bound holds at integer orders from 2"
+    );
+    if q <= 0.0 || rho == 0.0 {
+        return 0.0;
+    }
+    if q >= 1.0 {
+        return rho * alpha as f64;
+    }
+    let (lq, l1q) = (q.ln(), (-q).ln_1p());
+    let a = alpha as f64;
+    // Direction 1: the mixture against the base.
+    let mut d1 = (a - 1.0) * l1q + ((a - 1.0) * q).ln_1p();
+    for l in 2..=alpha {
+        let lf = l as f64;
+        let t = ln_binom_int(alpha, l) + (a - lf) * l1q + lf * lq + (lf - 1.0) * lf * rho;
+        d1 = log_add(d1, t);
+    }
+    // Direction 2: the base against the mixture.
+    let chi2 = log_expm1(2.0 * rho);
+    let mut d2 = log_add(0.0, ln_binom_int(alpha, 2) + 2.0 * lq - l1q + chi2);
+    for l in 3..=alpha {
+        let lf = l as f64;
+        let crude = log_add(0.0, (lf - 1.0) * lf * rho);
+        let quadratic = log_add(
+            log_add(chi2, log_expm1((lf - 1.0) * lf * rho)),
+            log_expm1((lf - 2.0) * (lf - 3.0) * rho),
+        );
+        let moment = crude.min(quadratic);
+        let t = ln_binom_int(alpha, l) + lf * lq + (1.0 - lf) * l1q + moment;
+        d2 = log_add(d2, t);
+    }
+    d1.max(d2) / (a - 1.0)
+}
+
+/// ln(e^x − 1) for x ≥ 0 (−∞ at 0), without overflow.
+fn log_expm1(x: f64) -> f64 {
+    if x <= 0.0 {
+        f64::NEG_INFINITY
+    } else if x > 30.0 {
+        x + (-(-x).exp()).ln_1p()
+    } else {
+        x.exp_m1().ln()
+    }
+}
+
+/// One round's RDP over [`orders`] for a `rho`-zCDP base mechanism under
+/// Poisson sampling at rate `q`. Without sampling the curve is ρα at every
+/// order; with sampling the bound holds at integer orders, and a
+/// fractional order takes the bound of the next integer (RDP does not
+/// decrease with the order).
+pub fn rdp_curve_zcdp(q: f64, rho: f64) -> Vec<f64> {
+    orders()
+        .into_iter()
+        .map(|a| {
+            if q >= 1.0 {
+                rho * a
+            } else {
+                rdp_subsampled_zcdp(q, rho, (a.ceil() as u64).max(2))
+            }
+        })
+        .collect()
 }
 
 fn log_add(a: f64, b: f64) -> f64 {

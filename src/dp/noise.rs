@@ -61,20 +61,20 @@ impl DiscreteGaussianShare {
     /// does arbitrary-precision arithmetic per coordinate, so long vectors
     /// are split over the machine's cores, each thread with its own
     /// measurement (opendp's functions are not `Send`).
-    pub fn add_to(&self, v: &mut Vec<i64>) -> Result<(), NoiseError> {
+    pub fn add_to(&self, v: &mut [i64]) -> Result<(), NoiseError> {
         let r = self.sample_into(v);
         restore_panic_reporting();
         r
     }
 
-    fn sample_into(&self, v: &mut Vec<i64>) -> Result<(), NoiseError> {
+    fn sample_into(&self, v: &mut [i64]) -> Result<(), NoiseError> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         if threads == 1 || v.len() < PARALLEL_MIN {
             let noisy = self
                 .measurement
-                .invoke(v)
+                .invoke(&v.to_vec())
                 .map_err(|e| NoiseError(e.to_string()))?;
-            *v = noisy;
+            v.copy_from_slice(&noisy);
             return Ok(());
         }
         let sigma = self.sigma;

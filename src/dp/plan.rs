@@ -15,7 +15,8 @@
 use serde::Serialize;
 
 use super::accountant::{
-    ddg_rho, ddg_round, ideal_round, rdp_curve, rdp_epsilon, zcdp_epsilon, AccountingError,
+    ddg_rho, ddg_round, ideal_round, rdp_curve, rdp_curve_zcdp, rdp_epsilon, zcdp_epsilon,
+    zcdp_epsilon_of_rho, AccountingError, RoundMeasurement,
 };
 use super::rotation::padded_len;
 use crate::policy::{AccountantKind, Policy, Rotation, Unit};
@@ -26,6 +27,10 @@ pub const WRAP_PROBABILITY: f64 = 1e-6;
 const ROUNDING_LN_INV_BETA: f64 = 0.5;
 /// Widening of the sensitivity by rounding above which `bits` are too few.
 const MAX_INFLATION: f64 = 2.0;
+/// A calibrated policy spends at most this fraction below its budget short
+/// of it: never on the budget, where another accountant's rounding could
+/// put it over.
+pub const CALIBRATION_MARGIN: f64 = 1e-3;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanError {
@@ -49,6 +54,49 @@ pub struct RoundCharge {
     pub rho: f64,
     /// RDP of the round over the accountant's orders.
     pub rdp: Vec<f64>,
+}
+
+impl RoundCharge {
+    /// A ρ-zCDP release applied to a Poisson sample at rate `q` (1: all).
+    pub fn of_zcdp(rho: f64, q: f64) -> RoundCharge {
+        RoundCharge {
+            rho,
+            rdp: rdp_curve_zcdp(q, rho),
+        }
+    }
+}
+
+/// One attack's histogram in the audit's secure sum.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttackNoise {
+    pub attack: String,
+    /// L2 sensitivity of the attack's two histograms (members, non-members)
+    /// to one unit of privacy, in counts.
+    pub sensitivity: f64,
+    /// The std of the discrete Gaussian each party adds to every count.
+    pub noise_std_per_party: f64,
+}
+
+/// The audit's release: after the last training round, one secure sum of
+/// every party's binned attack scores, each count noised like a training
+/// update and charged like one.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditPlan {
+    pub attacks: Vec<AttackNoise>,
+    /// Share of the job's budget (in zCDP ρ) set aside for it.
+    pub budget_share: f64,
+    /// What it costs.
+    pub charge: RoundCharge,
+    /// ε of the audit's release alone, at the policy's δ.
+    pub epsilon_alone: f64,
+}
+
+/// What the audit's histograms are, as the audit module defines them.
+pub struct AuditShape {
+    /// (attack, L2 sensitivity to one unit of privacy) per population attack.
+    pub sensitivities: Vec<(String, f64)>,
+    /// Counts per attack (both histograms).
+    pub width_per_attack: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +138,9 @@ pub struct PrivacyPlan {
     /// sampling rate and rounds under the same accountant, no rounding.
     pub epsilon_ideal: f64,
     pub epsilon_budget: f64,
+    /// The audit's noisy release, when the policy runs population attacks
+    /// with DP; its charge is in `epsilon_total`, not `epsilon_by_round`.
+    pub audit: Option<AuditPlan>,
 }
 
 struct Shape {
@@ -267,28 +318,99 @@ fn core(policy: &Policy, s: &Shape, z: f64, bits: u8) -> Result<Core, PlanError>
         });
     }
     let rho = ddg_rho(sensitivity, sigma_party, s.honest, s.padded);
-    // The Gaussian with the same ρ, for the RDP accountant.
-    let z_eff = (1.0 / (2.0 * rho)).sqrt();
-    let rdp = rdp_curve(policy.privacy.sampling_rate, z_eff);
     Ok(Core {
         enc,
         scaled_clip,
         sensitivity,
         sigma_party,
-        charge: RoundCharge { rho, rdp },
+        charge: RoundCharge::of_zcdp(rho, policy.privacy.sampling_rate),
     })
 }
 
-/// ε after `k` rounds of the real mechanism.
-fn epsilon_after(policy: &Policy, s: &Shape, c: &Core, k: usize) -> Result<f64, PlanError> {
+/// The zCDP ρ whose conversion spends exactly `epsilon` at `delta`.
+pub fn rho_for_epsilon(epsilon: f64, delta: f64) -> Result<f64, PlanError> {
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while zcdp_epsilon_of_rho(hi, delta)? < epsilon {
+        lo = hi;
+        hi *= 2.0;
+    }
+    // ρ to a relative 10⁻⁹: far below what the integer noise scales resolve.
+    while hi - lo > 1e-9 * hi {
+        let mid = 0.5 * (lo + hi);
+        if zcdp_epsilon_of_rho(mid, delta)? > epsilon {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// The audit's noise: each attack gets an equal part of the audit's ρ, and
+/// each party's share of an attack's noise is the smallest whole number of
+/// counts whose sum over the honest survivors meets that part.
+fn audit_plan(policy: &Policy, s: &Shape) -> Result<Option<AuditPlan>, PlanError> {
+    let shape = crate::audit::histogram_shape(policy);
+    if policy.privacy.unit == Unit::None || shape.sensitivities.is_empty() {
+        return Ok(None);
+    }
+    let share = policy.audit.budget_share;
+    let rho_target = share * rho_for_epsilon(policy.privacy.epsilon, policy.privacy.delta)?;
+    let per_attack = rho_target / shape.sensitivities.len() as f64;
+    let mut attacks = Vec::new();
+    let mut rho = 0.0;
+    for (attack, sensitivity) in shape.sensitivities {
+        let continuous = sensitivity / (2.0 * per_attack).sqrt() / (s.honest as f64).sqrt();
+        let mut sigma = continuous.ceil().max(1.0);
+        while ddg_rho(sensitivity, sigma, s.honest, shape.width_per_attack) > per_attack {
+            sigma += 1.0;
+        }
+        rho += ddg_rho(sensitivity, sigma, s.honest, shape.width_per_attack);
+        attacks.push(AttackNoise {
+            attack,
+            sensitivity,
+            noise_std_per_party: sigma,
+        });
+    }
+    Ok(Some(AuditPlan {
+        attacks,
+        budget_share: share,
+        epsilon_alone: zcdp_epsilon_of_rho(rho, policy.privacy.delta)?,
+        // Every record of the audit sample enters: no sampling.
+        charge: RoundCharge::of_zcdp(rho, 1.0),
+    }))
+}
+
+/// The audit's release as an opendp measurement on the training rounds'
+/// input metric: it costs its fixed ρ at the training sensitivity `d`.
+fn audit_measurement(rho: f64, d: f64) -> Result<RoundMeasurement, PlanError> {
+    Ok(super::accountant::fixed_rho_measurement(rho, d)?)
+}
+
+/// ε after `k` training rounds of the real mechanism, and the audit's
+/// release when `audit` is given.
+fn epsilon_after(
+    policy: &Policy,
+    s: &Shape,
+    c: &Core,
+    k: usize,
+    audit: Option<&RoundCharge>,
+) -> Result<f64, PlanError> {
     let delta = policy.privacy.delta;
     Ok(match policy.privacy.accountant {
         AccountantKind::Zcdp => {
             let round = ddg_round(c.sigma_party, s.honest, s.padded)?;
-            zcdp_epsilon(&round, k, c.sensitivity, delta)?.0
+            let mut all = vec![round; k];
+            if let Some(a) = audit {
+                all.push(audit_measurement(a.rho, c.sensitivity)?);
+            }
+            super::accountant::zcdp_epsilon_of(all, c.sensitivity, delta)?.0
         }
         AccountantKind::Rdp => {
-            let total: Vec<f64> = c.charge.rdp.iter().map(|r| r * k as f64).collect();
+            let mut total: Vec<f64> = c.charge.rdp.iter().map(|r| r * k as f64).collect();
+            if let Some(a) = audit {
+                total.iter_mut().zip(&a.rdp).for_each(|(t, r)| *t += r);
+            }
             rdp_epsilon(&total, delta).0
         }
     })
@@ -349,27 +471,41 @@ impl PrivacyPlan {
                 epsilon_total: f64::INFINITY,
                 epsilon_ideal: f64::INFINITY,
                 epsilon_budget: p.epsilon,
+                audit: None,
             });
         }
+        let audit = audit_plan(policy, &s)?;
+        let audit_charge = audit.as_ref().map(|a| &a.charge);
         let c = core(policy, &s, z, bits)?;
         let inflation = c.sensitivity / c.scaled_clip;
         let rounds = p.rounds as usize;
         let mut epsilon_by_round = Vec::with_capacity(rounds);
         for k in 1..=rounds {
-            epsilon_by_round.push(epsilon_after(policy, &s, &c, k)?);
+            epsilon_by_round.push(epsilon_after(policy, &s, &c, k, None)?);
         }
-        let epsilon_total = *epsilon_by_round.last().expect("at least one round");
-        if epsilon_total > p.epsilon * (1.0 + 1e-9) {
-            let max_rounds = epsilon_by_round
-                .iter()
-                .take_while(|e| **e <= p.epsilon)
+        let epsilon_total = match audit_charge {
+            Some(a) => epsilon_after(policy, &s, &c, rounds, Some(a))?,
+            None => *epsilon_by_round.last().expect("at least one round"),
+        };
+        if epsilon_total >= p.epsilon {
+            let max_rounds = (1..=rounds)
+                .take_while(|&k| {
+                    epsilon_after(policy, &s, &c, k, audit_charge).is_ok_and(|e| e < p.epsilon)
+                })
                 .count();
             let z_needed = calibrate_z(policy, &s).ok();
             return Err(PlanError {
                 key: "privacy.rounds",
                 message: format!(
-                    "{rounds} rounds would spend ε = {epsilon_total:.3} ({}) at δ = {}, above the budget \
+                    "{rounds} rounds{} would spend ε = {epsilon_total:.3} ({}) at δ = {}, reaching the budget \
                      ε = {}; use at most {max_rounds} rounds{}",
+                    match &audit {
+                        Some(a) => format!(
+                            " and the audit's noisy counts ({:.0} % of the budget's ρ)",
+                            100.0 * a.budget_share
+                        ),
+                        None => String::new(),
+                    },
                     p.accountant.name(),
                     p.delta,
                     p.epsilon,
@@ -404,6 +540,7 @@ impl PrivacyPlan {
             epsilon_total,
             epsilon_ideal: epsilon_ideal(policy, z)?,
             epsilon_budget: p.epsilon,
+            audit,
         })
     }
 
@@ -413,15 +550,28 @@ impl PrivacyPlan {
     }
 }
 
-/// ε after all rounds at noise multiplier `z`; a cost too large for the
-/// conversion to represent counts as infinite.
-fn total_epsilon(policy: &Policy, s: &Shape, z: f64) -> Result<f64, PlanError> {
+/// ε after all rounds and the audit at noise multiplier `z`; a cost too
+/// large for the conversion to represent counts as infinite.
+fn total_epsilon(
+    policy: &Policy,
+    s: &Shape,
+    z: f64,
+    audit: Option<&RoundCharge>,
+) -> Result<f64, PlanError> {
     let c = core(policy, s, z, policy.encoding.bits)?;
-    Ok(epsilon_after(policy, s, &c, policy.privacy.rounds as usize).unwrap_or(f64::INFINITY))
+    Ok(
+        epsilon_after(policy, s, &c, policy.privacy.rounds as usize, audit)
+            .unwrap_or(f64::INFINITY),
+    )
 }
 
+/// The smallest noise multiplier (to 10⁻⁶ relative) whose rounds and audit
+/// spend at most the budget less [`CALIBRATION_MARGIN`].
 fn calibrate_z(policy: &Policy, s: &Shape) -> Result<f64, PlanError> {
-    let target = policy.privacy.epsilon;
+    let audit = audit_plan(policy, s)?;
+    let audit = audit.as_ref().map(|a| &a.charge);
+    let target = policy.privacy.epsilon * (1.0 - CALIBRATION_MARGIN);
+    let total_epsilon = |policy: &Policy, s: &Shape, z: f64| total_epsilon(policy, s, z, audit);
     let (mut lo, mut hi) = (0.25f64, 0.25f64);
     while total_epsilon(policy, s, hi)? > target {
         lo = hi;

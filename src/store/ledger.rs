@@ -58,6 +58,37 @@ impl From<rusqlite::Error> for LedgerError {
     }
 }
 
+/// What a charge paid for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChargeKind {
+    /// A training round's secure sum.
+    Training,
+    /// The audit's noisy counts.
+    Audit,
+}
+
+impl ChargeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ChargeKind::Training => "training",
+            ChargeKind::Audit => "audit",
+        }
+    }
+
+    fn parse(s: &str) -> rusqlite::Result<ChargeKind> {
+        match s {
+            "training" => Ok(ChargeKind::Training),
+            "audit" => Ok(ChargeKind::Audit),
+            other => Err(rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("unknown charge kind `{other}`").into(),
+            )),
+        }
+    }
+}
+
 /// One committed charge.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChargeRecord {
@@ -65,6 +96,7 @@ pub struct ChargeRecord {
     pub job: String,
     pub round: u32,
     pub task: u32,
+    pub kind: ChargeKind,
     pub accountant: String,
     pub rho: f64,
     /// ε of the consortium after this charge, at its δ.
@@ -110,6 +142,7 @@ CREATE TABLE IF NOT EXISTS charges (
     job           TEXT NOT NULL REFERENCES jobs(job),
     round         INTEGER NOT NULL,
     task          INTEGER NOT NULL,
+    kind          TEXT NOT NULL DEFAULT 'training' CHECK (kind IN ('training', 'audit')),
     accountant    TEXT NOT NULL,
     rho           REAL NOT NULL,
     rdp           TEXT NOT NULL,
@@ -137,6 +170,7 @@ impl PrivacyLedger {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         conn.execute_batch(super::log::SCHEMA)?;
         conn.execute_batch(super::service::SCHEMA)?;
         Ok(PrivacyLedger { conn })
@@ -172,10 +206,28 @@ impl PrivacyLedger {
         })
     }
 
+    /// ε that one job's own charges spend, at its consortium's δ and under
+    /// its accountant: what its model's privacy rests on.
+    pub fn job_spent(&self, job: &str) -> Result<f64, LedgerError> {
+        let consortium: String = self
+            .conn
+            .query_row(
+                "SELECT consortium FROM jobs WHERE job = ?1",
+                params![job],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| LedgerError::UnknownJob(job.into()))?;
+        let b = read_budget(&self.conn, &consortium)?;
+        let (rho, rdp, _) = read_totals(&self.conn, Scope::Job(job), b.accountant)?;
+        Self::epsilon_of(&b, rho, &rdp)
+    }
+
     /// What a consortium has spent so far, in-flight rounds included.
     pub fn spent(&self, consortium: &str) -> Result<Spent, LedgerError> {
         let b = read_budget(&self.conn, consortium)?;
-        let (rho, rdp, charges) = read_totals(&self.conn, consortium)?;
+        let (rho, rdp, charges) =
+            read_totals(&self.conn, Scope::Consortium(consortium), b.accountant)?;
         let epsilon = Self::epsilon_of(&b, rho, &rdp)?;
         let jobs: i64 = self.conn.query_row(
             "SELECT COUNT(*) FROM jobs WHERE consortium = ?1",
@@ -204,14 +256,15 @@ impl PrivacyLedger {
         planned: &[RoundCharge],
     ) -> Result<(), LedgerError> {
         let b = read_budget(&self.conn, consortium)?;
-        let (mut rho, mut rdp, _) = read_totals(&self.conn, consortium)?;
+        let (mut rho, mut rdp, _) =
+            read_totals(&self.conn, Scope::Consortium(consortium), b.accountant)?;
         let spent = Self::epsilon_of(&b, rho, &rdp)?;
         for c in planned {
             rho += c.rho;
             rdp.iter_mut().zip(&c.rdp).for_each(|(a, b)| *a += b);
         }
         let with_job = Self::epsilon_of(&b, rho, &rdp)?;
-        if with_job > b.epsilon * (1.0 + 1e-9) {
+        if with_job > b.epsilon {
             return Err(LedgerError::BudgetExceeded {
                 consortium: consortium.into(),
                 spent,
@@ -234,9 +287,10 @@ impl PrivacyLedger {
         job: &str,
         round: u32,
         task: u32,
+        kind: ChargeKind,
         charge: &RoundCharge,
     ) -> Result<ChargeRecord, LedgerError> {
-        self.charge_with(job, round, task, charge, |_, _| Ok(()))
+        self.charge_with(job, round, task, kind, charge, |_, _| Ok(()))
     }
 
     /// [`charge`](Self::charge), running `also` (given the charge id) in the
@@ -247,6 +301,7 @@ impl PrivacyLedger {
         job: &str,
         round: u32,
         task: u32,
+        kind: ChargeKind,
         charge: &RoundCharge,
         also: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> rusqlite::Result<()>,
     ) -> Result<ChargeRecord, LedgerError> {
@@ -262,14 +317,14 @@ impl PrivacyLedger {
         let rdp =
             serde_json::to_string(&charge.rdp).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
         tx.execute(
-            "INSERT INTO charges (job, round, task, accountant, rho, rdp, epsilon_after, delta)
-             VALUES (?1, ?2, ?3, '', ?4, ?5, 0, 0)",
-            params![job, round, task, charge.rho, rdp],
+            "INSERT INTO charges (job, round, task, kind, accountant, rho, rdp, epsilon_after, delta)
+             VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, 0, 0)",
+            params![job, round, task, kind.name(), charge.rho, rdp],
         )?;
         let id = tx.last_insert_rowid();
         // ε after the charge, computed inside the same transaction.
         let b = read_budget(&tx, &consortium)?;
-        let (rho, rdp_total, _) = read_totals(&tx, &consortium)?;
+        let (rho, rdp_total, _) = read_totals(&tx, Scope::Consortium(&consortium), b.accountant)?;
         let eps = Self::epsilon_of(&b, rho, &rdp_total)?;
         tx.execute(
             "UPDATE charges SET accountant = ?1, epsilon_after = ?2, delta = ?3 WHERE id = ?4",
@@ -291,7 +346,7 @@ impl PrivacyLedger {
 
     fn charge_by_id(&self, id: i64) -> Result<ChargeRecord, LedgerError> {
         Ok(self.conn.query_row(
-            "SELECT id, job, round, task, accountant, rho, epsilon_after, delta, released, created_at
+            "SELECT id, job, round, task, kind, accountant, rho, epsilon_after, delta, released, created_at
              FROM charges WHERE id = ?1",
             params![id],
             row_to_charge,
@@ -301,7 +356,7 @@ impl PrivacyLedger {
     /// Every charge, oldest first, optionally of one job.
     pub fn charges(&self, job: Option<&str>) -> Result<Vec<ChargeRecord>, LedgerError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, job, round, task, accountant, rho, epsilon_after, delta, released, created_at
+            "SELECT id, job, round, task, kind, accountant, rho, epsilon_after, delta, released, created_at
              FROM charges WHERE (?1 IS NULL OR job = ?1) ORDER BY id",
         )?;
         let rows = stmt.query_map(params![job], row_to_charge)?;
@@ -342,12 +397,13 @@ fn row_to_charge(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChargeRecord> {
         job: r.get(1)?,
         round: r.get(2)?,
         task: r.get(3)?,
-        accountant: r.get(4)?,
-        rho: r.get(5)?,
-        epsilon_after: r.get(6)?,
-        delta: r.get(7)?,
-        released: r.get::<_, i64>(8)? != 0,
-        created_at: r.get(9)?,
+        kind: ChargeKind::parse(&r.get::<_, String>(4)?)?,
+        accountant: r.get(5)?,
+        rho: r.get(6)?,
+        epsilon_after: r.get(7)?,
+        delta: r.get(8)?,
+        released: r.get::<_, i64>(9)? != 0,
+        created_at: r.get(10)?,
     })
 }
 
@@ -378,29 +434,67 @@ fn read_budget(conn: &Connection, consortium: &str) -> Result<Budget, LedgerErro
     })
 }
 
-/// Sums of ρ and of the RDP curves over a consortium's charges.
-fn read_totals(conn: &Connection, consortium: &str) -> Result<(f64, Vec<f64>, usize), LedgerError> {
-    let mut stmt = conn.prepare(
-        "SELECT c.rho, c.rdp FROM charges c JOIN jobs j ON c.job = j.job WHERE j.consortium = ?1",
-    )?;
+/// Whose charges to total.
+enum Scope<'a> {
+    Consortium(&'a str),
+    Job(&'a str),
+}
+
+/// Sums of ρ and, for the RDP accountant, of the RDP curves over the
+/// charges in `scope`. A curve over another grid of orders (a ledger
+/// written by an earlier accountant) is refused rather than guessed at.
+fn read_totals(
+    conn: &Connection,
+    scope: Scope<'_>,
+    accountant: AccountantKind,
+) -> Result<(f64, Vec<f64>, usize), LedgerError> {
+    let (sql, key) = match scope {
+        Scope::Consortium(c) => (
+            "SELECT c.rho, c.rdp FROM charges c JOIN jobs j ON c.job = j.job WHERE j.consortium = ?1",
+            c,
+        ),
+        Scope::Job(j) => ("SELECT rho, rdp FROM charges WHERE job = ?1", j),
+    };
+    let mut stmt = conn.prepare(sql)?;
     let mut rho = 0.0;
     let mut rdp = vec![0.0; orders().len()];
     let mut n = 0;
-    let rows = stmt.query_map(params![consortium], |r| {
+    let rows = stmt.query_map(params![key], |r| {
         Ok((r.get::<_, f64>(0)?, r.get::<_, String>(1)?))
     })?;
     for row in rows {
         let (r, curve) = row?;
         rho += r;
+        n += 1;
+        if accountant != AccountantKind::Rdp {
+            continue;
+        }
         let curve: Vec<f64> = serde_json::from_str(&curve)
             .map_err(|e| LedgerError::Corrupt(format!("RDP curve: {e}")))?;
         if curve.len() != rdp.len() {
-            return Err(LedgerError::Corrupt(
-                "RDP curve has the wrong number of orders".into(),
-            ));
+            return Err(LedgerError::Corrupt(format!(
+                "a charge's RDP curve has {} orders, this accountant tracks {}: the ledger was \
+                 written by an earlier RDP accountant; account it with that version",
+                curve.len(),
+                rdp.len()
+            )));
         }
         rdp.iter_mut().zip(curve).for_each(|(a, b)| *a += b);
-        n += 1;
     }
     Ok((rho, rdp, n))
+}
+
+/// Brings a ledger written before charges had a kind up to date: earlier
+/// charges were all training rounds.
+fn migrate(conn: &Connection) -> Result<(), LedgerError> {
+    let has_kind: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('charges') WHERE name = 'kind'")?
+        .exists([])?;
+    if !has_kind {
+        conn.execute_batch(
+            "ALTER TABLE charges ADD COLUMN kind TEXT NOT NULL DEFAULT 'training'
+               CHECK (kind IN ('training', 'audit'));",
+        )?;
+    }
+    Ok(())
 }

@@ -252,22 +252,36 @@ impl PrivacyLedger {
         Ok(())
     }
 
-    /// Charges a training round and records it as running, in one
-    /// transaction: a round never runs uncharged.
-    pub fn begin_charged_round(
+    /// Charges a running round at its charge point (its masked inputs are
+    /// in, no unmask request has left) and links the charge to the round,
+    /// in one transaction.
+    pub fn charge_round(
         &mut self,
         job: &str,
         round: u32,
         task: u32,
+        kind: super::ledger::ChargeKind,
         charge: &crate::dp::plan::RoundCharge,
     ) -> Result<super::ledger::ChargeRecord, LedgerError> {
         let job_s = job.to_string();
-        self.charge_with(job, round, task, charge, move |tx, id| {
-            start_round(tx, &job_s, round, task, Some(id))
+        self.charge_with(job, round, task, kind, charge, move |tx, id| {
+            tx.execute(
+                "UPDATE rounds SET charge_id = ?4,
+                   updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE job = ?1 AND round = ?2 AND task = ?3 AND state = 'running'",
+                params![job_s, round, task, id],
+            )
+            .and_then(|n| {
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(rusqlite::Error::QueryReturnedNoRows)
+                }
+            })
         })
     }
 
-    /// Records an uncharged round (no DP, or the audit's sum) as running.
+    /// Records a round as running, uncharged until its charge point.
     pub fn begin_round(&mut self, job: &str, round: u32, task: u32) -> Result<(), LedgerError> {
         let tx = self.conn.transaction()?;
         start_round(&tx, job, round, task, None)?;
