@@ -158,7 +158,11 @@ struct Live {
     bits: u8,
     len: usize,
     /// Encoded messages waiting for each party.
-    outbox: BTreeMap<u32, VecDeque<Vec<u8>>>,
+    /// Until the party acknowledges them by sequence number: a response lost
+    /// on the way is fetched again.
+    outbox: BTreeMap<u32, VecDeque<(u64, Vec<u8>)>>,
+    /// Sequence number of the last message queued.
+    sent: u64,
     /// Who answered in each phase.
     answered: BTreeMap<&'static str, BTreeSet<u32>>,
 }
@@ -575,15 +579,25 @@ impl Engine {
         self.drain(id, now)
     }
 
-    /// The next message queued for `party`, if any.
+    /// The next message queued for `party` after the ones it acknowledges
+    /// (`after`: the sequence number of the last message it received), with
+    /// its sequence number. Acknowledged messages are dropped; the next one
+    /// stays until acknowledged, so asking again gives it again.
     pub fn next_message(
         &mut self,
         id: &str,
         party: u32,
         round: u32,
-    ) -> Result<Option<Vec<u8>>, ServiceError> {
+        after: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>, ServiceError> {
         let live = self.live_for(id, round)?;
-        Ok(live.outbox.get_mut(&party).and_then(VecDeque::pop_front))
+        let Some(queue) = live.outbox.get_mut(&party) else {
+            return Ok(None);
+        };
+        while queue.front().is_some_and(|(seq, _)| *seq <= after) {
+            queue.pop_front();
+        }
+        Ok(queue.front().cloned())
     }
 
     /// Closes every phase whose deadline has passed.
@@ -782,6 +796,7 @@ impl Engine {
             bits,
             len,
             outbox: BTreeMap::new(),
+            sent: 0,
             answered: BTreeMap::new(),
         });
         self.bump();
@@ -798,7 +813,9 @@ impl Engine {
             let mut moved = false;
             while let Some((to, msg)) = live.protocol.poll_outgoing() {
                 let bytes = msg.encode(live.protocol.round().session());
-                live.outbox.entry(to.0).or_default().push_back(bytes);
+                live.sent += 1;
+                let seq = live.sent;
+                live.outbox.entry(to.0).or_default().push_back((seq, bytes));
                 moved = true;
             }
             let event = live.protocol.poll_event();

@@ -358,16 +358,23 @@ pub fn party_input(
     noise: Option<&DiscreteGaussianShare>,
     rng: &mut ChaCha20Rng,
 ) -> Result<Vec<u32>, JobError> {
-    let mut acc = match strategy.contribute(task, view, rng) {
-        Contribution::PerRecord(list) => {
-            let mut acc = vec![0i64; scheme.padded];
-            for g in list {
-                let q = scheme.quantize(&g, rng).map_err(JobError::Encode)?;
-                acc.iter_mut().zip(q).for_each(|(a, b)| *a += b);
+    use zeroize::{Zeroize, Zeroizing};
+    // The update, its quantized form and the sum are wiped once used.
+    let mut acc: Zeroizing<Vec<i64>> = match strategy.contribute(task, view, rng) {
+        Contribution::PerRecord(mut list) => {
+            let mut acc = Zeroizing::new(vec![0i64; scheme.padded]);
+            for g in list.iter_mut() {
+                let q = Zeroizing::new(scheme.quantize(g, rng).map_err(JobError::Encode)?);
+                g.zeroize();
+                acc.iter_mut().zip(q.iter()).for_each(|(a, b)| *a += b);
             }
             acc
         }
-        Contribution::Whole(v) => scheme.quantize(&v, rng).map_err(JobError::Encode)?,
+        Contribution::Whole(mut v) => {
+            let q = scheme.quantize(&v, rng).map_err(JobError::Encode);
+            v.zeroize();
+            Zeroizing::new(q?)
+        }
     };
     if let Some(n) = noise {
         n.add_to(&mut acc).map_err(JobError::Noise)?;

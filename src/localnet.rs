@@ -58,7 +58,7 @@ pub async fn start_coordinator(o: CoordinatorOptions<'_>) -> Result<LocalCoordin
     let plan =
         PrivacyPlan::for_policy(&o.policy).map_err(|e| format!("`{}`: {}", e.key, e.message))?;
     let limit = crate::net::server::body_limit(&o.policy, &plan);
-    let (listen, ca) = match o.tls_dir {
+    let (listen, ca, names) = match o.tls_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let (cert, key) = tls::self_signed(&["localhost".into(), "127.0.0.1".into()])?;
@@ -67,9 +67,14 @@ pub async fn start_coordinator(o: CoordinatorOptions<'_>) -> Result<LocalCoordin
             // A fresh pair each run, the key readable by its owner only.
             let _ = std::fs::remove_file(&kp);
             crate::keyfile::write_secret(&kp, key.as_bytes())?;
-            (Listen::Tls(tls::server_config(&cp, &kp)?), Some(cp))
+            let names = tls::coordinator_names(&cp)?;
+            (Listen::Tls(tls::server_config(&cp, &kp)?), Some(cp), names)
         }
-        None => (Listen::InsecureHttp, None),
+        None => (
+            Listen::InsecureHttp,
+            None,
+            crate::net::auth::CoordinatorNames::HostHeader,
+        ),
     };
     let store = PrivacyLedger::open(o.db).map_err(|e| format!("{}: {e}", o.db.display()))?;
     let metrics = Arc::new(Metrics::default());
@@ -86,7 +91,7 @@ pub async fn start_coordinator(o: CoordinatorOptions<'_>) -> Result<LocalCoordin
         Instant::now(),
     )
     .map_err(|e| e.to_string())?;
-    let state = AppState::new(engine, Some(o.operator), metrics, limit);
+    let state = AppState::new(engine, Some(o.operator), names, metrics, limit);
     let handle = axum_server::Handle::new();
     let scheme = if ca.is_some() { "https" } else { "http" };
     let task = tokio::spawn(server::serve(

@@ -102,14 +102,14 @@ pub struct PartyReport {
 /// Why a party stopped.
 pub type PartyError = ClientError;
 
-/// A secret of this party's, bound to one job and one use.
-fn party_secret(seed: &[u8; 32], label: &str, job: &str) -> [u8; 32] {
+/// A secret of this party's, bound to one job and one use; wiped on drop.
+fn party_secret(seed: &[u8; 32], label: &str, job: &str) -> Zeroizing<[u8; 32]> {
     let mut h = Sha256::new();
     for part in [label.as_bytes(), seed.as_slice(), job.as_bytes()] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
-    h.finalize().into()
+    Zeroizing::new(h.finalize().into())
 }
 
 /// What a party did in each job, kept in a file (JSON, replaced atomically)
@@ -186,7 +186,8 @@ pub async fn run(cfg: PartyConfig) -> Result<PartyReport, PartyError> {
         key,
         Signer::Party(cfg.id),
         cfg.patience,
-    )?;
+    )?
+    .for_consortium(&cfg.policy.consortium.id);
     let mut journal = SessionJournal::open(cfg.journal.clone()).map_err(PartyError::Refusing)?;
     let mut report = PartyReport::default();
     let mut done: Vec<String> = Vec::new();
@@ -328,11 +329,12 @@ async fn run_job(
         noise_std,
         sample,
         training,
-        rng: ChaCha20Rng::from_seed({
-            let mut s = [0u8; 32];
-            OsRng.fill_bytes(&mut s);
-            s
-        }),
+        rng: {
+            // The seed's one named copy is wiped once the generator holds it.
+            let mut seed = Zeroizing::new([0u8; 32]);
+            OsRng.fill_bytes(seed.as_mut());
+            ChaCha20Rng::from_seed(*seed)
+        },
         audit_seed,
     };
     let mut version = u64::MAX;
@@ -517,6 +519,9 @@ async fn take_part(
     let silent_at = (cfg.dropout > 0.0 && crate::sampling::bernoulli(&mut drng, cfg.dropout))
         .then(|| (drng.next_u32() % 5) as usize);
     let mut batch = 0usize;
+    // The sequence number of the last message received: each fetch
+    // acknowledges it, and a fetch whose answer was lost is answered again.
+    let mut received = 0u64;
     loop {
         let mut outgoing = Vec::new();
         let mut masked = false;
@@ -553,7 +558,7 @@ async fn take_part(
         let r = client
             .send(
                 Method::GET,
-                &format!("{base}/messages?wait_ms=10000"),
+                &format!("{base}/messages?after={received}&wait_ms=10000"),
                 &job,
                 task.round,
                 Body::Empty,
@@ -563,6 +568,19 @@ async fn take_part(
         if r.status() == StatusCode::NO_CONTENT {
             continue;
         }
+        let seq = r
+            .headers()
+            .get(crate::net::server::MESSAGE_SEQ)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| {
+                PartyError::Refusing("the coordinator's message has no sequence number".into())
+            })?;
+        if seq <= received {
+            // Already handled (an acknowledgement that did not arrive).
+            continue;
+        }
+        received = seq;
         let bytes = r
             .bytes()
             .await

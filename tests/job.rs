@@ -239,5 +239,22 @@ fn party_level_dp_runs_under_its_policy() {
     let eps = v["epsilon_spent"].as_f64().unwrap();
     assert!(eps > 0.0 && eps <= 6.0, "{eps}");
     let ledger = PrivacyLedger::open(Path::new(v["db"].as_str().unwrap())).unwrap();
-    assert_eq!(ledger.charges(None).unwrap().len(), 10);
+    let charges = ledger.charges(None).unwrap();
+    // Ten rounds (no dropouts: none aborted) and the audit's counts, whose
+    // party-level sensitivity is a whole party's scored sample.
+    assert_eq!(charges.len(), 11);
+    assert_eq!(
+        charges
+            .iter()
+            .filter(|c| c.kind == ChargeKind::Audit)
+            .count(),
+        1
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(v["report_json"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(
+        report["audit_release"]["noise"][0]["sensitivity"],
+        serde_json::json!(shroud::audit::AUDIT_SAMPLE_CAP as f64)
+    );
 }

@@ -551,6 +551,11 @@ async fn a_coordinator_killed_at_any_moment_never_under_charges() {
     );
 }
 
+/// Where the test consortium's requests go.
+fn audience(base: &str) -> auth::Audience {
+    auth::Audience::for_url("test-net", base)
+}
+
 /// Sends one request signed as `signer` with `key`; returns status and body.
 #[allow(clippy::too_many_arguments)]
 async fn signed(
@@ -565,7 +570,40 @@ async fn signed(
     body: Vec<u8>,
     content_type: &str,
 ) -> (u16, serde_json::Value) {
-    let headers = auth::sign(key, signer, method, path, &body, job, round);
+    let to = audience(base);
+    signed_as(
+        http,
+        base,
+        &to,
+        key,
+        signer,
+        method,
+        path,
+        job,
+        round,
+        (&body, body.clone()),
+        content_type,
+    )
+    .await
+}
+
+/// Sends one request signed for `to`, signing the first body and sending
+/// the second.
+#[allow(clippy::too_many_arguments)]
+async fn signed_as(
+    http: &reqwest::Client,
+    base: &str,
+    to: &auth::Audience,
+    key: &IdentityKey,
+    signer: Signer,
+    method: &str,
+    path: &str,
+    job: &str,
+    round: u64,
+    (signed_body, body): (&[u8], Vec<u8>),
+    content_type: &str,
+) -> (u16, serde_json::Value) {
+    let headers = auth::sign(key, signer, to, method, path, signed_body, job, round);
     let mut req = http.request(method.parse().unwrap(), format!("{base}{path}"));
     for (k, v) in headers {
         req = req.header(k, v);
@@ -645,7 +683,16 @@ async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
     let (st, b) = post_message(&http, base, &k0, Signer::Party(99), 1, vec![1, 2]).await;
     cases.push(("unknown party", st, "unknown_signer", b));
     // A replay of an accepted request.
-    let headers = auth::sign(&k0, Signer::Party(0), "GET", "/v1/jobs/j4", b"", "j4", 0);
+    let headers = auth::sign(
+        &k0,
+        Signer::Party(0),
+        &audience(base),
+        "GET",
+        "/v1/jobs/j4",
+        b"",
+        "j4",
+        0,
+    );
     let mut codes = Vec::new();
     for _ in 0..2 {
         let mut req = http.get(format!("{base}/v1/jobs/j4"));
@@ -664,6 +711,65 @@ async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
         }
     }
     assert_eq!(codes[0], 200);
+    // Signed for another consortium, or for another coordinator: a
+    // request replayed across coordinators is refused.
+    for (name, to) in [
+        (
+            "another consortium",
+            auth::Audience::for_url("other-consortium", base),
+        ),
+        (
+            "another coordinator",
+            auth::Audience::for_url("test-net", "https://coordinator-b.example:8443"),
+        ),
+    ] {
+        let (st, b) = signed_as(
+            &http,
+            base,
+            &to,
+            &k0,
+            Signer::Party(0),
+            "GET",
+            "/v1/jobs/j4",
+            "j4",
+            0,
+            (b"", Vec::new()),
+            oct,
+        )
+        .await;
+        cases.push((name, st, "wrong_audience", b));
+    }
+    // A body other than the one signed.
+    let (st, b) = signed_as(
+        &http,
+        base,
+        &audience(base),
+        &k0,
+        Signer::Party(0),
+        "POST",
+        msgs,
+        "j4",
+        1,
+        (&[1, 2, 3], vec![1, 2, 4]),
+        oct,
+    )
+    .await;
+    cases.push(("body not as signed", st, "invalid_request", b));
+    // A GET with a body.
+    let (st, b) = signed(
+        &http,
+        base,
+        &k0,
+        Signer::Party(0),
+        "GET",
+        "/v1/jobs/j4",
+        "j4",
+        0,
+        vec![1, 2, 3],
+        oct,
+    )
+    .await;
+    cases.push(("GET with a body", st, "invalid_request", b));
     // A message for a round the job is not in.
     let (st, b) = post_message(&http, base, &k0, Signer::Party(0), 5, vec![1, 2]).await;
     cases.push(("wrong round", st, "wrong_round", b));
@@ -994,10 +1100,20 @@ async fn a_party_refuses_a_job_that_would_spend_more_than_its_policy_allows() {
     use shroud::net::api::PartySetup;
     let (sets, text) = consortium(2, 60.0);
     let policy = policy_of(&text);
-    for (epsilon, rounds, why) in [
-        (100.0, 2, "spend ε = 100; the policy allows at most 8"),
-        (-1.0, 2, "spend ε = -1; the policy allows at most 8"),
-        (8.0, 50, "for 50 rounds; the policy allows 1 to 2"),
+    let ours = policy.hash.clone();
+    // A coordinator-supplied string that a byte slice at 12 would cut
+    // inside a character: the party refuses it, it does not panic.
+    let odd = "é".repeat(20);
+    for (epsilon, rounds, hash, why) in [
+        (
+            100.0,
+            2,
+            &ours,
+            "spend ε = 100; the policy allows at most 8",
+        ),
+        (-1.0, 2, &ours, "spend ε = -1; the policy allows at most 8"),
+        (8.0, 50, &ours, "for 50 rounds; the policy allows 1 to 2"),
+        (8.0, 2, &odd, "under policy éééééééééééé…"),
     ] {
         let status = JobStatus {
             job: "greedy".into(),
@@ -1023,7 +1139,7 @@ async fn a_party_refuses_a_job_that_would_spend_more_than_its_policy_allows() {
             .map_or(1.0, |p| p.noise_std_per_party);
         let setup = PartySetup {
             job: "greedy".into(),
-            policy_hash: policy.hash.clone(),
+            policy_hash: hash.clone(),
             epsilon,
             rounds,
             noise_std_per_party: sigma,
@@ -1047,4 +1163,276 @@ async fn a_party_refuses_a_job_that_would_spend_more_than_its_policy_allows() {
         assert!(err.contains(why), "{err}");
         server.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_to_a_message_fetch_loses_no_message() {
+    let dir = temp_dir("net-ack");
+    let (_sets, text) = consortium(2, 600.0);
+    let c = coordinator(&dir, &text, None).await;
+    let tls = c.client_tls().unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls.clone().unwrap())
+        .build()
+        .unwrap();
+    let mut op = operator_client(&c.url, tls);
+    let s: JobStatus = op
+        .post_json("/v1/jobs", "j6", &serde_json::json!({"job": "j6"}))
+        .await
+        .unwrap();
+    let live = s.live.unwrap();
+    let policy = policy_of(&text);
+    let roster = policy.roster_keys();
+    let cohort: Vec<_> = live
+        .cohort
+        .iter()
+        .map(|i| (shroud_crypto::PartyId(*i), roster[i]))
+        .collect();
+    let base = c.url.as_str();
+    let msgs = format!("/v1/jobs/j6/rounds/{}/messages", live.round);
+    // Every party advertises its keys, so the coordinator queues each its
+    // neighbours' keys.
+    for &i in &live.cohort {
+        let round = shroud::job::protocol_round(
+            &policy, "j6", live.round, live.task, &cohort, live.bits, live.len,
+        )
+        .unwrap();
+        let session = *round.session();
+        let mut party = shroud_crypto::Party::new(
+            round,
+            shroud_crypto::PartyId(i),
+            IdentityKey::from_seed(&demo_identity_seed(i)),
+            vec![0; live.len],
+            &mut rand_core::OsRng,
+        )
+        .unwrap();
+        let advert = party.poll_outgoing().unwrap().encode(&session);
+        let k = IdentityKey::from_seed(&demo_identity_seed(i));
+        let (st, b) = signed(
+            &http,
+            base,
+            &k,
+            Signer::Party(i),
+            "POST",
+            &msgs,
+            "j6",
+            u64::from(live.round),
+            advert,
+            "application/octet-stream",
+        )
+        .await;
+        assert_eq!(st, 202, "{b}");
+    }
+    let k0 = IdentityKey::from_seed(&demo_identity_seed(0));
+    let fetch = |after: u64| {
+        let (http, k0, msgs) = (http.clone(), &k0, msgs.clone());
+        async move {
+            let path = format!("{msgs}?after={after}");
+            let headers = auth::sign(
+                k0,
+                Signer::Party(0),
+                &audience(base),
+                "GET",
+                &path,
+                b"",
+                "j6",
+                u64::from(live.round),
+            );
+            let mut req = http.get(format!("{base}{path}"));
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let seq = r
+                .headers()
+                .get(shroud::net::server::MESSAGE_SEQ)
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (status, seq, r.bytes().await.unwrap().to_vec())
+        }
+    };
+    // The first answer is "lost": the same fetch gets the same message.
+    let (st1, seq1, first) = fetch(0).await;
+    let (st2, seq2, again) = fetch(0).await;
+    assert_eq!((st1, st2), (200, 200));
+    assert!(!first.is_empty());
+    assert_eq!((seq1, &first), (seq2, &again));
+    // Acknowledged, it is gone: nothing else is queued for party 0 yet.
+    let (st3, _, rest) = fetch(seq1.unwrap()).await;
+    assert_eq!(st3, 204, "{rest:?}");
+    c.shutdown().await;
+}
+
+/// A raw TLS connection to a local coordinator.
+async fn tls_connect(
+    c: &LocalCoordinator,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let port: u16 = c.url.rsplit(':').next().unwrap().parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let cfg = std::sync::Arc::new(c.client_tls().unwrap().unwrap());
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+}
+
+/// Sends `head` and then `body_len` bytes one every `pace`, reconnecting
+/// whenever the coordinator hangs up, until `stop` is set.
+async fn trickle(
+    c: &LocalCoordinator,
+    head: Vec<u8>,
+    head_pace: Option<Duration>,
+    pace: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut conn) = tls_connect(c).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let sent = match head_pace {
+            // Slowloris: the headers themselves, a byte at a time.
+            Some(p) => {
+                let mut ok = true;
+                for b in &head {
+                    if stop.load(Ordering::Relaxed) || conn.write_all(&[*b]).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                    let _ = conn.flush().await;
+                    tokio::time::sleep(p).await;
+                }
+                ok
+            }
+            None => conn.write_all(&head).await.is_ok(),
+        };
+        if !sent {
+            continue;
+        }
+        // Slow POST: the declared body, a byte at a time.
+        while !stop.load(Ordering::Relaxed) {
+            if conn.write_all(b"x").await.is_err() || conn.flush().await.is_err() {
+                break;
+            }
+            tokio::time::sleep(pace).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_unauthenticated_clients_cannot_stall_a_round() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = temp_dir("net-slow");
+    let (sets, text) = consortium(2, 3.0);
+    let c = Arc::new(coordinator(&dir, &text, None).await);
+    let tls = c.client_tls().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let msgs = "/v1/jobs/j7/rounds/1/messages";
+    let mut attackers = Vec::new();
+    // Outsiders: slow POSTs declaring 100 kB bodies under forged party
+    // headers, and slowloris connections sending their headers a byte at a
+    // time — eight of each, more than the coordinator has body slots.
+    let forged = format!(
+        "POST {msgs} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/octet-stream\r\n\
+         content-length: 100000\r\nx-shroud-signer: party:3\r\nx-shroud-consortium: test-net\r\n\
+         x-shroud-coordinator: 127.0.0.1\r\nx-shroud-job: j7\r\nx-shroud-round: 1\r\n\
+         x-shroud-timestamp: {}\r\nx-shroud-nonce: {}\r\nx-shroud-content-sha256: {}\r\n\
+         x-shroud-signature: {}\r\n\r\n",
+        auth::unix_now(),
+        "ab".repeat(16),
+        "cd".repeat(32),
+        "ef".repeat(64)
+    );
+    for i in 0..16 {
+        let (c, stop) = (c.clone(), stop.clone());
+        let head = if i % 2 == 0 {
+            forged.clone().into_bytes()
+        } else {
+            format!("POST {msgs} HTTP/1.1\r\nhost: 127.0.0.1\r\n").into_bytes()
+        };
+        let head_pace = (i % 2 == 1).then_some(Duration::from_secs(2));
+        attackers.push(tokio::spawn(async move {
+            trickle(&c, head, head_pace, Duration::from_secs(2), stop).await
+        }));
+    }
+    // An insider: party 7's own key signs two 100 kB bodies it then
+    // trickles; party 7 takes no other part.
+    let k7 = IdentityKey::from_seed(&demo_identity_seed(7));
+    for _ in 0..2 {
+        let body = vec![0u8; 100_000];
+        let headers = auth::sign(
+            &k7,
+            Signer::Party(7),
+            &audience(&c.url),
+            "POST",
+            msgs,
+            &body,
+            "j7",
+            1,
+        );
+        let mut head = format!(
+            "POST {msgs} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/octet-stream\r\n\
+             content-length: 100000\r\n"
+        );
+        for (k, v) in headers {
+            head += &format!("{k}: {v}\r\n");
+        }
+        head += "\r\n";
+        let (c, stop) = (c.clone(), stop.clone());
+        attackers.push(tokio::spawn(async move {
+            trickle(&c, head.into_bytes(), None, Duration::from_secs(2), stop).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The consortium's seven other parties run a job meanwhile.
+    let parties = spawn_parties(&c.url, tls.clone(), &text, &sets[..7], None);
+    let mut op = operator_client(&c.url, tls);
+    let _: JobStatus = op
+        .post_json("/v1/jobs", "j7", &serde_json::json!({"job": "j7"}))
+        .await
+        .unwrap();
+    // Legitimate requests stay quick throughout.
+    let mut slowest = Duration::ZERO;
+    let s = loop {
+        let t = std::time::Instant::now();
+        let s: JobStatus = op.json("/v1/jobs/j7", "j7").await.unwrap();
+        slowest = slowest.max(t.elapsed());
+        if s.state != "running" && s.state != "auditing" {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(s.state, "released", "{s:?}");
+    assert!(
+        s.history.iter().all(|r| r.state == "finished"),
+        "{:?}",
+        s.history
+    );
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a status request took {slowest:?}"
+    );
+    for p in parties {
+        p.await.unwrap().unwrap();
+    }
+    for a in attackers {
+        a.abort();
+    }
+    let metrics = reqwest::Client::builder()
+        .use_preconfigured_tls(c.client_tls().unwrap().unwrap())
+        .build()
+        .unwrap()
+        .get(format!("{}/metrics", c.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The forged requests were turned away at their headers.
+    assert!(metrics.contains("code=\"unauthenticated\""), "{metrics}");
 }

@@ -109,9 +109,15 @@ pub struct ServeFlags {
 }
 
 pub fn serve(f: ServeFlags) -> Result<()> {
-    let listen = match (&f.tls_cert, &f.tls_key, f.insecure_http) {
-        (Some(c), Some(k), false) => Listen::Tls(tls::server_config(c, k).map_err(anyhow::Error::msg)?),
-        (None, None, true) => Listen::InsecureHttp,
+    let (listen, names) = match (&f.tls_cert, &f.tls_key, f.insecure_http) {
+        (Some(c), Some(k), false) => (
+            Listen::Tls(tls::server_config(c, k).map_err(anyhow::Error::msg)?),
+            tls::coordinator_names(c).map_err(anyhow::Error::msg)?,
+        ),
+        (None, None, true) => (
+            Listen::InsecureHttp,
+            crate::net::auth::CoordinatorNames::HostHeader,
+        ),
         _ => bail!(
             "give --tls-cert and --tls-key (make a self-signed pair with `shroud keygen --tls --out server`), \
              or --insecure-http to serve plain HTTP"
@@ -150,7 +156,7 @@ pub fn serve(f: ServeFlags) -> Result<()> {
         Instant::now(),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let state = AppState::new(engine, operator, metrics, limit);
+    let state = AppState::new(engine, operator, names, metrics, limit);
     // Engine calls take one lock in turn: a few blocking threads serve
     // them all, and each idle one would keep its own allocator arena.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -101,21 +101,23 @@ impl EncodingScheme {
         if let Some(index) = x.iter().position(|v| !v.is_finite()) {
             return Err(EncodeError::NonFinite { index });
         }
-        let mut v = match self.rotation_seed {
+        // The update and every copy of it are wiped once done with.
+        let mut v = zeroize::Zeroizing::new(match self.rotation_seed {
             Some(seed) => rotation::rotate(x, seed),
             None => x.to_vec(),
-        };
+        });
         clip(&mut v, self.clip_norm);
         v.iter_mut().for_each(|a| *a /= self.gamma);
         // Conditional randomized rounding: unbiased per coordinate; redrawn
         // until the norm meets the bound (each draw succeeds with
         // probability at least 1 − β ≈ 0.39).
         for _ in 0..200 {
-            let r = randomized_round(&v, rng);
+            let mut r = randomized_round(&v, rng);
             let norm_sq: f64 = r.iter().map(|&a| (a as f64) * (a as f64)).sum();
             if norm_sq <= self.rounding_bound_sq {
                 return Ok(r);
             }
+            zeroize::Zeroize::zeroize(&mut r);
         }
         Err(EncodeError::Rounding)
     }

@@ -329,13 +329,22 @@ fn core(policy: &Policy, s: &Shape, z: f64, bits: u8) -> Result<Core, PlanError>
 
 /// The zCDP ρ whose conversion spends exactly `epsilon` at `delta`.
 pub fn rho_for_epsilon(epsilon: f64, delta: f64) -> Result<f64, PlanError> {
+    if !(epsilon.is_finite() && epsilon > 0.0) {
+        return Err(PlanError {
+            key: "privacy.epsilon",
+            message: format!("must be a positive number, got {epsilon}"),
+        });
+    }
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
     while zcdp_epsilon_of_rho(hi, delta)? < epsilon {
         lo = hi;
         hi *= 2.0;
     }
     // ρ to a relative 10⁻⁹: far below what the integer noise scales resolve.
-    while hi - lo > 1e-9 * hi {
+    for _ in 0..200 {
+        if hi - lo <= 1e-9 * hi {
+            break;
+        }
         let mid = 0.5 * (lo + hi);
         if zcdp_epsilon_of_rho(mid, delta)? > epsilon {
             hi = mid;

@@ -1,9 +1,13 @@
-//! Request authentication. Every request carries its signer, job, round, a
-//! timestamp and a random nonce in headers, and an ed25519 signature over
-//! the canonical form of the method, path, body hash and those headers.
-//! The coordinator checks the signature against the roster (or the
-//! operator's key), the timestamp against a window, and the nonce against
-//! the nonces it has seen in that window: a replayed request is refused.
+//! Request authentication. Every request carries in its headers its
+//! signer, the consortium, the coordinator's name (as the client reached
+//! it), job, round, a timestamp, a random nonce, the SHA-256 of its body,
+//! and an ed25519 signature over the canonical form of the method, path and
+//! all of those. The coordinator checks everything from the headers alone —
+//! signer in the roster (or the operator), signature, timestamp window,
+//! consortium, its own name, nonce not seen in the window — before it
+//! reads a byte of body or gives the request a body slot; the body is then
+//! checked against its signed hash. A request signed for another
+//! consortium or another coordinator, or replayed, is refused.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -15,6 +19,9 @@ use shroud_crypto::{IdentityKey, IdentityPublicKey};
 use crate::policy::{hex, unhex};
 
 pub const SIGNER: &str = "x-shroud-signer";
+pub const CONSORTIUM: &str = "x-shroud-consortium";
+pub const COORDINATOR: &str = "x-shroud-coordinator";
+pub const CONTENT_SHA256: &str = "x-shroud-content-sha256";
 pub const JOB: &str = "x-shroud-job";
 pub const ROUND: &str = "x-shroud-round";
 pub const TIMESTAMP: &str = "x-shroud-timestamp";
@@ -58,7 +65,12 @@ pub struct Canonical<'a> {
     pub method: &'a str,
     /// Path and query, exactly as sent.
     pub path: &'a str,
-    pub body: &'a [u8],
+    /// Hex SHA-256 of the body.
+    pub body_sha256: &'a str,
+    pub consortium: &'a str,
+    /// The coordinator's host name as the client reached it (and, over
+    /// TLS, authenticated it).
+    pub coordinator: &'a str,
     pub job: &'a str,
     pub round: u64,
     pub signer: Signer,
@@ -69,10 +81,12 @@ pub struct Canonical<'a> {
 impl Canonical<'_> {
     pub fn bytes(&self) -> Vec<u8> {
         format!(
-            "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            "shroud/v2/request\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
             self.method,
             self.path,
-            hex(&Sha256::digest(self.body)),
+            self.body_sha256,
+            self.consortium,
+            self.coordinator,
             self.job,
             self.round,
             self.signer,
@@ -83,6 +97,35 @@ impl Canonical<'_> {
     }
 }
 
+/// The hex SHA-256 of a body, as signed.
+pub fn body_hash(body: &[u8]) -> String {
+    hex(&Sha256::digest(body))
+}
+
+/// Where a request is going: the consortium and the coordinator's name.
+#[derive(Clone, Debug)]
+pub struct Audience {
+    pub consortium: String,
+    pub coordinator: String,
+}
+
+impl Audience {
+    /// The consortium, and the host of `base` (an `https://host:port` URL)
+    /// as the coordinator's name.
+    pub fn for_url(consortium: &str, base: &str) -> Audience {
+        let rest = base.split_once("://").map_or(base, |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        Audience {
+            consortium: consortium.to_string(),
+            coordinator: host.to_ascii_lowercase(),
+        }
+    }
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -90,9 +133,11 @@ pub fn unix_now() -> u64 {
 }
 
 /// The headers that authenticate one request.
+#[allow(clippy::too_many_arguments)]
 pub fn sign(
     key: &IdentityKey,
     signer: Signer,
+    audience: &Audience,
     method: &str,
     path: &str,
     body: &[u8],
@@ -103,10 +148,13 @@ pub fn sign(
     OsRng.fill_bytes(&mut nonce);
     let nonce = hex(&nonce);
     let timestamp = unix_now();
+    let body_sha256 = body_hash(body);
     let c = Canonical {
         method,
         path,
-        body,
+        body_sha256: &body_sha256,
+        consortium: &audience.consortium,
+        coordinator: &audience.coordinator,
         job,
         round,
         signer,
@@ -116,10 +164,13 @@ pub fn sign(
     let sig = key.sign_request(&c.bytes());
     vec![
         (SIGNER, signer.to_string()),
+        (CONSORTIUM, audience.consortium.clone()),
+        (COORDINATOR, audience.coordinator.clone()),
         (JOB, job.to_string()),
         (ROUND, round.to_string()),
         (TIMESTAMP, timestamp.to_string()),
         (NONCE, nonce),
+        (CONTENT_SHA256, body_sha256),
         (SIGNATURE, hex(&sig.to_bytes())),
     ]
 }
@@ -131,9 +182,21 @@ pub enum AuthError {
     Malformed(&'static str, String),
     UnknownSigner(Signer),
     BadSignature,
-    Stale { timestamp: u64, now: u64 },
+    Stale {
+        timestamp: u64,
+        now: u64,
+    },
     BeforeRestart,
     Replay,
+    /// Signed for another consortium.
+    WrongConsortium {
+        signed: String,
+        ours: String,
+    },
+    /// Signed for a coordinator of another name.
+    WrongCoordinator {
+        signed: String,
+    },
 }
 
 impl std::fmt::Display for AuthError {
@@ -156,6 +219,17 @@ impl std::fmt::Display for AuthError {
                 "the request was signed before the coordinator restarted; sign it again",
             ),
             AuthError::Replay => f.write_str("this nonce was already used: the request is a replay"),
+            AuthError::WrongConsortium { signed, ours } => write!(
+                f,
+                "the request is signed for consortium `{}`; this coordinator serves `{}`",
+                signed.escape_debug(),
+                ours.escape_debug()
+            ),
+            AuthError::WrongCoordinator { signed } => write!(
+                f,
+                "the request is signed for a coordinator named `{}`, not this one",
+                signed.escape_debug()
+            ),
         }
     }
 }
@@ -163,6 +237,9 @@ impl std::fmt::Display for AuthError {
 /// The signed fields of a request, read from its headers.
 pub struct Claimed {
     pub signer: Signer,
+    pub consortium: String,
+    pub coordinator: String,
+    pub body_sha256: String,
     pub job: String,
     pub round: u64,
     pub timestamp: u64,
@@ -178,6 +255,15 @@ impl Claimed {
         let signer: Signer = need(SIGNER)?
             .parse()
             .map_err(|e| AuthError::Malformed(SIGNER, e))?;
+        let consortium = need(CONSORTIUM)?;
+        let coordinator = need(COORDINATOR)?;
+        let body_sha256 = need(CONTENT_SHA256)?;
+        if body_sha256.len() != 64 || unhex(&body_sha256).is_none() {
+            return Err(AuthError::Malformed(
+                CONTENT_SHA256,
+                "not 32 bytes of hex".into(),
+            ));
+        }
         let job = need(JOB)?;
         let round = need(ROUND)?
             .parse()
@@ -194,6 +280,9 @@ impl Claimed {
             .ok_or_else(|| AuthError::Malformed(SIGNATURE, "not 64 bytes of hex".into()))?;
         Ok(Claimed {
             signer,
+            consortium,
+            coordinator,
+            body_sha256: body_sha256.to_ascii_lowercase(),
             job,
             round,
             timestamp,
@@ -203,10 +292,40 @@ impl Claimed {
     }
 }
 
+/// Which coordinator names a request may be signed for.
+pub enum CoordinatorNames {
+    /// Names the coordinator's TLS certificate is valid for: a request
+    /// signed for any other name was meant for another coordinator.
+    Certificate(rustls::pki_types::CertificateDer<'static>),
+    /// Plain HTTP (tests and loopback demos only): the name must be the
+    /// host the request was sent to.
+    HostHeader,
+}
+
+impl CoordinatorNames {
+    fn accepts(&self, name: &str, host_header: Option<&str>) -> bool {
+        match self {
+            CoordinatorNames::Certificate(der) => {
+                let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
+                    return false;
+                };
+                let Ok(server) = rustls::pki_types::ServerName::try_from(name) else {
+                    return false;
+                };
+                cert.verify_is_valid_for_subject_name(&server).is_ok()
+            }
+            CoordinatorNames::HostHeader => host_header
+                .is_some_and(|h| Audience::for_url("", &format!("http://{h}")).coordinator == name),
+        }
+    }
+}
+
 /// The keys a coordinator accepts and the nonces it has seen.
 pub struct Verifier {
     parties: BTreeMap<u32, IdentityPublicKey>,
     operator: Option<IdentityPublicKey>,
+    consortium: String,
+    names: CoordinatorNames,
     /// Requests signed before this instant were signed for an earlier
     /// process, whose nonce memory is gone: refused.
     started: u64,
@@ -217,24 +336,29 @@ impl Verifier {
     pub fn new(
         parties: BTreeMap<u32, IdentityPublicKey>,
         operator: Option<IdentityPublicKey>,
+        consortium: &str,
+        names: CoordinatorNames,
         started: u64,
     ) -> Verifier {
         Verifier {
             parties,
             operator,
+            consortium: consortium.to_string(),
+            names,
             started,
             seen: HashMap::new(),
         }
     }
 
-    /// Checks the claim against `method`, `path` and `body` at `now`; on
-    /// success remembers the nonce.
+    /// Checks the claim against `method` and `path` at `now`, from the
+    /// headers alone; on success remembers the nonce. The body, read
+    /// afterwards, must then hash to `claim.body_sha256`.
     pub fn verify(
         &mut self,
         claim: &Claimed,
         method: &str,
         path: &str,
-        body: &[u8],
+        host_header: Option<&str>,
         now: u64,
     ) -> Result<Signer, AuthError> {
         let key = match claim.signer {
@@ -245,7 +369,9 @@ impl Verifier {
         let c = Canonical {
             method,
             path,
-            body,
+            body_sha256: &claim.body_sha256,
+            consortium: &claim.consortium,
+            coordinator: &claim.coordinator,
             job: &claim.job,
             round: claim.round,
             signer: claim.signer,
@@ -254,6 +380,17 @@ impl Verifier {
         };
         if !key.verify_request(&c.bytes(), &claim.signature) {
             return Err(AuthError::BadSignature);
+        }
+        if claim.consortium != self.consortium {
+            return Err(AuthError::WrongConsortium {
+                signed: claim.consortium.clone(),
+                ours: self.consortium.clone(),
+            });
+        }
+        if !self.names.accepts(&claim.coordinator, host_header) {
+            return Err(AuthError::WrongCoordinator {
+                signed: claim.coordinator.clone(),
+            });
         }
         if claim.timestamp.saturating_add(WINDOW_SECS) < now
             || claim.timestamp > now.saturating_add(WINDOW_SECS)

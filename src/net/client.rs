@@ -46,6 +46,9 @@ pub struct Client {
     base: String,
     key: IdentityKey,
     signer: Signer,
+    /// The consortium and coordinator name requests are signed for; asked
+    /// of the coordinator (`/v1/info`) when not given.
+    audience: Option<auth::Audience>,
     patience: Duration,
     retries: usize,
 }
@@ -72,6 +75,25 @@ impl Client {
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
+            let audience = match &self.audience {
+                Some(a) => a.clone(),
+                None => match self.info().await {
+                    Ok(info) => {
+                        let a = auth::Audience::for_url(&info.consortium, &self.base);
+                        self.audience = Some(a.clone());
+                        a
+                    }
+                    Err(why) => {
+                        if started.elapsed() > self.patience {
+                            return Err(ClientError::Unreachable(why));
+                        }
+                        self.retries += 1;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+            };
             let (bytes, content_type) = match &body {
                 Body::Empty => (Bytes::new(), None),
                 Body::Octets(b) => (b.clone(), Some("application/octet-stream")),
@@ -80,6 +102,7 @@ impl Client {
             let headers = auth::sign(
                 &self.key,
                 self.signer,
+                &audience,
                 method.as_str(),
                 path,
                 &bytes,
@@ -116,6 +139,22 @@ impl Client {
             tokio::time::sleep(backoff + jitter).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// What the coordinator says it serves (unsigned; used only to address
+    /// signatures, which the coordinator checks against its own).
+    async fn info(&self) -> Result<super::server::Info, String> {
+        let r = self
+            .http
+            .get(format!("{}/v1/info", self.base))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("/v1/info answered {}", r.status()));
+        }
+        let bytes = r.bytes().await.map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("/v1/info: {e}"))
     }
 
     pub async fn json<T: serde::de::DeserializeOwned>(
@@ -197,9 +236,17 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             key,
             signer,
+            audience: None,
             patience,
             retries: 0,
         })
+    }
+
+    /// Signs every request for `consortium` (the party's own policy says
+    /// which), instead of asking the coordinator.
+    pub fn for_consortium(mut self, consortium: &str) -> Client {
+        self.audience = Some(auth::Audience::for_url(consortium, &self.base));
+        self
     }
 
     /// Requests retried so far.

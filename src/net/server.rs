@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use utoipa::OpenApi;
 
 use super::api::{ErrorBody, JobStatus, PartySetup, StartJob};
-use super::auth::{unix_now, AuthError, Claimed, Signer, Verifier};
+use super::auth::{body_hash, unix_now, AuthError, Claimed, CoordinatorNames, Signer, Verifier};
 use super::metrics::Metrics;
 use crate::coordinator::{Engine, ErrorKind, ServiceError};
 
@@ -25,6 +25,7 @@ use crate::coordinator::{Engine, ErrorKind, ServiceError};
 /// document exactly these.
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
+    ("get", "/v1/info"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("get", "/v1/jobs"),
@@ -48,8 +49,24 @@ pub fn body_limit(policy: &crate::policy::Policy, plan: &crate::dp::plan::Privac
     words * 4 + 256 * 1024 + policy.parties.len() * 1024
 }
 
-/// Requests with a body read and handled at once.
+/// Requests with a body read and handled at once, over all signers.
 const BODIES_IN_FLIGHT: usize = 8;
+/// Requests with a body one signer may have in flight at once.
+const BODIES_PER_SIGNER: usize = 2;
+/// How long an authenticated request waits for a body slot.
+const SLOT_WAIT: Duration = Duration::from_secs(15);
+/// Time allowed to read a body: this much, plus its length at
+/// [`MIN_BODY_RATE`] bytes a second.
+const BODY_TIME: Duration = Duration::from_secs(10);
+const MIN_BODY_RATE: u64 = 256 * 1024;
+/// Open connections, at most; more are closed as they arrive.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time a connection has to send a request's headers (and the TLS
+/// handshake to finish).
+pub const HEADER_TIME: Duration = Duration::from_secs(10);
+
+/// The header carrying a fetched message's sequence number.
+pub const MESSAGE_SEQ: &str = "x-shroud-seq";
 
 /// Longest a long-poll may wait.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -64,17 +81,41 @@ pub struct AppState {
     body_limit: usize,
     /// Requests with a body that may be read and held at once: the rest
     /// wait (TCP backpressure), bounding the memory vectors in flight take.
+    /// Only authenticated requests take one.
     bodies: Arc<tokio::sync::Semaphore>,
+    /// Each signer's own share of body slots, so that one signer's slow
+    /// uploads hold no one else's.
+    per_signer: Arc<Mutex<std::collections::HashMap<Signer, Arc<tokio::sync::Semaphore>>>>,
+    info: Arc<Info>,
+}
+
+/// What anyone may ask a coordinator: which consortium and policy it serves.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Info {
+    pub consortium: String,
+    pub policy_hash: String,
 }
 
 impl AppState {
     pub fn new(
         engine: Engine,
         operator: Option<shroud_crypto::IdentityPublicKey>,
+        names: CoordinatorNames,
         metrics: Arc<Metrics>,
         body_limit: usize,
     ) -> AppState {
-        let verifier = Verifier::new(engine.policy().roster_keys(), operator, unix_now());
+        let policy = engine.policy();
+        let info = Info {
+            consortium: policy.consortium.id.clone(),
+            policy_hash: policy.hash.clone(),
+        };
+        let verifier = Verifier::new(
+            policy.roster_keys(),
+            operator,
+            &policy.consortium.id,
+            names,
+            unix_now(),
+        );
         let (changed, _) = watch::channel(engine.version());
         AppState {
             engine: Arc::new(Mutex::new(engine)),
@@ -83,7 +124,41 @@ impl AppState {
             changed,
             body_limit,
             bodies: Arc::new(tokio::sync::Semaphore::new(BODIES_IN_FLIGHT)),
+            per_signer: Arc::new(Mutex::new(std::collections::HashMap::new())),
+            info: Arc::new(info),
         }
+    }
+
+    /// A body slot for `signer`: its own first, then one of the shared ones.
+    async fn body_slot(&self, signer: Signer) -> Result<BodySlot, ApiError> {
+        let own = self
+            .per_signer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(signer)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(BODIES_PER_SIGNER)))
+            .clone();
+        let own = own.try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!("{signer} already has {BODIES_PER_SIGNER} requests with a body in flight"),
+            )
+        })?;
+        let shared = tokio::time::timeout(SLOT_WAIT, self.bodies.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "the coordinator is busy with other requests; try again",
+                )
+            })?
+            .expect("the semaphore is never closed");
+        Ok(BodySlot {
+            _own: own,
+            _shared: shared,
+        })
     }
 
     /// Runs `f` on the engine on a blocking thread (unmasking may take
@@ -157,6 +232,9 @@ impl From<AuthError> for ApiError {
             AuthError::Replay => "replay",
             AuthError::UnknownSigner(_) => "unknown_signer",
             AuthError::BeforeRestart => "signed_before_restart",
+            AuthError::WrongConsortium { .. } | AuthError::WrongCoordinator { .. } => {
+                "wrong_audience"
+            }
             _ => "unauthenticated",
         };
         ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
@@ -178,6 +256,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Body slots held while a request with a body is read and handled.
+struct BodySlot {
+    _own: tokio::sync::OwnedSemaphorePermit,
+    _shared: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// An authenticated request: who signed it, what they signed, the body.
 pub struct Signed {
     pub signer: Signer,
@@ -186,8 +270,7 @@ pub struct Signed {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
-    /// Held while a request with a body is handled.
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    _slot: Option<BodySlot>,
 }
 
 impl Signed {
@@ -267,6 +350,9 @@ impl Signed {
 impl FromRequest<AppState> for Signed {
     type Rejection = ApiError;
 
+    /// Authenticates from the headers alone, then takes a body slot, then
+    /// reads the body (bounded in size and time) and checks it against its
+    /// signed hash. Nothing unauthenticated reaches a slot or the body.
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
         let limit = state.body_limit;
@@ -275,31 +361,14 @@ impl FromRequest<AppState> for Signed {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body exceeds this coordinator's limit of {limit} bytes"),
-            )
-        };
-        // Far beyond the limit: refuse without reading (the connection closes).
-        if declared.is_some_and(|n| n > (limit + DRAIN_MAX) as u64) {
-            return Err(too_large());
+        let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+        let takes_body = parts.method == axum::http::Method::POST;
+        if !takes_body && (declared.is_some_and(|n| n > 0) || chunked) {
+            return Err(ApiError::invalid(format!(
+                "{} requests carry no body",
+                parts.method
+            )));
         }
-        let permit = if parts.method == axum::http::Method::POST {
-            Some(
-                state
-                    .bodies
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed"),
-            )
-        } else {
-            None
-        };
-        let body = read_bounded(body, limit).await?.ok_or_else(too_large)?;
-        Metrics::add(&state.metrics.bytes_received, body.len() as u64);
         let claim = Claimed::from_headers(|h| {
             parts
                 .headers
@@ -312,11 +381,58 @@ impl FromRequest<AppState> for Signed {
             .path_and_query()
             .map_or(parts.uri.path(), |p| p.as_str())
             .to_string();
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
         let signer = state
             .verifier
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .verify(&claim, parts.method.as_str(), &path, &body, unix_now())?;
+            .verify(
+                &claim,
+                parts.method.as_str(),
+                &path,
+                host.as_deref(),
+                unix_now(),
+            )?;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body exceeds this coordinator's limit of {limit} bytes"),
+            )
+        };
+        // Far beyond the limit: refuse without reading (the connection closes).
+        if declared.is_some_and(|n| n > (limit + DRAIN_MAX) as u64) {
+            return Err(too_large());
+        }
+        let (slot, body) = if takes_body {
+            let slot = state.body_slot(signer).await?;
+            let allowed =
+                BODY_TIME + Duration::from_secs(declared.unwrap_or(limit as u64) / MIN_BODY_RATE);
+            let body = tokio::time::timeout(allowed, read_bounded(body, limit))
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "too_slow",
+                        format!("the body did not arrive within {} s", allowed.as_secs()),
+                    )
+                })??
+                .ok_or_else(too_large)?;
+            (Some(slot), body)
+        } else {
+            (None, Bytes::new())
+        };
+        Metrics::add(&state.metrics.bytes_received, body.len() as u64);
+        if body_hash(&body) != claim.body_sha256 {
+            return Err(ApiError::invalid(
+                "the body does not match the SHA-256 its headers signed",
+            ));
+        }
         Ok(Signed {
             signer,
             job: claim.job,
@@ -324,7 +440,7 @@ impl FromRequest<AppState> for Signed {
             path,
             headers: parts.headers,
             body,
-            _permit: permit,
+            _slot: slot,
         })
     }
 }
@@ -379,6 +495,11 @@ fn wait_of(s: &Signed) -> Result<Duration, ApiError> {
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The coordinator is up.")))]
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+#[utoipa::path(get, path = "/v1/info", responses((status = 200, body = Info, description = "The consortium and policy this coordinator serves (no signature needed).")))]
+async fn info(State(s): State<AppState>) -> Json<Info> {
+    Json((*s.info).clone())
 }
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text exposition: rounds, dropouts, bytes, refusals.", content_type = "text/plain")))]
@@ -515,8 +636,9 @@ async fn post_message(
 
 #[utoipa::path(get, path = "/v1/jobs/{job}/rounds/{round}/messages",
     params(("job" = String, Path, description = "Job id"), ("round" = u32, Path, description = "Round being collected"),
+           ("after" = Option<u64>, Query, description = "Sequence number of the last message received: acknowledges it and every one before"),
            ("wait_ms" = Option<u64>, Query, description = "Wait up to this long for a message, at most 30000")),
-    responses((status = 200, description = "The next protocol message for this party", content_type = "application/octet-stream"),
+    responses((status = 200, description = "The next protocol message for this party; its sequence number is in the x-shroud-seq header, and it is sent again until a later request acknowledges it", content_type = "application/octet-stream"),
               (status = 204, description = "No message yet"), (status = 409, body = ErrorBody)))]
 async fn next_message(
     State(s): State<AppState>,
@@ -524,13 +646,22 @@ async fn next_message(
     req: Signed,
 ) -> Result<Response, ApiError> {
     let (party, round) = req.party_round(&job, &round)?;
+    let after = req.query("after")?.unwrap_or(0);
     let deadline = tokio::time::Instant::now() + wait_of(&req)?;
     let mut rx = s.changed.subscribe();
     loop {
         rx.borrow_and_update();
         let j = job.clone();
-        if let Some(m) = s.engine(move |e| e.next_message(&j, party, round)).await? {
-            return Ok(octets(&s, m));
+        if let Some((seq, m)) = s
+            .engine(move |e| e.next_message(&j, party, round, after))
+            .await?
+        {
+            let mut r = octets(&s, m);
+            r.headers_mut().insert(
+                MESSAGE_SEQ,
+                HeaderValue::from_str(&seq.to_string()).expect("digits"),
+            );
+            return Ok(r);
         }
         if tokio::time::timeout_at(deadline, rx.changed())
             .await
@@ -545,10 +676,11 @@ async fn next_message(
 #[openapi(
     info(
         title = "Shroud coordinator",
-        description = "Secure aggregation with distributed differential privacy. Every /v1 request is signed with the caller's ed25519 identity over method, path, body hash, job, round, timestamp and nonce (headers x-shroud-*)."
+        description = "Secure aggregation with distributed differential privacy. Every /v1 request but /v1/info is signed with the caller's ed25519 identity over method, path, body SHA-256, consortium, coordinator name, job, round, timestamp and nonce (headers x-shroud-*), and authenticated from its headers before any body is read."
     ),
     paths(
         healthz,
+        info,
         metrics,
         openapi,
         list_jobs,
@@ -560,7 +692,7 @@ async fn next_message(
         post_message,
         next_message
     ),
-    components(schemas(StartJob, JobStatus, PartySetup, ErrorBody))
+    components(schemas(StartJob, JobStatus, PartySetup, ErrorBody, Info))
 )]
 pub struct ApiDoc;
 
@@ -589,6 +721,7 @@ async fn count(State(s): State<AppState>, req: Request, next: axum::middleware::
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/v1/info", get(info))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/v1/jobs", get(list_jobs).post(start_job))
@@ -625,10 +758,104 @@ pub async fn run_ticker(state: AppState) {
     }
 }
 
-/// Caps each connection's read buffer: left to grow, every party's
-/// connection keeps a buffer the size of its largest vector.
-fn bound_buffers(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
-    b.http1().max_buf_size(64 * 1024);
+/// Per-connection bounds: each connection's read buffer is capped (left to
+/// grow, every party's connection keeps a buffer the size of its largest
+/// vector), and a connection that does not deliver a request's headers in
+/// [`HEADER_TIME`] is closed (slowloris).
+fn bound_connections(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+) {
+    b.http1()
+        .max_buf_size(64 * 1024)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIME);
+}
+
+/// Accepts at most [`MAX_CONNECTIONS`] connections at once: each holds a
+/// permit for its lifetime, and a connection arriving when none is left is
+/// closed at once rather than queued.
+#[derive(Clone)]
+pub struct LimitedAcceptor {
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl LimitedAcceptor {
+    pub fn new(max: usize) -> LimitedAcceptor {
+        LimitedAcceptor {
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+        }
+    }
+}
+
+/// A connection holding its slot.
+pub struct Limited<S> {
+    inner: S,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Limited<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Limited<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl<I, S> axum_server::accept::Accept<I, S> for LimitedAcceptor {
+    type Stream = Limited<I>;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(Limited<I>, S)>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        std::future::ready(match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => Ok((
+                Limited {
+                    inner: stream,
+                    _slot: slot,
+                },
+                service,
+            )),
+            Err(_) => Err(std::io::Error::other("too many open connections")),
+        })
+    }
 }
 
 /// How the server listens.
@@ -649,16 +876,19 @@ pub async fn serve(
     let ticker = tokio::spawn(run_ticker(state));
     let result = match listen {
         Listen::Tls(cfg) => {
-            let mut server = axum_server::bind_rustls(
-                addr,
+            let tls = axum_server::tls_rustls::RustlsAcceptor::new(
                 axum_server::tls_rustls::RustlsConfig::from_config(cfg),
-            );
-            bound_buffers(server.http_builder());
+            )
+            .handshake_timeout(HEADER_TIME)
+            .acceptor(LimitedAcceptor::new(MAX_CONNECTIONS));
+            let mut server = axum_server::bind(addr).acceptor(tls);
+            bound_connections(server.http_builder());
             server.handle(handle).serve(app.into_make_service()).await
         }
         Listen::InsecureHttp => {
-            let mut server = axum_server::bind(addr);
-            bound_buffers(server.http_builder());
+            let mut server =
+                axum_server::bind(addr).acceptor(LimitedAcceptor::new(MAX_CONNECTIONS));
+            bound_connections(server.http_builder());
             server.handle(handle).serve(app.into_make_service()).await
         }
     };

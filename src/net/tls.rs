@@ -37,6 +37,13 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .ok_or_else(|| format!("{}: holds no PEM private key", path.display()))
 }
 
+/// The names a request may address this coordinator by: those its
+/// certificate (the first in the file, the leaf) is valid for.
+pub fn coordinator_names(cert: &Path) -> Result<crate::net::auth::CoordinatorNames, String> {
+    let leaf = load_certs(cert)?.swap_remove(0);
+    Ok(crate::net::auth::CoordinatorNames::Certificate(leaf))
+}
+
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = load_certs(cert)?;
     let key_der = load_key(key)?;
