@@ -164,6 +164,57 @@ pub fn zcdp_epsilon_of(
     Ok((eps, rho))
 }
 
+/// δ(ε) of a ρ-zCDP mechanism: the bound opendp's `make_zCDP_to_approxDP`
+/// proves (Canonne, Kamath & Steinke 2020, Corollary 13), in plain f64 with
+/// the same search over the order. For searching only: callers certify the
+/// value they settle on with opendp ([`zcdp_epsilon_of_rho`]).
+fn cdp_delta_estimate(rho: f64, eps: f64) -> f64 {
+    if rho <= 0.0 {
+        return 0.0;
+    }
+    let (mut lo, mut hi) = (1.01f64, (eps + 1.0) / (2.0 * rho) + 2.0);
+    loop {
+        let mid = lo + (hi - lo) / 2.0;
+        if mid == lo || mid == hi {
+            break;
+        }
+        let deriv = (2.0 * mid - 1.0) * rho - eps + (-1.0 / mid).ln_1p();
+        if deriv < 0.0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let a = hi;
+    let log_delta = (a - 1.0) * (a * rho - eps) + a * (-1.0 / a).ln_1p() - (a - 1.0).ln();
+    log_delta.exp().min(1.0)
+}
+
+/// ε at `delta` for total ρ by [`cdp_delta_estimate`]: microseconds where
+/// opendp's conversion, in arbitrary precision, takes milliseconds.
+/// For searching and projections only.
+pub fn zcdp_epsilon_estimate(rho: f64, delta: f64) -> f64 {
+    if rho <= 0.0 {
+        return 0.0;
+    }
+    let (mut lo, mut hi) = (0.0f64, rho + 2.0 * (rho * (1.0 / delta).ln()).sqrt() + 1.0);
+    while cdp_delta_estimate(rho, hi) > delta {
+        hi *= 2.0;
+    }
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if mid == lo || mid == hi {
+            break;
+        }
+        if cdp_delta_estimate(rho, mid) > delta {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
 /// A release that costs `rho` at sensitivity `d` (and scales as the square
 /// of the distance): how a release with its own sensitivity, such as the
 /// audit's counts, joins the training rounds' composition.

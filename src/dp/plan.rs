@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::accountant::{
     ddg_rho, ddg_round, ideal_round, rdp_curve, rdp_curve_zcdp, rdp_epsilon, zcdp_epsilon,
-    zcdp_epsilon_of_rho, AccountingError, RoundMeasurement,
+    zcdp_epsilon_estimate, zcdp_epsilon_of_rho, AccountingError, RoundMeasurement,
 };
 use super::rotation::padded_len;
 use crate::policy::{AccountantKind, Policy, Rotation, Unit};
@@ -335,24 +335,35 @@ pub fn rho_for_epsilon(epsilon: f64, delta: f64) -> Result<f64, PlanError> {
             message: format!("must be a positive number, got {epsilon}"),
         });
     }
+    // Locate ρ with the fast estimate of opendp's conversion, to a relative
+    // 10⁻¹²; then step down until opendp itself certifies it.
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
-    while zcdp_epsilon_of_rho(hi, delta)? < epsilon {
+    while zcdp_epsilon_estimate(hi, delta) < epsilon {
         lo = hi;
         hi *= 2.0;
     }
-    // ρ to a relative 10⁻⁹: far below what the integer noise scales resolve.
     for _ in 0..200 {
-        if hi - lo <= 1e-9 * hi {
+        if hi - lo <= 1e-12 * hi {
             break;
         }
         let mid = 0.5 * (lo + hi);
-        if zcdp_epsilon_of_rho(mid, delta)? > epsilon {
+        if zcdp_epsilon_estimate(mid, delta) > epsilon {
             hi = mid;
         } else {
             lo = mid;
         }
     }
-    Ok(lo)
+    let mut rho = lo;
+    for _ in 0..100 {
+        if zcdp_epsilon_of_rho(rho, delta)? <= epsilon {
+            return Ok(rho);
+        }
+        rho *= 1.0 - 1e-9;
+    }
+    Err(PlanError {
+        key: "privacy.epsilon",
+        message: format!("opendp could not certify a ρ for ε = {epsilon} at δ = {delta}"),
+    })
 }
 
 /// The audit's noise: each attack gets an equal part of the audit's ρ, and
@@ -396,6 +407,15 @@ fn audit_measurement(rho: f64, d: f64) -> Result<RoundMeasurement, PlanError> {
     Ok(super::accountant::fixed_rho_measurement(rho, d)?)
 }
 
+/// How an ε is computed: `Certified` through opendp's composition and
+/// conversion (what plans report and budgets check), `Estimate` by the same
+/// conversion formula in plain f64 (searches and per-round projections).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Conversion {
+    Certified,
+    Estimate,
+}
+
 /// ε after `k` training rounds of the real mechanism, and the audit's
 /// release when `audit` is given.
 fn epsilon_after(
@@ -404,9 +424,15 @@ fn epsilon_after(
     c: &Core,
     k: usize,
     audit: Option<&RoundCharge>,
+    conversion: Conversion,
 ) -> Result<f64, PlanError> {
     let delta = policy.privacy.delta;
     Ok(match policy.privacy.accountant {
+        AccountantKind::Zcdp if conversion == Conversion::Estimate => {
+            // zCDP composes by adding ρ.
+            let rho = c.charge.rho * k as f64 + audit.map_or(0.0, |a| a.rho);
+            zcdp_epsilon_estimate(rho, delta)
+        }
         AccountantKind::Zcdp => {
             let round = ddg_round(c.sigma_party, s.honest, s.padded)?;
             let mut all = vec![round; k];
@@ -489,17 +515,35 @@ impl PrivacyPlan {
         let inflation = c.sensitivity / c.scaled_clip;
         let rounds = p.rounds as usize;
         let mut epsilon_by_round = Vec::with_capacity(rounds);
-        for k in 1..=rounds {
-            epsilon_by_round.push(epsilon_after(policy, &s, &c, k, None)?);
+        // The projection round by round is estimated; the total, which
+        // the budget is held to, comes from opendp.
+        for k in 1..rounds {
+            epsilon_by_round.push(epsilon_after(
+                policy,
+                &s,
+                &c,
+                k,
+                None,
+                Conversion::Estimate,
+            )?);
         }
+        epsilon_by_round.push(epsilon_after(
+            policy,
+            &s,
+            &c,
+            rounds,
+            None,
+            Conversion::Certified,
+        )?);
         let epsilon_total = match audit_charge {
-            Some(a) => epsilon_after(policy, &s, &c, rounds, Some(a))?,
+            Some(a) => epsilon_after(policy, &s, &c, rounds, Some(a), Conversion::Certified)?,
             None => *epsilon_by_round.last().expect("at least one round"),
         };
         if epsilon_total >= p.epsilon {
             let max_rounds = (1..=rounds)
                 .take_while(|&k| {
-                    epsilon_after(policy, &s, &c, k, audit_charge).is_ok_and(|e| e < p.epsilon)
+                    epsilon_after(policy, &s, &c, k, audit_charge, Conversion::Estimate)
+                        .is_ok_and(|e| e < p.epsilon)
                 })
                 .count();
             let z_needed = calibrate_z(policy, &s).ok();
@@ -566,23 +610,30 @@ fn total_epsilon(
     s: &Shape,
     z: f64,
     audit: Option<&RoundCharge>,
+    conversion: Conversion,
 ) -> Result<f64, PlanError> {
     let c = core(policy, s, z, policy.encoding.bits)?;
-    Ok(
-        epsilon_after(policy, s, &c, policy.privacy.rounds as usize, audit)
-            .unwrap_or(f64::INFINITY),
+    Ok(epsilon_after(
+        policy,
+        s,
+        &c,
+        policy.privacy.rounds as usize,
+        audit,
+        conversion,
     )
+    .unwrap_or(f64::INFINITY))
 }
 
 /// The smallest noise multiplier (to 10⁻⁶ relative) whose rounds and audit
-/// spend at most the budget less [`CALIBRATION_MARGIN`].
+/// spend at most the budget less [`CALIBRATION_MARGIN`]: searched with the
+/// estimate, then raised until opendp certifies it.
 fn calibrate_z(policy: &Policy, s: &Shape) -> Result<f64, PlanError> {
     let audit = audit_plan(policy, s)?;
     let audit = audit.as_ref().map(|a| &a.charge);
     let target = policy.privacy.epsilon * (1.0 - CALIBRATION_MARGIN);
-    let total_epsilon = |policy: &Policy, s: &Shape, z: f64| total_epsilon(policy, s, z, audit);
+    let estimate = |z: f64| total_epsilon(policy, s, z, audit, Conversion::Estimate);
     let (mut lo, mut hi) = (0.25f64, 0.25f64);
-    while total_epsilon(policy, s, hi)? > target {
+    while estimate(hi)? > target {
         lo = hi;
         hi *= 2.0;
         if hi > 1e4 {
@@ -602,7 +653,7 @@ fn calibrate_z(policy: &Policy, s: &Shape) -> Result<f64, PlanError> {
     // ε falls as z grows: bisect to a z that spends at most the budget.
     for _ in 0..50 {
         let mid = 0.5 * (lo + hi);
-        if mid <= 0.0 || total_epsilon(policy, s, mid)? > target {
+        if mid <= 0.0 || estimate(mid)? > target {
             lo = mid;
         } else {
             hi = mid;
@@ -611,7 +662,16 @@ fn calibrate_z(policy: &Policy, s: &Shape) -> Result<f64, PlanError> {
             break;
         }
     }
-    Ok(hi)
+    for _ in 0..100 {
+        if total_epsilon(policy, s, hi, audit, Conversion::Certified)? <= target {
+            return Ok(hi);
+        }
+        hi *= 1.0 + 1e-6;
+    }
+    Err(PlanError {
+        key: "privacy.calibrate",
+        message: format!("opendp could not certify a noise multiplier for ε = {target}"),
+    })
 }
 
 fn bits_needed(policy: &Policy, s: &Shape, z: f64) -> Option<u8> {
