@@ -18,7 +18,8 @@ use crate::session::SessionId;
 use crate::shamir::SecretShare;
 use crate::share_box::CIPHERTEXT_LEN;
 
-pub const WIRE_VERSION: u8 = 2;
+/// Version 3: masks are ChaCha12 keystreams (version 2 used ChaCha20).
+pub const WIRE_VERSION: u8 = 3;
 const HEADER_LEN: usize = 2 + 32;
 
 /// The kind of a message, for errors and dispatch.
@@ -379,13 +380,22 @@ pub fn byte_width(bits: u8) -> usize {
 fn pack_words(out: &mut Vec<u8>, bits: u8, words: &[u32]) {
     let w = byte_width(bits);
     out.reserve(words.len() * w);
+    let start = out.len();
     match w {
-        4 => words
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        2 => words
-            .iter()
-            .for_each(|x| out.extend_from_slice(&(*x as u16).to_le_bytes())),
+        // Sized once and written in place: a straight copy on little-endian
+        // machines.
+        4 => {
+            out.resize(start + 4 * words.len(), 0);
+            for (b, x) in out[start..].chunks_exact_mut(4).zip(words) {
+                b.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        2 => {
+            out.resize(start + 2 * words.len(), 0);
+            for (b, x) in out[start..].chunks_exact_mut(2).zip(words) {
+                b.copy_from_slice(&(*x as u16).to_le_bytes());
+            }
+        }
         1 => out.extend(words.iter().map(|x| *x as u8)),
         _ => words
             .iter()

@@ -461,13 +461,15 @@ impl Party {
     /// `y_u = x_u + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv)` mod 2^bits.
     fn mask_input(
         &mut self,
-        st: AwaitDelivery,
+        mut st: AwaitDelivery,
         mut received: BTreeMap<PartyId, SharePair>,
         mut streams: Vec<(MaskStream, Sign)>,
     ) -> ClientPhase {
         let self_seed = self_mask_seed(&self.round.session, self.id, &st.seed);
         streams.push((MaskStream::new(&self_seed), Sign::Add));
-        let mut words = st.input.to_vec();
+        // Masked in place: once the masks are added the words are no longer
+        // secret, and no second copy of the input is ever made.
+        let mut words = std::mem::take(&mut *st.input);
         self.stats.keystream_bytes += apply_all(&mut words, &mut streams);
         let mask = self.round.mask();
         words.iter_mut().for_each(|w| *w &= mask);

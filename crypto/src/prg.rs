@@ -1,7 +1,12 @@
-//! Masks: ChaCha20 keystreams read as little-endian 32-bit words. A stream can
+//! Masks: ChaCha12 keystreams read as little-endian 32-bit words. A stream can
 //! start at any word offset, so a long vector can be masked or unmasked chunk
 //! by chunk with memory independent of its length.
 
+use chacha20::cipher::consts::U6;
+use chacha20::cipher::{
+    Block, KeyIvInit, StreamCipher, StreamCipherCore, StreamCipherCoreWrapper, StreamCipherSeekCore,
+};
+use chacha20::ChaChaCore;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -38,77 +43,100 @@ impl Sign {
     }
 }
 
-/// Words per keystream refill; 4 KiB keeps the buffer in L1.
-const BLOCK_WORDS: usize = 1024;
+/// The mask PRG: ChaCha with 12 rounds (6 double rounds), zero nonce, block
+/// counter from 0. Each seed keys exactly one stream. docs/protocol.md says
+/// why 12 rounds.
+type MaskCore = ChaChaCore<U6>;
 
-/// One mask keystream. The ChaCha state holds the key, so it is overwritten
-/// with a public all-zero state on drop.
+/// 32-bit words in one ChaCha block.
+const BLOCK_WORDS: usize = 16;
+
+/// Blocks per keystream refill: 4 KiB keeps the buffer in L1, and the SIMD
+/// backends fill several blocks at once.
+const REFILL_BLOCKS: usize = 64;
+
+/// One mask keystream. The ChaCha state holds the key and is wiped on drop.
 pub struct MaskStream {
-    rng: ChaCha20Rng,
+    core: MaskCore,
 }
 
 impl MaskStream {
     pub fn new(seed: &MaskSeed) -> Self {
         MaskStream {
-            rng: ChaCha20Rng::from_seed(seed.0),
+            core: MaskCore::new(&seed.0.into(), &[0u8; 12].into()),
         }
     }
 
     /// Adds (or subtracts) keystream words `offset .. offset + out.len()` to
     /// `out`, wrapping mod 2^32. Callers reduce mod `2^bits` at the end, which
     /// is exact because `2^bits` divides `2^32`.
+    ///
+    /// # Panics
+    /// If the words reach beyond the block counter's 2^32 blocks (2^36
+    /// words, far beyond any vector a policy admits).
     pub fn apply(&mut self, offset: u64, out: &mut [u32], sign: Sign) {
-        self.rng.set_word_pos(u128::from(offset));
-        let mut buf = [0u32; BLOCK_WORDS];
-        for chunk in out.chunks_mut(BLOCK_WORDS) {
-            let words = &mut buf[..chunk.len()];
-            fill_words(&mut self.rng, words);
+        let end = offset + out.len() as u64;
+        assert!(
+            end.div_ceil(BLOCK_WORDS as u64) <= 1 << 32,
+            "mask stream beyond 2^36 words"
+        );
+        self.core
+            .set_block_pos((offset / BLOCK_WORDS as u64) as u32);
+        let mut skip = (offset % BLOCK_WORDS as u64) as usize;
+        let mut blocks = [Block::<MaskCore>::default(); REFILL_BLOCKS];
+        let mut done = 0;
+        while done < out.len() {
+            let want = (out.len() - done + skip).min(REFILL_BLOCKS * BLOCK_WORDS);
+            let n = want.div_ceil(BLOCK_WORDS);
+            self.core.write_keystream_blocks(&mut blocks[..n]);
+            let stream = &as_bytes(&blocks[..n])[4 * skip..4 * want];
+            let chunk = &mut out[done..done + want - skip];
+            // One fused pass: read each keystream word and add it.
             match sign {
                 Sign::Add => {
-                    for (o, w) in chunk.iter_mut().zip(words.iter()) {
-                        *o = o.wrapping_add(*w);
+                    for (o, w) in chunk.iter_mut().zip(stream.chunks_exact(4)) {
+                        *o = o.wrapping_add(u32::from_le_bytes(w.try_into().expect("4 bytes")));
                     }
                 }
                 Sign::Sub => {
-                    for (o, w) in chunk.iter_mut().zip(words.iter()) {
-                        *o = o.wrapping_sub(*w);
+                    for (o, w) in chunk.iter_mut().zip(stream.chunks_exact(4)) {
+                        *o = o.wrapping_sub(u32::from_le_bytes(w.try_into().expect("4 bytes")));
                     }
                 }
             }
+            done += want - skip;
+            skip = 0;
         }
-        buf.zeroize();
-    }
-}
-
-/// Fills `words` with keystream read as little-endian words. The keystream
-/// is written straight into the words' bytes, so no second copy is made;
-/// on big-endian targets the bytes are then swapped into place.
-fn fill_words(rng: &mut ChaCha20Rng, words: &mut [u32]) {
-    // SAFETY: a `[u32]` may be viewed as `4 × len` bytes: u8 has alignment
-    // 1, the length is exact and every byte pattern is a valid u32.
-    let bytes = unsafe {
-        core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 4)
-    };
-    rng.fill_bytes(bytes);
-    if cfg!(target_endian = "big") {
-        words.iter_mut().for_each(|w| *w = u32::from_le(*w));
-    }
-}
-
-impl Drop for MaskStream {
-    fn drop(&mut self) {
-        // ChaCha20Rng has no Zeroize impl; a volatile write of a zero-keyed
-        // state cannot be elided and leaves no key material behind.
-        unsafe {
-            core::ptr::write_volatile(&mut self.rng, ChaCha20Rng::from_seed([0u8; 32]));
+        for b in blocks.iter_mut() {
+            b.as_mut_slice().zeroize();
         }
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     }
 }
 
-/// Raw keystream generation into a byte buffer: the physical reference the
-/// benchmarks compare masking against.
+// A block is a `#[repr(transparent)]` `[u8; 64]`: a slice of blocks is
+// contiguous bytes.
+const _: () = assert!(
+    core::mem::size_of::<Block<MaskCore>>() == 64 && core::mem::align_of::<Block<MaskCore>>() == 1
+);
+
+fn as_bytes(blocks: &[Block<MaskCore>]) -> &[u8] {
+    // SAFETY: each block is 64 bytes with alignment 1 (asserted above), so
+    // the slice covers exactly `64 × len` initialised bytes.
+    unsafe { core::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), blocks.len() * 64) }
+}
+
+/// The mask PRG's raw keystream XORed into a byte buffer (a zeroed buffer
+/// receives the keystream itself): the physical reference the benchmarks
+/// compare masking against.
 pub fn raw_keystream(seed: [u8; 32], out: &mut [u8]) {
+    StreamCipherCoreWrapper::from_core(MaskCore::new(&seed.into(), &[0u8; 12].into()))
+        .apply_keystream(out);
+}
+
+/// ChaCha20 (`rand_chacha`) keystream into a byte buffer: the PRG the
+/// noise sampler reads, and the masks' PRG before version 3 of the wire
+/// format; benchmarks report it beside the mask PRG.
+pub fn raw_chacha20_keystream(seed: [u8; 32], out: &mut [u8]) {
     ChaCha20Rng::from_seed(seed).fill_bytes(out);
 }
 

@@ -128,6 +128,26 @@ fn shamir_rejects_duplicate_holders_and_bad_thresholds() {
     assert!(split(&secret, &ok, 0, &mut rng).is_err());
 }
 
+/// The mask PRG is ChaCha12 with a zero nonce: the same keystream as
+/// `rand_chacha`'s independent ChaCha12 implementation on stream 0.
+#[test]
+fn masks_are_the_chacha12_keystream() {
+    use rand_chacha::rand_core::RngCore;
+    let seed = [0x5au8; 32];
+    let mut reference = vec![0u8; 4 * 3000];
+    rand_chacha::ChaCha12Rng::from_seed(seed).fill_bytes(&mut reference);
+    let mut out = vec![0u32; 3000];
+    MaskStream::new(&MaskSeed::for_testing(seed)).apply(0, &mut out, Sign::Add);
+    let words: Vec<u32> = reference
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(out, words);
+    let mut raw = vec![0u8; reference.len()];
+    raw_keystream(seed, &mut raw);
+    assert_eq!(raw, reference);
+}
+
 #[test]
 fn mask_stream_starts_at_any_word_offset() {
     let seed = [7u8; 32];
