@@ -639,9 +639,14 @@ async fn post_message(
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
-    let dir = temp_dir("net-bad");
+/// A two-party consortium's coordinator (TLS) with job `job` started: the
+/// coordinator, a raw HTTPS client that trusts it, the operator's client,
+/// the job's first status and the policy text.
+async fn started_job(
+    dir: &str,
+    job: &str,
+) -> (LocalCoordinator, reqwest::Client, Client, JobStatus, String) {
+    let dir = temp_dir(dir);
     let (_sets, text) = consortium(2, 600.0);
     let c = coordinator(&dir, &text, None).await;
     let tls = c.client_tls().unwrap();
@@ -650,10 +655,16 @@ async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
         .build()
         .unwrap();
     let mut op = operator_client(&c.url, tls);
-    let _: JobStatus = op
-        .post_json("/v1/jobs", "j4", &serde_json::json!({"job": "j4"}))
+    let s: JobStatus = op
+        .post_json("/v1/jobs", job, &serde_json::json!({ "job": job }))
         .await
         .unwrap();
+    (c, http, op, s, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
+    let (c, http, mut op, _, text) = started_job("net-bad", "j4").await;
     let before: JobStatus = op.json("/v1/jobs/j4", "j4").await.unwrap();
     let k0 = IdentityKey::from_seed(&demo_identity_seed(0));
     let k1 = IdentityKey::from_seed(&demo_identity_seed(1));
@@ -1167,19 +1178,7 @@ async fn a_party_refuses_a_job_that_would_spend_more_than_its_policy_allows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_answer_to_a_message_fetch_loses_no_message() {
-    let dir = temp_dir("net-ack");
-    let (_sets, text) = consortium(2, 600.0);
-    let c = coordinator(&dir, &text, None).await;
-    let tls = c.client_tls().unwrap();
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls.clone().unwrap())
-        .build()
-        .unwrap();
-    let mut op = operator_client(&c.url, tls);
-    let s: JobStatus = op
-        .post_json("/v1/jobs", "j6", &serde_json::json!({"job": "j6"}))
-        .await
-        .unwrap();
+    let (c, http, _op, s, text) = started_job("net-ack", "j6").await;
     let live = s.live.unwrap();
     let policy = policy_of(&text);
     let roster = policy.roster_keys();

@@ -37,6 +37,39 @@ pub struct EpsilonBound {
     pub certifiable_max: f64,
 }
 
+impl EpsilonBound {
+    /// Nothing certified yet, over `thresholds_tried` thresholds.
+    pub(crate) fn none(thresholds_tried: usize, certifiable_max: f64) -> Self {
+        EpsilonBound {
+            epsilon: 0.0,
+            threshold: None,
+            direction: Direction::Members,
+            tpr_lower: 0.0,
+            fpr_upper: 1.0,
+            thresholds_tried,
+            certifiable_max,
+        }
+    }
+
+    /// Keeps the bound at `threshold` if it certifies more.
+    pub(crate) fn keep_larger(
+        &mut self,
+        epsilon: f64,
+        threshold: f64,
+        direction: Direction,
+        tpr_lower: f64,
+        fpr_upper: f64,
+    ) {
+        if epsilon > self.epsilon {
+            self.epsilon = epsilon;
+            self.threshold = Some(threshold);
+            self.direction = direction;
+            self.tpr_lower = tpr_lower;
+            self.fpr_upper = fpr_upper;
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
@@ -89,25 +122,11 @@ pub fn lower_bound(roc: &Roc, delta: f64, confidence: f64) -> EpsilonBound {
     let k = tried.len().max(1);
     let alpha = (1.0 - confidence) / (4.0 * k as f64);
     let (m, n) = (roc.members, roc.non_members);
-    let mut best = EpsilonBound {
-        epsilon: 0.0,
-        threshold: None,
-        direction: Direction::Members,
-        tpr_lower: 0.0,
-        fpr_upper: 1.0,
-        thresholds_tried: k,
-        certifiable_max: epsilon_at(m, m, 0, n, delta, alpha).0,
-    };
+    let mut best = EpsilonBound::none(k, epsilon_at(m, m, 0, n, delta, alpha).0);
     for p in tried {
         let (e, tpr_lo, fpr_hi, dir) =
             epsilon_at(p.true_positives, m, p.false_positives, n, delta, alpha);
-        if e > best.epsilon {
-            best.epsilon = e;
-            best.threshold = Some(p.threshold);
-            best.direction = dir;
-            best.tpr_lower = tpr_lo;
-            best.fpr_upper = fpr_hi;
-        }
+        best.keep_larger(e, p.threshold, dir, tpr_lo, fpr_hi);
     }
     best
 }

@@ -175,15 +175,7 @@ fn epsilon_bound(
     tried: usize,
     certifiable_max: f64,
 ) -> EpsilonBound {
-    let mut best = EpsilonBound {
-        epsilon: 0.0,
-        threshold: None,
-        direction: Direction::Members,
-        tpr_lower: 0.0,
-        fpr_upper: 1.0,
-        thresholds_tried: tried,
-        certifiable_max,
-    };
+    let mut best = EpsilonBound::none(tried, certifiable_max);
     for t in thresholds {
         let e1 = if t.tpr_lower > delta {
             ((t.tpr_lower - delta) / t.fpr_upper).ln()
@@ -200,13 +192,7 @@ fn epsilon_bound(
         } else {
             (e2, Direction::NonMembers, t.tnr_lower, t.fnr_upper)
         };
-        if e > best.epsilon {
-            best.epsilon = e;
-            best.threshold = Some(t.threshold);
-            best.direction = dir;
-            best.tpr_lower = lo;
-            best.fpr_upper = hi;
-        }
+        best.keep_larger(e, t.threshold, dir, lo, hi);
     }
     best
 }

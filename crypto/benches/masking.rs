@@ -116,5 +116,45 @@ impl shroud_crypto::sim::Meter for UnmaskTimer {
     }
 }
 
-criterion_group!(benches, keystream_vs_masking, unmasking);
+/// A party's fixed work per round, one operation at a time: what a SecAgg+
+/// party with k neighbours pays besides keystream (2 key pairs, 2k X25519
+/// agreements, one signature, k verifications, two Shamir splits, k share
+/// boxes sealed and k opened).
+fn party_fixed_work(c: &mut Criterion) {
+    use rand_chacha::rand_core::SeedableRng;
+    use shroud_crypto::agreement::{x25519_raw, DhSecret};
+    use shroud_crypto::shamir::{split, SharedSecret};
+    use shroud_crypto::share_box::aead_seal_raw;
+    use shroud_crypto::IdentityKey;
+
+    let mut g = c.benchmark_group("party-fixed-work");
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+    g.bench_function("x25519-key-pair", |b| {
+        b.iter(|| DhSecret::random(&mut rng).public())
+    });
+    let peer = *DhSecret::random(&mut rng).public().as_bytes();
+    g.bench_function("x25519-agreement", |b| b.iter(|| x25519_raw([7; 32], peer)));
+    let key = IdentityKey::from_seed(&[3; 32]);
+    let message = [1u8; 200];
+    g.bench_function("ed25519-sign", |b| b.iter(|| key.sign_request(&message)));
+    let signature = key.sign_request(&message);
+    let public = key.public();
+    g.bench_function("ed25519-verify-strict", |b| {
+        b.iter(|| assert!(public.verify_request(&message, &signature)))
+    });
+    for (holders, threshold) in [(8u32, 4usize), (100, 51)] {
+        let ids: Vec<PartyId> = (0..holders).map(PartyId).collect();
+        let secret = SharedSecret::random(&mut rng);
+        g.bench_function(
+            format!("shamir-split-{holders}-holders-t{threshold}"),
+            |b| b.iter(|| split(&secret, &ids, threshold, &mut rng).unwrap()),
+        );
+    }
+    g.bench_function("share-box-seal", |b| {
+        b.iter(|| aead_seal_raw(&[5; 32], &[0; 12], &[0; 40], &[0; 72]))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, keystream_vs_masking, unmasking, party_fixed_work);
 criterion_main!(benches);

@@ -4,7 +4,7 @@
 //! tokio task in this process with its own connection. Parties send a
 //! model update of `--len` coordinates through secure aggregation each
 //! round without noise (noise is a party-side cost, measured by `shroud
-//! bench encoding`); the reference is raw ChaCha20 keystream throughput,
+//! bench encoding`); the reference is raw mask-PRG (ChaCha12) keystream throughput,
 //! measured in the same run, for the mask bytes a round needs.
 
 use std::time::{Duration, Instant};
@@ -281,7 +281,7 @@ pub fn service(parties: usize, len: usize, rounds: u32, neighbors: &str, json: b
         report.coordinator_peak_mib, report.coordinator_idle_mib
     );
     println!(
-        "raw ChaCha20 keystream    {:>8.2} GB/s (one core, this run)",
+        "raw ChaCha12 keystream    {:>8.2} GB/s (one core, this run)",
         report.raw_keystream_gb_per_s
     );
     println!(

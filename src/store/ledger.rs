@@ -209,15 +209,7 @@ impl PrivacyLedger {
     /// ε that one job's own charges spend, at its consortium's δ and under
     /// its accountant: what its model's privacy rests on.
     pub fn job_spent(&self, job: &str) -> Result<f64, LedgerError> {
-        let consortium: String = self
-            .conn
-            .query_row(
-                "SELECT consortium FROM jobs WHERE job = ?1",
-                params![job],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| LedgerError::UnknownJob(job.into()))?;
+        let consortium = job_consortium(&self.conn, job)?;
         let b = read_budget(&self.conn, &consortium)?;
         let (rho, rdp, _) = read_totals(&self.conn, Scope::Job(job), b.accountant)?;
         Self::epsilon_of(&b, rho, &rdp)
@@ -306,14 +298,7 @@ impl PrivacyLedger {
         also: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> rusqlite::Result<()>,
     ) -> Result<ChargeRecord, LedgerError> {
         let tx = self.conn.transaction()?;
-        let consortium: String = tx
-            .query_row(
-                "SELECT consortium FROM jobs WHERE job = ?1",
-                params![job],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| LedgerError::UnknownJob(job.into()))?;
+        let consortium = job_consortium(&tx, job)?;
         let rdp =
             serde_json::to_string(&charge.rdp).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
         tx.execute(
@@ -497,4 +482,15 @@ fn migrate(conn: &Connection) -> Result<(), LedgerError> {
         )?;
     }
     Ok(())
+}
+
+/// The consortium a job belongs to.
+fn job_consortium(conn: &rusqlite::Connection, job: &str) -> Result<String, LedgerError> {
+    conn.query_row(
+        "SELECT consortium FROM jobs WHERE job = ?1",
+        params![job],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| LedgerError::UnknownJob(job.into()))
 }

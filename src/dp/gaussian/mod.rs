@@ -77,6 +77,8 @@ pub struct NoiseBits {
     rng: ChaCha20Rng,
     reservoir: u64,
     available: u32,
+    /// 64-bit words drawn from the stream so far.
+    drawn: u64,
 }
 
 impl NoiseBits {
@@ -89,7 +91,14 @@ impl NoiseBits {
             rng,
             reservoir: 0,
             available: 0,
+            drawn: 0,
         }
+    }
+
+    /// Random bits consumed so far (whole 64-bit words drawn, less what is
+    /// still in the reservoir): what a sample costs in randomness.
+    pub fn bits_used(&self) -> u64 {
+        64 * self.drawn - u64::from(self.available)
     }
 
     /// `w` uniform bits, `1 ≤ w ≤ 64`, in the low bits of the result.
@@ -104,6 +113,7 @@ impl NoiseBits {
         } else {
             let have = self.available;
             let fresh = self.rng.next_u64();
+            self.drawn += 1;
             let need = w - have;
             let out = self.reservoir | ((fresh & low_mask(need)) << have);
             self.reservoir = shr(fresh, need);
