@@ -122,6 +122,7 @@ fn demo_with_dropouts_finishes_and_charges_every_round() {
         .collect();
     assert_eq!(audit.len(), 1, "{charges:?}");
     assert_eq!(audit[0].round, 13);
+    assert!(audit[0].released, "the counts were decoded: {charges:?}");
     // The job's ε is its own charges', the audit's included.
     let spent = ledger.job_spent(&charges[0].job).unwrap();
     assert!((spent - eps).abs() < 1e-9, "{spent} vs {eps}");
@@ -225,6 +226,7 @@ fn party_level_dp_runs_under_its_policy() {
         "demo",
         "--policy",
         "policies/party-level.toml",
+        "--in-process",
         "--dropout",
         "0",
         "--json",
@@ -243,6 +245,7 @@ fn party_level_dp_runs_under_its_policy() {
     // Ten rounds (no dropouts: none aborted) and the audit's counts, whose
     // party-level sensitivity is a whole party's scored sample.
     assert_eq!(charges.len(), 11);
+    assert!(charges.iter().all(|c| c.released), "{charges:?}");
     assert_eq!(
         charges
             .iter()

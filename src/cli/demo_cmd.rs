@@ -622,6 +622,7 @@ impl DemoJob<'_> {
         let audit_plan = self.plan.audit.as_ref();
         let audit_round = policy.privacy.rounds + 1;
         let mut charge_error = None;
+        let mut audit_charge = None;
         let findings = audit::run(
             strategy.model(),
             audit_setup,
@@ -634,7 +635,7 @@ impl DemoJob<'_> {
                 let Some(a) = audit_plan else { return Ok(()) };
                 ledger
                     .charge(self.job_id, audit_round, 0, ChargeKind::Audit, &a.charge)
-                    .map(|_| ())
+                    .map(|c| audit_charge = Some(c.id))
                     .map_err(|e| {
                         charge_error = Some(e.to_string());
                         shroud_crypto::Error::Config("the ledger refused the audit's charge".into())
@@ -642,6 +643,10 @@ impl DemoJob<'_> {
             },
         )
         .map_err(|e| anyhow::anyhow!("{}", charge_error.clone().unwrap_or(e)))?;
+        // The counts were decoded: their charge is released.
+        if let Some(id) = audit_charge {
+            ledger.mark_released(id)?;
+        }
         let epsilon_spent = match outcome.epsilon_spent {
             Some(_) => Some(ledger.job_spent(self.job_id)?),
             None => None,
