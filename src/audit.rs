@@ -28,8 +28,6 @@ use shroud_audit::noisy::NoisyCounts;
 use shroud_audit::report::{thin, AttackResult, TprAtFpr};
 use shroud_audit::stats::{cp_lower, cp_upper};
 use shroud_audit::Roc;
-use shroud_crypto::sim::{NoMeter, Sim};
-use shroud_crypto::{IdentityKey, PartyId};
 
 use sha2::{Digest, Sha256};
 
@@ -414,13 +412,6 @@ pub struct Findings {
     pub canary: Option<CanaryAudit>,
 }
 
-/// Identities that take part in the counts' secure sum.
-pub struct AuditParty<'a> {
-    pub id: u32,
-    pub identity_seed: &'a [u8; 32],
-    pub data: &'a Dataset,
-}
-
 /// The attacks scored on real records: the policy's list without "canary".
 pub fn population_attacks(policy: &Policy) -> Vec<String> {
     policy
@@ -508,39 +499,6 @@ impl SummedCounts {
             },
         }
     }
-}
-
-/// Runs both audits on `model` in one process. Party-side scoring happens
-/// per party; only the noisy summed counts reach the coordinator, after
-/// `charge` has recorded their cost (it runs at the secure sum's charge
-/// point, before anything of the sum can be decoded).
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    model: &Mlp,
-    setup: &AuditSetup,
-    parties: &[AuditParty<'_>],
-    policy: &Policy,
-    noise: Option<&crate::dp::plan::AuditPlan>,
-    job: &str,
-    delta: f64,
-    charge: impl FnMut(&[PartyId]) -> Result<(), shroud_crypto::Error>,
-) -> Result<Findings, String> {
-    let attacks = population_attacks(policy);
-    let seed = setup.sample_seed.unwrap_or(0);
-    let mut inputs: BTreeMap<PartyId, Vec<u32>> = BTreeMap::new();
-    for p in parties {
-        let sample = setup
-            .samples
-            .iter()
-            .find(|s| s.party == p.id)
-            .ok_or("missing audit sample")?;
-        let counts = party_counts(model, p.data, sample, &attacks, seed);
-        let words = party_input(&counts, noise).map_err(|e| e.to_string())?;
-        inputs.insert(PartyId(p.id), words);
-    }
-    let summed = secure_sum(policy, parties, &inputs, job, charge)?;
-    let counts = SummedCounts::new(&summed, noise, parties.len(), attacks.len());
-    Ok(findings(model, setup, &counts, policy, delta))
 }
 
 /// Coordinator side: the consortium-wide ROC of every attack from the
@@ -721,53 +679,4 @@ fn attack_result(
         epsilon: eps,
         roc: thin(&pts, 400),
     }
-}
-
-/// Sums the parties' noisy count vectors with secure aggregation (32-bit
-/// words), charging the sum at its charge point.
-fn secure_sum(
-    policy: &Policy,
-    parties: &[AuditParty<'_>],
-    inputs: &BTreeMap<PartyId, Vec<u32>>,
-    job: &str,
-    charge: impl FnMut(&[PartyId]) -> Result<(), shroud_crypto::Error>,
-) -> Result<Vec<u32>, String> {
-    let identities: Vec<(PartyId, IdentityKey)> = parties
-        .iter()
-        .map(|p| (PartyId(p.id), IdentityKey::from_seed(p.identity_seed)))
-        .collect();
-    let len = inputs.values().next().map_or(0, Vec::len);
-    let n = identities.len();
-    // The audit's sum follows every training round.
-    let round = crate::job::protocol_round(
-        policy,
-        job,
-        policy.privacy.rounds + 1,
-        0,
-        &identities
-            .iter()
-            .map(|(id, k)| (*id, k.public()))
-            .collect::<Vec<_>>(),
-        32,
-        len,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut sim = Sim::with_master_secret(
-        round,
-        identities,
-        inputs.clone(),
-        &crate::job::master_secret(),
-        NoMeter,
-    )
-    .map_err(|e| e.to_string())?;
-    let agg = sim
-        .run_charged(charge)
-        .map_err(|e| format!("the audit's secure sum failed: {e}"))?;
-    if agg.contributors.len() != n {
-        return Err(format!(
-            "only {} of {n} parties contributed audit counts",
-            agg.contributors.len()
-        ));
-    }
-    Ok(agg.sum)
 }

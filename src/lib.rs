@@ -16,7 +16,6 @@ pub mod localnet;
 pub mod model;
 pub mod net;
 pub mod party;
-pub mod party_session;
 pub mod policy;
 pub mod release;
 pub mod sampling;

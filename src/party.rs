@@ -10,53 +10,20 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rand_chacha::rand_core::{OsRng, RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 use reqwest::{Method, StatusCode};
-use sha2::{Digest, Sha256};
 use shroud_crypto::message::MessageKind;
-use shroud_crypto::{IdentityKey, Party, PartyId};
+use shroud_crypto::IdentityKey;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, Canary, PartySample};
 use crate::data::Dataset;
-use crate::dp::encode::EncodingScheme;
-use crate::dp::noise::DiscreteGaussianShare;
-use crate::dp::plan::PrivacyPlan;
-use crate::job::{job_policy, party_input, rotation_seed};
+use crate::job::local::silent_at;
+use crate::job::session::{Admission, InputRandomness, Member, PartySession, SessionState};
 use crate::net::api::{JobStatus, PartySetup};
 use crate::net::auth::Signer;
 use crate::net::client::{ok, ok_bytes, Body, Client, ClientError};
-use crate::party_session::{Admission, PartySession, SessionState, TaskKind};
-use crate::policy::{Policy, Unit};
-use crate::strategy::fedavg::FedAvg;
-use crate::strategy::{PartyView, Strategy, TaskSpec};
+use crate::policy::Policy;
 
-/// What a party saw, for callers that check the protocol end to end
-/// (tests, benchmarks).
-#[derive(Debug, Clone)]
-pub enum PartyObservation {
-    /// The words it put into a secure sum.
-    Input(ObservedInput),
-    /// An unmask request reached it: from here on the round's result could
-    /// be decoded, so the round must already be charged.
-    UnmaskRequest {
-        party: u32,
-        job: String,
-        round: u32,
-        task: u32,
-    },
-}
-
-/// One party's input to one secure sum, as observed at the party.
-#[derive(Debug, Clone)]
-pub struct ObservedInput {
-    pub party: u32,
-    pub job: String,
-    pub round: u32,
-    pub task: u32,
-    pub words: Vec<u32>,
-}
+pub use crate::job::session::{ObservedInput, PartyObservation};
 
 pub struct PartyConfig {
     pub policy: Policy,
@@ -76,8 +43,10 @@ pub struct PartyConfig {
     /// Demo only: the chance of going silent in a round (at a random phase).
     pub dropout: f64,
     /// Seed of those dropout decisions (which rounds, which phases), so a
-    /// demo's dropouts repeat from run to run.
+    /// demo's dropouts repeat from run to run (`job::local::party_dropout_seed`).
     pub dropout_seed: u64,
+    /// Where encoding randomness comes from (tests may fix it).
+    pub randomness: InputRandomness,
     /// Where the party records which rounds and audit sums it took part in,
     /// so that a restarted party refuses a replay as it would have before.
     /// `None` keeps the record in memory (in-process demos and tests).
@@ -101,16 +70,6 @@ pub struct PartyReport {
 
 /// Why a party stopped.
 pub type PartyError = ClientError;
-
-/// A secret of this party's, bound to one job and one use; wiped on drop.
-fn party_secret(seed: &[u8; 32], label: &str, job: &str) -> Zeroizing<[u8; 32]> {
-    let mut h = Sha256::new();
-    for part in [label.as_bytes(), seed.as_slice(), job.as_bytes()] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    Zeroizing::new(h.finalize().into())
-}
 
 /// What a party did in each job, kept in a file (JSON, replaced atomically)
 /// and written before the party acts on it.
@@ -150,19 +109,6 @@ impl SessionJournal {
             ))
         })
     }
-}
-
-/// Everything a party holds for one job.
-struct JobContext {
-    job: String,
-    session: PartySession,
-    /// σ of this party's noise share (integer units); `None` without DP.
-    noise_std: Option<f64>,
-    sample: PartySample,
-    training: Dataset,
-    strategy: FedAvg,
-    rng: ChaCha20Rng,
-    audit_seed: u64,
 }
 
 /// Runs the party until its job ends (`once`) or forever.
@@ -228,115 +174,30 @@ async fn run_job(
     report: &mut PartyReport,
 ) -> Result<String, PartyError> {
     let setup: PartySetup = client.json(&format!("/v1/jobs/{job}/setup"), job).await?;
-    if setup.policy_hash != cfg.policy.hash {
+    if setup.job != job {
         return Err(PartyError::Refusing(format!(
-            "the coordinator runs job `{job}` under policy {}…, this party holds {}…; \
-             every member must hold the policy the consortium signed off",
-            setup
-                .policy_hash
-                .chars()
-                .take(12)
-                .collect::<String>()
-                .escape_debug(),
-            &cfg.policy.hash[..12]
+            "asked to set up job `{}`, the coordinator answered for `{}`",
+            job.escape_debug(),
+            setup.job.escape_debug()
         )));
     }
-    // A job may spend less than the policy allows, never more: the party's
-    // noise is sized from these, so it checks them itself.
-    let allowed = &cfg.policy.privacy;
-    if !(setup.epsilon.is_finite() && setup.epsilon > 0.0 && setup.epsilon <= allowed.epsilon) {
-        return Err(PartyError::Refusing(format!(
-            "the coordinator asks job `{job}` to spend ε = {}; the policy allows at most {}",
-            setup.epsilon, allowed.epsilon
-        )));
-    }
-    if !(1..=allowed.rounds).contains(&setup.rounds) {
-        return Err(PartyError::Refusing(format!(
-            "the coordinator asks job `{job}` for {} rounds; the policy allows 1 to {}",
-            setup.rounds, allowed.rounds
-        )));
-    }
-    let infeasible = |e: crate::dp::plan::PlanError| {
-        PartyError::Refusing(format!(
-            "job `{job}`'s privacy plan: `{}`: {}",
-            e.key, e.message
-        ))
+    let member = Member {
+        id: cfg.id,
+        identity_seed: cfg.identity_seed.clone(),
+        data: cfg.data.clone(),
     };
-    let policy =
-        job_policy(&cfg.policy, Some(setup.epsilon), Some(setup.rounds)).map_err(infeasible)?;
-    let plan = PrivacyPlan::for_policy(&policy).map_err(infeasible)?;
-    if (plan.noise_std_per_party - setup.noise_std_per_party).abs()
-        > 1e-9 * plan.noise_std_per_party.max(1.0)
-    {
-        return Err(PartyError::Refusing(format!(
-            "the coordinator asks for noise σ = {} per party; this party's plan says {}",
-            setup.noise_std_per_party, plan.noise_std_per_party
-        )));
-    }
-    let (dim, classes) = (policy.strategy.inputs, policy.strategy.classes);
-    if cfg.data.dim() != dim {
-        return Err(PartyError::Refusing(format!(
-            "the data has {} features, the policy's model {dim}",
-            cfg.data.dim()
-        )));
-    }
-    let mut canaries = Vec::new();
-    for c in &setup.canaries {
-        if c.features.len() != dim
-            || c.label >= classes
-            || !c.features.iter().all(|x| x.is_finite())
-        {
-            return Err(PartyError::Refusing(
-                "the coordinator sent a canary that does not fit the model (length, label or non-finite values)".into(),
-            ));
-        }
-        canaries.push(Canary {
-            features: c.features.clone(),
-            label: c.label,
-            included: true,
-            party: cfg.id,
-        });
-    }
-    // The audit sample is drawn from this party's own secret, fixed per job,
-    // so a restarted party holds out the same non-members.
-    let sample_secret =
-        zeroize::Zeroizing::new(party_secret(&cfg.identity_seed, "audit sample", job));
-    let sample = audit::draw_sample(cfg.id, &cfg.data, &sample_secret);
-    let training = audit::training_set(&cfg.data, &sample, &canaries);
-    let noise_std = (policy.privacy.unit != Unit::None).then_some(plan.noise_std_per_party);
-    let audit_seed = u64::from_le_bytes(
-        party_secret(&cfg.identity_seed, "audit reference", job)[..8]
-            .try_into()
-            .expect("8 bytes"),
-    );
-    let mut strategy = FedAvg::for_policy(&policy, 0);
-    let ids: Vec<u32> = policy.parties.iter().map(|p| p.id).collect();
-    let tasks_per_round = strategy.plan(1, &ids).tasks.len() as u32;
-    let audit_len = audit::counts_width(&audit::population_attacks(&policy));
-    let session = PartySession::new(
-        cfg.id,
-        job,
-        policy,
-        plan,
-        tasks_per_round,
-        audit_len,
-        journal.get(job),
-    );
-    let mut ctx = JobContext {
-        job: job.to_string(),
-        strategy,
-        session,
-        noise_std,
-        sample,
-        training,
-        rng: {
-            // The seed's one named copy is wiped once the generator holds it.
-            let mut seed = Zeroizing::new([0u8; 32]);
-            OsRng.fill_bytes(seed.as_mut());
-            ChaCha20Rng::from_seed(*seed)
-        },
-        audit_seed,
-    };
+    // Computing the plan and the audit sample is CPU work: off the async
+    // workers.
+    let mut session = tokio::task::block_in_place(|| {
+        PartySession::join(
+            member,
+            &cfg.policy,
+            &setup,
+            journal.get(job),
+            cfg.randomness,
+        )
+    })
+    .map_err(PartyError::Refusing)?;
     let mut version = u64::MAX;
     let mut last: Option<(u32, u32)> = None;
     loop {
@@ -356,7 +217,7 @@ async fn run_job(
         }
         last = Some((live.round, live.task));
         // The party's own policy decides; a refused task changes nothing.
-        let admission = match ctx.session.admit(&live) {
+        let admission = match session.admit(&live) {
             Ok(a) => a,
             Err(refusal) => {
                 eprintln!(
@@ -367,9 +228,7 @@ async fn run_job(
                 continue;
             }
         };
-        ctx.session.start(&admission);
-        journal.put(job, ctx.session.state())?;
-        match take_part(cfg, client, &mut ctx, journal, &admission).await {
+        match take_part(cfg, client, &mut session, journal, job, &admission).await {
             Ok(true) => report.rounds_contributed += 1,
             Ok(false) => report.rounds_missed += 1,
             Err(PartyError::Refused { status, body })
@@ -386,6 +245,7 @@ async fn run_job(
                 report.rounds_missed += 1;
             }
         }
+        session.leave();
     }
 }
 
@@ -394,23 +254,23 @@ async fn run_job(
 async fn take_part(
     cfg: &PartyConfig,
     client: &mut Client,
-    ctx: &mut JobContext,
+    session: &mut PartySession,
     journal: &mut SessionJournal,
+    job: &str,
     task: &Admission,
 ) -> Result<bool, PartyError> {
-    let job = ctx.job.clone();
     let base = format!("/v1/jobs/{job}/rounds/{}", task.round);
     let r = client
         .send(
             Method::GET,
             &format!("{base}/model"),
-            &job,
+            job,
             task.round,
             Body::Empty,
         )
         .await?;
     let bytes = ok_bytes(r).await?;
-    let dimension = ctx.strategy.model().dimension();
+    let dimension = session.rules().policy().strategy.dimension();
     if bytes.len() != dimension * 8 {
         return Err(PartyError::Refusing(format!(
             "the coordinator sent a model of {} bytes; the policy's model has {dimension} parameters",
@@ -426,98 +286,24 @@ async fn take_part(
             "the coordinator sent a model with non-finite parameters".into(),
         ));
     }
-    ctx.strategy
-        .set_global(&params)
-        .map_err(|e| PartyError::Refusing(e.to_string()))?;
-
-    // The party's input: its noisy update, or its audit counts.
-    // CPU work (local training, noise, masking) runs where it does not stall
-    // the async workers.
-    let words = tokio::task::block_in_place(|| -> Result<Vec<u32>, PartyError> {
-        let policy = ctx.session.policy();
-        Ok(match task.kind {
-            TaskKind::Audit => {
-                // The strategy holds the final model (set from `params`
-                // above); the counts leave with this party's noise share.
-                let attacks = audit::population_attacks(policy);
-                let counts = audit::party_counts(
-                    ctx.strategy.model(),
-                    &cfg.data,
-                    &ctx.sample,
-                    &attacks,
-                    ctx.audit_seed,
-                );
-                audit::party_input(&counts, ctx.session.plan().audit.as_ref())
-                    .map_err(|e| PartyError::Refusing(e.to_string()))?
-            }
-            TaskKind::Training => {
-                let spec = TaskSpec {
-                    id: task.task,
-                    label: "update".into(),
-                    cohort: task.cohort.clone(),
-                    dimension,
-                };
-                let scheme = EncodingScheme::from_plan(
-                    ctx.session.plan(),
-                    rotation_seed(policy, &job, task.round, task.task),
-                );
-                let view = PartyView {
-                    id: cfg.id,
-                    data: &ctx.training,
-                };
-                // The sampler is built here, on this thread: it is not Send.
-                let noise = ctx
-                    .noise_std
-                    .map(DiscreteGaussianShare::new)
-                    .transpose()
-                    .map_err(|e| PartyError::Refusing(e.to_string()))?;
-                party_input(
-                    &ctx.strategy,
-                    &spec,
-                    &view,
-                    &scheme,
-                    noise.as_ref(),
-                    &mut ctx.rng,
-                )
-                .map_err(|e| PartyError::Refusing(e.to_string()))?
-            }
-        })
-    })?;
-    if words.len() != task.len {
-        return Err(PartyError::Refusing(format!(
-            "this party's input has {} words, the round expects {}",
-            words.len(),
-            task.len
-        )));
-    }
+    // The task is used up before anything of it is computed or sent; the
+    // input (local training, noise) is CPU work, off the async workers.
+    let words = {
+        let words = tokio::task::block_in_place(|| session.begin(task, &params))
+            .map_err(PartyError::Refusing);
+        journal.put(job, session.state())?;
+        words?
+    };
     if let Some(tap) = &cfg.tap {
         let _ = tap.send(PartyObservation::Input(ObservedInput {
             party: cfg.id,
-            job: job.clone(),
+            job: job.to_string(),
             round: task.round,
             task: task.task,
-            words: words.clone(),
+            words,
         }));
     }
-
-    let round = ctx
-        .session
-        .protocol_round(task)
-        .map_err(|e| PartyError::Refusing(format!("round setup: {e}")))?;
-    let session = *round.session();
-    let mut party = Party::new(
-        round,
-        PartyId(cfg.id),
-        IdentityKey::from_seed(&cfg.identity_seed),
-        words,
-        &mut OsRng,
-    )
-    .map_err(|e| PartyError::Refusing(e.to_string()))?;
-    let mut drng = ChaCha20Rng::seed_from_u64(
-        cfg.dropout_seed ^ (u64::from(task.round) << 32) ^ u64::from(task.task),
-    );
-    let silent_at = (cfg.dropout > 0.0 && crate::sampling::bernoulli(&mut drng, cfg.dropout))
-        .then(|| (drng.next_u32() % 5) as usize);
+    let silent = silent_at(cfg.dropout, cfg.dropout_seed, task.round, task.task);
     let mut batch = 0usize;
     // The sequence number of the last message received: each fetch
     // acknowledges it, and a fetch whose answer was lost is answered again.
@@ -525,26 +311,25 @@ async fn take_part(
     loop {
         let mut outgoing = Vec::new();
         let mut masked = false;
-        while let Some(m) = party.poll_outgoing() {
-            masked |= m.kind() == MessageKind::MaskedInput;
-            outgoing.push(m.encode(&session));
+        while let Some((kind, bytes)) = session.poll_outgoing() {
+            masked |= kind == MessageKind::MaskedInput;
+            outgoing.push(bytes);
         }
         if !outgoing.is_empty() {
-            if silent_at == Some(batch) {
+            if silent == Some(batch) {
                 return Ok(false);
             }
             batch += 1;
             if masked {
                 // Recorded before it leaves: an audit's counts go out once.
-                ctx.session.masked_input_sent(task);
-                journal.put(&job, ctx.session.state())?;
+                journal.put(job, session.state())?;
             }
             for bytes in outgoing {
                 let r = client
                     .send(
                         Method::POST,
                         &format!("{base}/messages"),
-                        &job,
+                        job,
                         task.round,
                         Body::Octets(bytes.into()),
                     )
@@ -552,14 +337,14 @@ async fn take_part(
                 ok(r).await?;
             }
         }
-        if party.is_done() {
+        if session.is_done() {
             return Ok(true);
         }
         let r = client
             .send(
                 Method::GET,
                 &format!("{base}/messages?after={received}&wait_ms=10000"),
-                &job,
+                job,
                 task.round,
                 Body::Empty,
             )
@@ -589,13 +374,12 @@ async fn take_part(
             if bytes.get(1) == Some(&(MessageKind::UnmaskRequest as u8)) {
                 let _ = tap.send(PartyObservation::UnmaskRequest {
                     party: cfg.id,
-                    job: job.clone(),
+                    job: job.to_string(),
                     round: task.round,
                     task: task.task,
                 });
             }
         }
-        tokio::task::block_in_place(|| party.handle_bytes(&bytes, &mut OsRng))
-            .map_err(|e| PartyError::Refusing(format!("the coordinator's message: {e}")))?;
+        tokio::task::block_in_place(|| session.handle(&bytes)).map_err(PartyError::Refusing)?;
     }
 }

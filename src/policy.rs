@@ -108,7 +108,7 @@ struct RawEncoding {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStrategy {
-    name: String,
+    kind: String,
     model: String,
     inputs: i64,
     classes: i64,
@@ -120,6 +120,10 @@ struct RawStrategy {
     momentum: Option<f64>,
     #[serde(default)]
     local_epochs: Option<i64>,
+    #[serde(default)]
+    group_size: Option<i64>,
+    #[serde(default)]
+    warmup_rounds: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -237,9 +241,33 @@ pub struct Encoding {
     pub gamma: Option<f64>,
 }
 
+/// Which aggregation strategy a job runs, with its own settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StrategyKind {
+    /// One secure sum of the whole model over every party per round.
+    Fedavg,
+    /// Layer-wise recombination: per layer, parties drawn into groups of at
+    /// least `group_size`, each group securely averaging that layer; plain
+    /// FedAvg for the first `warmup_rounds`.
+    Fedmr {
+        group_size: usize,
+        warmup_rounds: u32,
+    },
+}
+
+impl StrategyKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StrategyKind::Fedavg => "fedavg",
+            StrategyKind::Fedmr { .. } => "fedmr",
+        }
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Strategy {
-    pub name: String,
+    pub kind: StrategyKind,
     pub model: String,
     pub inputs: usize,
     pub classes: usize,
@@ -250,12 +278,42 @@ pub struct Strategy {
 }
 
 impl Strategy {
-    /// Number of model parameters: the dimension of every update.
-    pub fn dimension(&self) -> usize {
+    /// Layer widths from the inputs to the classes.
+    pub fn sizes(&self) -> Vec<usize> {
         let mut sizes = vec![self.inputs];
         sizes.extend(&self.hidden);
         sizes.push(self.classes);
-        sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+        sizes
+    }
+
+    /// Number of model parameters: the dimension of every update.
+    pub fn dimension(&self) -> usize {
+        self.layer_dimensions().iter().sum()
+    }
+
+    /// Parameters of each dense layer (weights and biases), in the order
+    /// they lie in the flat parameter vector.
+    pub fn layer_dimensions(&self) -> Vec<usize> {
+        self.sizes()
+            .windows(2)
+            .map(|w| w[0] * w[1] + w[1])
+            .collect()
+    }
+
+    /// The vectors one party puts into secure sums in one round, by
+    /// dimension, for every kind of round the strategy runs: the privacy
+    /// plan bounds a round by the costliest of them.
+    pub fn round_shapes(&self) -> Vec<Vec<usize>> {
+        match self.kind {
+            StrategyKind::Fedavg => vec![vec![self.dimension()]],
+            StrategyKind::Fedmr { warmup_rounds, .. } => {
+                let mut shapes = vec![self.layer_dimensions()];
+                if warmup_rounds > 0 {
+                    shapes.push(vec![self.dimension()]);
+                }
+                shapes
+            }
+        }
     }
 }
 
@@ -287,7 +345,7 @@ pub struct Policy {
     pub audit: AuditPolicy,
 }
 
-pub const STRATEGIES: &[&str] = &["fedavg"];
+pub const STRATEGIES: &[&str] = &["fedavg", "fedmr"];
 pub const MODELS: &[&str] = &["softmax", "mlp"];
 pub const ATTACKS: &[&str] = &["loss", "lira", "rmia", "canary"];
 
@@ -707,10 +765,10 @@ impl Validator<'_> {
 
         // [strategy]
         let s = raw.strategy;
-        if !STRATEGIES.contains(&s.name.as_str()) {
+        if !STRATEGIES.contains(&s.kind.as_str()) {
             return Err(self.err(
-                "strategy.name",
-                format!("must be one of {STRATEGIES:?}, got \"{}\"", s.name),
+                "strategy.kind",
+                format!("must be one of {STRATEGIES:?}, got \"{}\"", s.kind),
             ));
         }
         if !MODELS.contains(&s.model.as_str()) {
@@ -753,8 +811,54 @@ impl Validator<'_> {
             None => 1,
             Some(v) => self.positive_int("strategy.local_epochs", v, 1, 1000)? as u32,
         };
+        let kind = match s.kind.as_str() {
+            "fedavg" => {
+                for (key, set) in [
+                    ("strategy.group_size", s.group_size.is_some()),
+                    ("strategy.warmup_rounds", s.warmup_rounds.is_some()),
+                ] {
+                    if set {
+                        return Err(self.err(key, "applies only to kind = \"fedmr\""));
+                    }
+                }
+                StrategyKind::Fedavg
+            }
+            _ => {
+                // A group must be able to run a secure sum on its own (at
+                // least min_survivors, hence the threshold) and keep two
+                // honest members beyond the colluders.
+                let least = min_survivors.max(max_colluding + 2);
+                let Some(g) = s.group_size else {
+                    return Err(self.err(
+                        "strategy.group_size",
+                        format!("kind = \"fedmr\" needs a group size, at least {least}"),
+                    ));
+                };
+                let group_size = self.positive_int("strategy.group_size", g, 1, n as i64)? as usize;
+                if group_size < least {
+                    return Err(self.err(
+                        "strategy.group_size",
+                        format!(
+                            "{group_size} is too small: a group needs at least max_colluding + 2 = {} \
+                             members and at least min_survivors = {min_survivors} to sum alone; use {least} to {n}",
+                            max_colluding + 2
+                        ),
+                    ));
+                }
+                let warmup_rounds = match s.warmup_rounds {
+                    None => 0,
+                    Some(w) => {
+                        self.positive_int("strategy.warmup_rounds", w, 0, i64::from(rounds))? as u32
+                    }
+                };
+                StrategyKind::Fedmr {
+                    group_size,
+                    warmup_rounds,
+                }
+            }
+        };
         let strategy = Strategy {
-            name: s.name,
+            kind,
             model: s.model,
             inputs,
             classes,

@@ -2,19 +2,18 @@
 //! inside a job, dropouts, the ledger's charges and the no-DP switch.
 
 mod common;
-use common::{json, shroud};
+use common::{check_sums, inputs_of, json, shroud};
 
 use std::path::Path;
 
-use rand_chacha::ChaCha20Rng;
 use shroud::data::prepare;
-use shroud::dp::plan::PrivacyPlan;
-use shroud::job::{demo_identity_seed, demo_public_key_hex, run_job, JobParty, JobSpec};
-use shroud::model::Mlp;
+use shroud::job::local::{self, LocalJob};
+use shroud::job::session::{InputRandomness, Member};
+use shroud::job::{demo_identity_seed, demo_public_key_hex};
+use shroud::net::api::StartJob;
 use shroud::policy::Policy;
 use shroud::store::ledger::ChargeKind;
 use shroud::store::PrivacyLedger;
-use shroud::strategy::{Contribution, PartyView, RoundPlan, Strategy, TaskResult, TaskSpec};
 
 fn tmp(name: &str) -> String {
     common::temp_dir(name).display().to_string()
@@ -46,8 +45,12 @@ fn fedavg_without_noise_matches_central_training() {
     let v = json(&out);
     let fed = v["accuracy"].as_f64().unwrap();
     assert!(central > 0.93, "central {central}");
+    // The test split has 359 records (one is 0.28 points) and randomized
+    // rounding makes each federated run differ: ten runs of this command
+    // spanned 0.936–0.958 against central 0.964. Broken averaging or
+    // decoding lands far below this margin.
     assert!(
-        fed > central - 0.02,
+        fed > central - 0.04,
         "FedAvg without noise {fed} vs central {central}"
     );
     // Marked as such, and never released.
@@ -128,50 +131,11 @@ fn demo_with_dropouts_finishes_and_charges_every_round() {
     assert!((spent - eps).abs() < 1e-9, "{spent} vs {eps}");
 }
 
-/// Contributes `(party + 1) · γ · (i + 1)` at coordinate i — values on the
-/// integer grid, so encoding is exact — and checks each decoded sum against
-/// the plain sum over the round's contributors.
-struct SumProbe {
-    model: Mlp,
-    gamma: f64,
-    checked: usize,
-}
-
-impl Strategy for SumProbe {
-    fn name(&self) -> &'static str {
-        "sum-probe"
-    }
-    fn plan(&mut self, _round: u32, parties: &[u32]) -> RoundPlan {
-        RoundPlan {
-            tasks: vec![TaskSpec {
-                id: 0,
-                label: "probe".into(),
-                cohort: parties.to_vec(),
-                dimension: 20,
-            }],
-        }
-    }
-    fn contribute(&self, _t: &TaskSpec, p: &PartyView<'_>, _rng: &mut ChaCha20Rng) -> Contribution {
-        Contribution::Whole(
-            (0..20)
-                .map(|i| (p.id as f64 + 1.0) * self.gamma * (i as f64 + 1.0))
-                .collect(),
-        )
-    }
-    fn absorb(&mut self, r: TaskResult<'_>) {
-        let total: f64 = r.contributors.iter().map(|&p| p as f64 + 1.0).sum();
-        for (i, v) in r.sum.iter().enumerate() {
-            assert_eq!(*v, total * self.gamma * (i as f64 + 1.0), "coordinate {i}");
-        }
-        self.checked += 1;
-    }
-    fn model(&self) -> &Mlp {
-        &self.model
-    }
-}
-
+/// Six parties in memory, a fifth of them going silent at random points,
+/// no noise: every secure sum equals the plain sum of its contributors'
+/// inputs, and a round either finished with its sum or aborted.
 #[test]
-fn the_secure_sum_inside_a_job_equals_the_plain_sum() {
+fn the_secure_sums_inside_a_job_equal_the_plain_sums() {
     let mut roster = String::new();
     for i in 0..6u32 {
         roster += &format!(
@@ -180,43 +144,64 @@ fn the_secure_sum_inside_a_job_equals_the_plain_sum() {
         );
     }
     let text = format!(
-        "[consortium]\nid = \"probe\"\nthreshold = 4\nmax_colluding = 1\nactive = true\n\n{roster}\
+        "[consortium]\nid = \"probe\"\nthreshold = 4\nmax_colluding = 1\nactive = true\nphase_timeout_secs = 1.0\n\n{roster}\
          [privacy]\nunit = \"none\"\nepsilon = 1.0\ndelta = 1e-5\naccountant = \"zcdp\"\nclip_norm = 100.0\nrounds = 6\n\n\
          [encoding]\nbits = 24\nrotation = \"none\"\ngamma = 0.125\n\n\
-         [strategy]\nname = \"fedavg\"\nmodel = \"softmax\"\ninputs = 1\nclasses = 10\n"
+         [strategy]\nkind = \"fedavg\"\nmodel = \"softmax\"\ninputs = 13\nclasses = 3\n"
     );
     let policy = Policy::parse(Path::new("probe.toml"), &text).unwrap();
-    let plan = PrivacyPlan::for_policy(&policy).unwrap();
-    assert_eq!(plan.dimension, 20);
     let data = prepare(Path::new("data/wine.csv"), 1).unwrap();
     let parties = (0..6u32)
-        .map(|i| JobParty {
+        .map(|i| Member {
             id: i,
             identity_seed: demo_identity_seed(i),
             data: data.train.clone(),
         })
         .collect();
-    let mut probe = SumProbe {
-        model: Mlp::new(&[13, 3], 1),
-        gamma: 0.125,
-        checked: 0,
-    };
     let dir = tmp("probe");
     let mut ledger = PrivacyLedger::open(&Path::new(&dir).join("l.db")).unwrap();
-    let spec = JobSpec {
-        job_id: "probe-job".into(),
-        policy: &policy,
-        plan: &plan,
-        parties,
-        test: &data.test,
-        dropout: 0.2,
-        seed: 9,
-        allow_no_dp: true,
-    };
-    let outcome = run_job(spec, &mut probe, &mut ledger, &mut |_| {}).unwrap();
-    assert_eq!(probe.checked + outcome.aborted_rounds, 6);
-    assert!(probe.checked >= 3, "{} rounds checked", probe.checked);
-    assert!(outcome.no_dp && outcome.epsilon_spent.is_none());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (tap, seen) = std::sync::mpsc::channel();
+    let mut ended = Vec::new();
+    let status = local::run(
+        LocalJob {
+            policy: &policy,
+            policy_text: &text,
+            request: StartJob {
+                job: "probe-job".into(),
+                seed: Some(9),
+                epsilon: None,
+                rounds: None,
+            },
+            parties,
+            allow_no_dp: true,
+            dropout: 0.2,
+            dropout_seed: 9,
+            randomness: InputRandomness::Os,
+            out: Path::new(&dir),
+            tap: Some(tap),
+        },
+        &mut ledger,
+        Some(&tx),
+        &mut |r| ended.push(r),
+    )
+    .unwrap();
+    assert_eq!(ended, (1..=6).collect::<Vec<u32>>());
+    // Blocked: a job without DP is never released.
+    assert_eq!(status.state, "blocked");
+    let sums: Vec<_> = rx
+        .try_iter()
+        .filter(|s| !s.contributors.is_empty())
+        .collect();
+    check_sums(&sums, &inputs_of(seen.try_iter()));
+    let training: Vec<_> = status.history.iter().filter(|r| r.round <= 6).collect();
+    assert_eq!(training.len(), 6);
+    let finished = training.iter().filter(|r| r.state == "finished").count();
+    assert!(finished >= 3, "{finished} rounds finished");
+    assert!(
+        training.iter().any(|r| !r.dropped.is_empty()),
+        "some party went silent: {training:?}"
+    );
 }
 
 #[test]

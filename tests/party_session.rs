@@ -8,9 +8,9 @@ use shroud::audit;
 use shroud::dp::encode::EncodingScheme;
 use shroud::dp::plan::PrivacyPlan;
 use shroud::job::rotation_seed;
+use shroud::job::session::{PartyRules, Refusal, SessionState, TaskKind, AUDIT_BITS};
 use shroud::net::api::LiveTask;
 use shroud::party::SessionJournal;
-use shroud::party_session::{PartySession, Refusal, SessionState, TaskKind, AUDIT_BITS};
 use shroud::policy::Policy;
 
 const ME: u32 = 3;
@@ -20,11 +20,10 @@ fn policy() -> Policy {
     Policy::load(Path::new("policies/default.toml")).unwrap()
 }
 
-fn session(state: SessionState) -> PartySession {
+fn session(state: SessionState) -> PartyRules {
     let p = policy();
     let plan = PrivacyPlan::for_policy(&p).unwrap();
-    let width = audit::counts_width(&audit::population_attacks(&p));
-    PartySession::new(ME, JOB, p, plan, 1, width, state)
+    PartyRules::new(ME, JOB, p, plan, state)
 }
 
 /// What an honest coordinator would announce for a training round.
@@ -57,7 +56,7 @@ fn audit_task(round: u32) -> LiveTask {
 }
 
 /// Refuses `live` and checks the state did not move.
-fn refuses(s: &PartySession, live: &LiveTask) -> Refusal {
+fn refuses(s: &PartyRules, live: &LiveTask) -> Refusal {
     let before = s.state();
     let err = s.admit(live).expect_err("the task should be refused");
     assert_eq!(s.state(), before, "a refusal changed the party's state");
@@ -106,8 +105,7 @@ fn a_cohort_below_min_survivors_is_refused() {
         );
     let p = Policy::parse(Path::new("policies/min7.toml"), &text).unwrap();
     let plan = PrivacyPlan::for_policy(&p).unwrap();
-    let width = audit::counts_width(&audit::population_attacks(&p));
-    let s = PartySession::new(ME, JOB, p, plan, 1, width, SessionState::default());
+    let s = PartyRules::new(ME, JOB, p, plan, SessionState::default());
     let mut live = training(1);
     live.cohort = vec![0, 1, 2, ME, 4, 5];
     assert_eq!(

@@ -131,8 +131,8 @@ fn invalid_choices_list_the_valid_ones() {
     assert_names(&e, "privacy.accountant", "\"zcdp\", \"rdp\"");
     let e = refused(&base().replace("rotation = \"hadamard\"", "rotation = \"dct\""));
     assert_names(&e, "encoding.rotation", "\"hadamard\", \"none\"");
-    let e = refused(&base().replace("name = \"fedavg\"", "name = \"fedprox\""));
-    assert_names(&e, "strategy.name", "fedavg");
+    let e = refused(&base().replace("kind = \"fedavg\"", "kind = \"fedprox\""));
+    assert_names(&e, "strategy.kind", "fedavg");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! observed where it is made and every aggregate where it is unmasked.
 
 mod common;
+use common::{check_sums, inputs_of};
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use common::{shroud, temp_dir};
 use shroud::coordinator::ObservedSum;
 use shroud::data::{partition, prepare, Dataset, Partition};
+use shroud::job::session::InputRandomness;
 use shroud::job::{demo_identity_seed, demo_public_key_hex};
 use shroud::localnet::{
     free_port, start_coordinator, CoordinatorOptions, LocalCoordinator, ServeProcess,
@@ -19,7 +21,7 @@ use shroud::localnet::{
 use shroud::net::api::JobStatus;
 use shroud::net::auth::{self, Signer};
 use shroud::net::client::Client;
-use shroud::party::{ObservedInput, PartyConfig, PartyObservation, PartyReport};
+use shroud::party::{PartyConfig, PartyObservation, PartyReport};
 use shroud::policy::Policy;
 use shroud::store::ledger::ChargeKind;
 use shroud::store::PrivacyLedger;
@@ -47,7 +49,7 @@ fn consortium(rounds: u32, phase_timeout: f64) -> (Vec<Dataset>, String) {
         "[privacy]\nunit = \"record\"\nepsilon = 8.0\ndelta = 1e-5\naccountant = \"zcdp\"\n\
          clip_norm = 1.0\ncalibrate = true\nrounds = {rounds}\nsampling_rate = 1.0\n\n\
          [encoding]\nbits = 20\nrotation = \"hadamard\"\n\n\
-         [strategy]\nname = \"fedavg\"\nmodel = \"mlp\"\ninputs = 64\nhidden = [16]\nclasses = 10\n\
+         [strategy]\nkind = \"fedavg\"\nmodel = \"mlp\"\ninputs = 64\nhidden = [16]\nclasses = 10\n\
          learning_rate = 1.0\nmomentum = 0.9\n\n\
          [audit]\nattacks = [\"loss\"]\nmax_auc = 0.65\nconfidence = 0.95\ncanaries = 40\n"
     );
@@ -103,6 +105,7 @@ fn spawn_parties(
                 patience: Duration::from_secs(120),
                 dropout: 0.0,
                 dropout_seed: 0,
+                randomness: InputRandomness::Os,
                 journal: None,
                 tap: tap.clone(),
             };
@@ -139,44 +142,6 @@ async fn wait_until_done(op: &mut Client, job: &str) -> JobStatus {
             .unwrap();
     }
     s
-}
-
-/// Every aggregate equals the sum, mod 2^bits, of the inputs its
-/// contributors made for that round and task.
-/// The inputs among what the parties saw.
-fn inputs_of(seen: impl IntoIterator<Item = PartyObservation>) -> Vec<ObservedInput> {
-    seen.into_iter()
-        .filter_map(|o| match o {
-            PartyObservation::Input(i) => Some(i),
-            _ => None,
-        })
-        .collect()
-}
-
-fn check_sums(sums: &[ObservedSum], inputs: &[ObservedInput]) {
-    assert!(!sums.is_empty());
-    for s in sums {
-        let mask = if s.bits == 32 {
-            u32::MAX
-        } else {
-            (1u32 << s.bits) - 1
-        };
-        let mut want = vec![0u32; s.sum.len()];
-        for c in &s.contributors {
-            let x = inputs
-                .iter()
-                .find(|i| i.party == *c && i.round == s.round && i.task == s.task && i.job == s.job)
-                .unwrap_or_else(|| panic!("no input observed for party {c} round {}", s.round));
-            for (w, v) in want.iter_mut().zip(&x.words) {
-                *w = w.wrapping_add(*v) & mask;
-            }
-        }
-        assert_eq!(
-            s.sum, want,
-            "round {} task {}: secure sum differs",
-            s.round, s.task
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

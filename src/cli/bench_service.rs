@@ -172,6 +172,7 @@ pub fn service(parties: usize, len: usize, rounds: u32, neighbors: &str, json: b
                     patience: Duration::from_secs(120),
                     dropout: 0.0,
                     dropout_seed: 0,
+                    randomness: crate::job::session::InputRandomness::Os,
                     journal: None,
                     tap: None,
                 }))

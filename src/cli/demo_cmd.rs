@@ -12,23 +12,21 @@ use serde::Serialize;
 use crate::audit;
 use crate::data::{partition, prepare, Partition};
 use crate::dp::plan::PrivacyPlan;
-use crate::job::{demo_identity_seed, run_job, JobParty, JobSpec};
+use crate::job::demo_identity_seed;
+use crate::job::local::{self, LocalJob};
+use crate::job::session::{party_secret, InputRandomness, Member};
 use crate::localnet::{start_coordinator, CoordinatorOptions};
 use crate::model::{train_central, Mlp};
-use crate::net::api::JobStatus;
+use crate::net::api::{JobStatus, StartJob};
 use crate::net::auth::Signer;
 use crate::net::client::Client;
 use crate::party::{self, PartyConfig};
 use crate::policy::{Policy, Unit};
-use crate::release::{gate_and_report, ReleaseInputs, ReleaseOutcome};
-use crate::store::ledger::ChargeKind;
+use crate::release::ReleaseOutcome;
 use crate::store::PrivacyLedger;
-use crate::strategy::fedavg::FedAvg;
-use crate::strategy::Strategy;
 use rand_core::OsRng;
 use shroud_audit::gate::Decision;
 use shroud_audit::report::AuditReport;
-use shroud_audit::report::CohortEntry;
 use shroud_crypto::IdentityKey;
 
 #[derive(clap::Args)]
@@ -238,7 +236,7 @@ fn adapt_policy(
     if let Some(s) = t.get_mut("strategy").and_then(|s| s.as_table_mut()) {
         s.insert("inputs".into(), (inputs as i64).into());
         s.insert("classes".into(), (classes as i64).into());
-        s.insert("name".into(), f.strategy.clone().into());
+        s.insert("kind".into(), f.strategy.clone().into());
     }
     if let Some(p) = t.get_mut("privacy").and_then(|p| p.as_table_mut()) {
         if let Some(e) = f.epsilon {
@@ -325,29 +323,27 @@ pub fn run(f: DemoFlags) -> Result<()> {
             let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
         }
     }
-    let mut ledger = PrivacyLedger::open(&db)?;
     let job_id = format!("demo-{}-{}", data.name, f.seed);
-    // The audit is set up before training: canaries drawn and coins flipped
-    // for every party's audit sample; non-members never reach training.
     let party_data: Vec<crate::data::Dataset> =
         parts.iter().map(|idx| data.train.subset(idx)).collect();
-    let views: Vec<(u32, &crate::data::Dataset)> = party_data
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (i as u32, d))
-        .collect();
-    let (audit_setup, training) = audit::prepare(&views, policy.audit.canaries as usize, f.seed);
     if f.central {
-        // The reference: the same records the parties train on (audit
-        // non-members held out, "in" canaries added), pooled, no DP.
-        let mut pooled = training[0].clone();
-        for t in &training[1..] {
-            pooled.features.extend(t.features.iter().cloned());
-            pooled.labels.extend(&t.labels);
+        // The reference: the records the parties train on (each party's
+        // audit non-members held out, drawn as the party draws them),
+        // pooled, no DP, no canaries.
+        let mut pooled = crate::data::Dataset {
+            features: Vec::new(),
+            labels: Vec::new(),
+            classes: data.train.classes,
+            feature_names: data.train.feature_names.clone(),
+        };
+        for (i, d) in party_data.iter().enumerate() {
+            let secret = party_secret(&demo_identity_seed(i as u32), "audit sample", &job_id);
+            let sample = audit::draw_sample(i as u32, d, &secret);
+            let t = audit::training_set(d, &sample, &[]);
+            pooled.features.extend(t.features);
+            pooled.labels.extend(t.labels);
         }
-        let mut sizes = vec![data.train.dim()];
-        sizes.extend(&policy.strategy.hidden);
-        sizes.push(data.train.classes);
+        let sizes = policy.strategy.sizes();
         let mut model = Mlp::new(&sizes, f.seed);
         train_central(&mut model, &pooled, 30, 32, 0.05, 0.9, f.seed);
         let acc = model.accuracy(&data.test);
@@ -379,16 +375,14 @@ pub fn run(f: DemoFlags) -> Result<()> {
         f: &f,
         policy: &policy,
         policy_text: &adapted_text,
-        plan: &plan,
         test: &data.test,
         party_data: &party_data,
         job_id: &job_id,
         bar: &bar,
     };
     let (outcome, release) = if f.in_process {
-        job.in_process(training, &audit_setup, &mut ledger)?
+        job.in_process(&db)?
     } else {
-        drop(ledger);
         job.networked(&db)?
     };
     bar.finish();
@@ -553,7 +547,6 @@ struct DemoJob<'a> {
     f: &'a DemoFlags,
     policy: &'a Policy,
     policy_text: &'a str,
-    plan: &'a PrivacyPlan,
     test: &'a crate::data::Dataset,
     party_data: &'a [crate::data::Dataset],
     job_id: &'a str,
@@ -561,138 +554,47 @@ struct DemoJob<'a> {
 }
 
 impl DemoJob<'_> {
-    fn progress(&self, accuracy: f64, epsilon: Option<f64>, aborted: bool) {
-        let eps = epsilon.map_or("no DP".to_string(), |e| format!("ε {e:.3}"));
-        let note = if aborted {
-            "  (round aborted, still charged)"
-        } else {
-            ""
-        };
-        self.bar
-            .set_message(format!("accuracy {:.1} %  {eps}{note}", 100.0 * accuracy));
-        self.bar.inc(1);
-    }
-
-    /// Every party and the coordinator in this process, no network.
-    fn in_process(
-        &self,
-        training: Vec<crate::data::Dataset>,
-        audit_setup: &audit::AuditSetup,
-        ledger: &mut PrivacyLedger,
-    ) -> Result<(DemoOutcome, ReleaseOutcome)> {
-        let (f, policy) = (self.f, self.policy);
-        let parties: Vec<JobParty> = training
-            .into_iter()
-            .enumerate()
-            .map(|(i, d)| JobParty {
-                id: i as u32,
-                identity_seed: demo_identity_seed(i as u32),
-                data: d,
-            })
-            .collect();
-        let mut strategy = FedAvg::for_policy(policy, f.seed);
-        let spec = JobSpec {
-            job_id: self.job_id.to_string(),
-            policy,
-            plan: self.plan,
-            parties,
-            test: self.test,
-            dropout: f.dropout,
-            seed: f.seed,
-            allow_no_dp: f.allow_no_dp,
-        };
-        let outcome = run_job(spec, &mut strategy, ledger, &mut |r| {
-            self.progress(r.accuracy, r.epsilon_spent, r.aborted.is_some())
-        })?;
-        // The audit, the gate and the report; the model leaves only on a pass.
-        let seeds: Vec<zeroize::Zeroizing<[u8; 32]>> = (0..self.party_data.len() as u32)
-            .map(demo_identity_seed)
-            .collect();
-        let audit_parties: Vec<audit::AuditParty<'_>> = self
+    /// Every party and the coordinator in this process, no network: the
+    /// same engine and sessions, driven in memory.
+    fn in_process(&self, db: &Path) -> Result<(DemoOutcome, ReleaseOutcome)> {
+        let f = self.f;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ledger = PrivacyLedger::open(db)?;
+        let parties = self
             .party_data
             .iter()
             .enumerate()
-            .map(|(i, d)| audit::AuditParty {
+            .map(|(i, d)| Member {
                 id: i as u32,
-                identity_seed: &seeds[i],
-                data: d,
+                identity_seed: demo_identity_seed(i as u32),
+                data: d.clone(),
             })
             .collect();
-        // The audit's noisy counts are charged at their sum's charge point.
-        let audit_plan = self.plan.audit.as_ref();
-        let audit_round = policy.privacy.rounds + 1;
-        let mut charge_error = None;
-        let mut audit_charge = None;
-        let findings = audit::run(
-            strategy.model(),
-            audit_setup,
-            &audit_parties,
-            policy,
-            audit_plan,
-            self.job_id,
-            policy.privacy.delta,
-            |_| {
-                let Some(a) = audit_plan else { return Ok(()) };
-                ledger
-                    .charge(self.job_id, audit_round, 0, ChargeKind::Audit, &a.charge)
-                    .map(|c| audit_charge = Some(c.id))
-                    .map_err(|e| {
-                        charge_error = Some(e.to_string());
-                        shroud_crypto::Error::Config("the ledger refused the audit's charge".into())
-                    })
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("{}", charge_error.clone().unwrap_or(e)))?;
-        // The counts were decoded: their charge is released.
-        if let Some(id) = audit_charge {
-            ledger.mark_released(id)?;
-        }
-        let epsilon_spent = match outcome.epsilon_spent {
-            Some(_) => Some(ledger.job_spent(self.job_id)?),
-            None => None,
-        };
-        let cohort = policy
-            .parties
-            .iter()
-            .zip(&audit_setup.samples)
-            .map(|(p, s)| CohortEntry {
-                party: p.id,
-                name: p.name.clone(),
-                records: self.party_data[p.id as usize].len(),
-                audit_members: Some(s.members.len()),
-                audit_non_members: Some(s.non_members.len()),
-            })
-            .collect();
-        let release = gate_and_report(
-            ReleaseInputs {
-                policy,
-                policy_text: self.policy_text.to_string(),
-                job: self.job_id,
-                model: strategy.model(),
-                findings,
-                epsilon_spent,
-                audit_plan,
-                noise_std_per_party: self.plan.noise_std_per_party,
-                cohort,
+        let status = local::run(
+            LocalJob {
+                policy: self.policy,
+                policy_text: self.policy_text,
+                request: StartJob {
+                    job: self.job_id.to_string(),
+                    seed: Some(f.seed),
+                    epsilon: None,
+                    rounds: None,
+                },
+                parties,
+                allow_no_dp: f.allow_no_dp,
+                dropout: f.dropout,
+                dropout_seed: f.seed,
+                randomness: InputRandomness::Os,
                 out: &f.out,
+                tap: None,
             },
-            ledger,
+            &mut ledger,
+            Some(&tx),
+            &mut |_| self.bar.inc(1),
         )
-        .map_err(anyhow::Error::msg)?;
-        Ok((
-            DemoOutcome {
-                accuracy: outcome.accuracy,
-                epsilon_spent: outcome.epsilon_spent,
-                delta: outcome.delta,
-                rounds_aborted: outcome.aborted_rounds,
-                dropouts_survived: outcome.dropouts_survived,
-                no_dp: outcome.no_dp,
-                accuracy_by_round: outcome.rounds.iter().map(|r| r.accuracy).collect(),
-                epsilon_by_round: outcome.rounds.iter().map(|r| r.epsilon_spent).collect(),
-                transport: "in process (no network)".into(),
-            },
-            release,
-        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        drop(ledger);
+        self.outcome(status, rx, db, "in process (no network)".into())
     }
 
     /// The coordinator serving on loopback (TLS unless --insecure-http),
@@ -735,7 +637,8 @@ impl DemoJob<'_> {
                         once: true,
                         patience: std::time::Duration::from_secs(60),
                         dropout: f.dropout,
-                        dropout_seed: f.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64,
+                        dropout_seed: local::party_dropout_seed(f.seed, i as u32),
+                        randomness: InputRandomness::Os,
                         journal: None,
                         tap: None,
                     }))
@@ -786,6 +689,30 @@ impl DemoJob<'_> {
             c.shutdown().await;
             anyhow::Ok(s)
         })?;
+        let transport = format!(
+            "{} on loopback: {} parties, each a task with its own connection",
+            if f.insecure_http {
+                "HTTP"
+            } else {
+                "HTTPS (TLS 1.3, rustls)"
+            },
+            self.party_data.len()
+        );
+        self.outcome(status, rx, db, transport)
+    }
+
+    /// What the demo reports of a job that ended, however it ran: the
+    /// accuracy after each round from the models the coordinator produced
+    /// (the test split never leaves this process), ε from the ledger, and
+    /// the report.
+    fn outcome(
+        &self,
+        status: JobStatus,
+        rx: std::sync::mpsc::Receiver<crate::coordinator::ObservedSum>,
+        db: &Path,
+        transport: String,
+    ) -> Result<(DemoOutcome, ReleaseOutcome)> {
+        let policy = self.policy;
         if !matches!(status.state.as_str(), "released" | "blocked") {
             bail!(
                 "job {} ended {}: {}",
@@ -794,9 +721,7 @@ impl DemoJob<'_> {
                 status.reason.unwrap_or_default()
             );
         }
-        // Accuracy after each round, from the models the coordinator
-        // produced (the test split never leaves this process).
-        let mut model = FedAvg::for_policy(policy, f.seed).model().clone();
+        let mut model = crate::strategy::initial_model(policy, self.f.seed);
         let mut by_round: std::collections::BTreeMap<u32, f64> = Default::default();
         for o in rx.try_iter() {
             if let Some(p) = o.model_after {
@@ -829,33 +754,27 @@ impl DemoJob<'_> {
             &std::fs::read_to_string(&report_json)
                 .with_context(|| format!("cannot read {}", report_json.display()))?,
         )?;
-        let training: Vec<_> = status
-            .history
-            .iter()
-            .filter(|r| r.round <= status.rounds)
-            .collect();
+        // A round aborted when any of its tasks did; its dropouts count
+        // when all of them finished.
+        let mut rounds: std::collections::BTreeMap<u32, (bool, usize)> = Default::default();
+        for r in status.history.iter().filter(|r| r.round <= status.rounds) {
+            let e = rounds.entry(r.round).or_default();
+            e.0 |= r.state == "aborted";
+            e.1 += r.dropped.len();
+        }
         let outcome = DemoOutcome {
             accuracy,
-            epsilon_spent: status.epsilon_spent,
+            epsilon_spent: match policy.privacy.unit {
+                Unit::None => None,
+                _ => Some(ledger.job_spent(self.job_id)?),
+            },
             delta: status.delta,
-            rounds_aborted: training.iter().filter(|r| r.state == "aborted").count(),
-            dropouts_survived: training
-                .iter()
-                .filter(|r| r.state == "finished")
-                .map(|r| r.dropped.len())
-                .sum(),
+            rounds_aborted: rounds.values().filter(|r| r.0).count(),
+            dropouts_survived: rounds.values().filter(|r| !r.0).map(|r| r.1).sum(),
             no_dp: policy.privacy.unit == Unit::None,
             accuracy_by_round,
             epsilon_by_round,
-            transport: format!(
-                "{} on loopback: {} parties, each a task with its own connection",
-                if f.insecure_http {
-                    "HTTP"
-                } else {
-                    "HTTPS (TLS 1.3, rustls)"
-                },
-                self.party_data.len()
-            ),
+            transport,
         };
         Ok((
             outcome,

@@ -251,6 +251,7 @@ pub fn party(f: PartyFlags) -> Result<()> {
     data.classes = classes;
     let tls = client_tls(&f.coordinator, f.ca.as_deref())?;
     let cfg = PartyConfig {
+        randomness: crate::job::session::InputRandomness::Os,
         policy,
         id: f.id,
         identity_seed: seed,

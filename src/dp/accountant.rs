@@ -141,12 +141,14 @@ pub fn zcdp_epsilon(
     d_in: f64,
     delta: f64,
 ) -> Result<(f64, f64), AccountingError> {
-    let composed = od(make_composition(vec![round.clone(); rounds.max(1)]))?;
-    let rho = od(composed.map(&d_in))?;
-    let approx = od(make_zCDP_to_approxDP(composed))?;
-    let fixed = od(make_fix_delta(&approx, delta))?;
-    let (eps, _) = od(fixed.map(&d_in))?;
-    Ok((eps, rho))
+    super::with_opendp(|| {
+        let composed = od(make_composition(vec![round.clone(); rounds.max(1)]))?;
+        let rho = od(composed.map(&d_in))?;
+        let approx = od(make_zCDP_to_approxDP(composed))?;
+        let fixed = od(make_fix_delta(&approx, delta))?;
+        let (eps, _) = od(fixed.map(&d_in))?;
+        Ok((eps, rho))
+    })
 }
 
 /// ε at `delta` after composing different measurements at sensitivity
@@ -156,12 +158,14 @@ pub fn zcdp_epsilon_of(
     d_in: f64,
     delta: f64,
 ) -> Result<(f64, f64), AccountingError> {
-    let composed = od(make_composition(measurements))?;
-    let rho = od(composed.map(&d_in))?;
-    let approx = od(make_zCDP_to_approxDP(composed))?;
-    let fixed = od(make_fix_delta(&approx, delta))?;
-    let (eps, _) = od(fixed.map(&d_in))?;
-    Ok((eps, rho))
+    super::with_opendp(|| {
+        let composed = od(make_composition(measurements))?;
+        let rho = od(composed.map(&d_in))?;
+        let approx = od(make_zCDP_to_approxDP(composed))?;
+        let fixed = od(make_fix_delta(&approx, delta))?;
+        let (eps, _) = od(fixed.map(&d_in))?;
+        Ok((eps, rho))
+    })
 }
 
 /// δ(ε) of a ρ-zCDP mechanism: the bound opendp's `make_zCDP_to_approxDP`
@@ -230,9 +234,11 @@ pub fn zcdp_epsilon_of_rho(rho: f64, delta: f64) -> Result<f64, AccountingError>
     }
     // A unit-sensitivity measurement whose map is the charged ρ.
     let m = accounting_measurement(move |d_in| rho * d_in * d_in)?;
-    let approx = od(make_zCDP_to_approxDP(m))?;
-    let fixed = od(make_fix_delta(&approx, delta))?;
-    Ok(od(fixed.map(&1.0))?.0)
+    super::with_opendp(|| {
+        let approx = od(make_zCDP_to_approxDP(m))?;
+        let fixed = od(make_fix_delta(&approx, delta))?;
+        Ok(od(fixed.map(&1.0))?.0)
+    })
 }
 
 // ------------------------------------------------------------------- RDP

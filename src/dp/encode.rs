@@ -59,17 +59,29 @@ impl std::fmt::Display for EncodeError {
 impl std::error::Error for EncodeError {}
 
 impl EncodingScheme {
+    /// The whole-model task of a plan.
     pub fn from_plan(plan: &PrivacyPlan, rotation_seed: Option<[u8; 32]>) -> Self {
+        Self::for_task(plan, plan.dimension, plan.clip_norm, rotation_seed)
+    }
+
+    /// One task of `dimension` values clipped to `clip_norm`, on the plan's
+    /// grid (γ, bits): a strategy's slice of the model, or the whole of it.
+    pub fn for_task(
+        plan: &PrivacyPlan,
+        dimension: usize,
+        clip_norm: f64,
+        rotation_seed: Option<[u8; 32]>,
+    ) -> Self {
         let padded = if rotation_seed.is_some() {
-            rotation::padded_len(plan.dimension)
+            rotation::padded_len(dimension)
         } else {
-            plan.dimension
+            dimension
         };
-        let b = rounded_sensitivity(plan.clip_norm / plan.gamma, padded);
+        let b = rounded_sensitivity(clip_norm / plan.gamma, padded);
         EncodingScheme {
-            dimension: plan.dimension,
+            dimension,
             padded,
-            clip_norm: plan.clip_norm,
+            clip_norm,
             gamma: plan.gamma,
             bits: plan.bits,
             rotation_seed,

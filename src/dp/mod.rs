@@ -13,3 +13,15 @@ pub mod gaussian;
 pub mod noise;
 pub mod plan;
 pub mod rotation;
+
+/// Runs `f`, which calls into opendp, with no other opendp call running.
+///
+/// opendp's arithmetic silences the process's panic hook around some
+/// operations by swapping it out and back; two threads doing so at once can
+/// leave the silent hook installed for good, after which every panic in the
+/// process prints nothing. Serialising the calls keeps the swaps nested.
+pub(crate) fn with_opendp<R>(f: impl FnOnce() -> R) -> R {
+    static OPENDP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = OPENDP.lock().unwrap_or_else(|e| e.into_inner());
+    f()
+}

@@ -17,15 +17,17 @@ use super::gaussian::{DiscreteGaussian, NoiseBits, NoiseSeed, MAX_SIGMA};
 const PARALLEL_MIN: usize = 1 << 16;
 
 /// One party's share of the noise: `N_Z(0, σ²)` on every coordinate.
+/// (`Send`: opendp's measurement, which is not, is built when asked for.)
 pub struct DiscreteGaussianShare {
     sampler: DiscreteGaussian,
-    measurement: Measurement<
-        VectorDomain<AtomDomain<i64>>,
-        L2Distance<f64>,
-        ZeroConcentratedDivergence,
-        Vec<i64>,
-    >,
 }
+
+type OpendpGaussian = Measurement<
+    VectorDomain<AtomDomain<i64>>,
+    L2Distance<f64>,
+    ZeroConcentratedDivergence,
+    Vec<i64>,
+>;
 
 /// What can go wrong drawing noise.
 #[derive(Debug)]
@@ -55,17 +57,20 @@ impl DiscreteGaussianShare {
             )));
         }
         let sampler = DiscreteGaussian::new(sigma as u64).map_err(|e| NoiseError(e.to_string()))?;
-        let measurement = make_gaussian(
-            VectorDomain::new(AtomDomain::<i64>::default()),
-            L2Distance::<f64>::default(),
-            sigma,
-            None,
-        )
-        .map_err(|e| NoiseError(e.to_string()))?;
-        Ok(DiscreteGaussianShare {
-            sampler,
-            measurement,
+        Ok(DiscreteGaussianShare { sampler })
+    }
+
+    /// opendp's measurement for the same σ.
+    fn opendp(&self) -> Result<OpendpGaussian, NoiseError> {
+        super::with_opendp(|| {
+            make_gaussian(
+                VectorDomain::new(AtomDomain::<i64>::default()),
+                L2Distance::<f64>::default(),
+                self.sigma(),
+                None,
+            )
         })
+        .map_err(|e| NoiseError(e.to_string()))
     }
 
     pub fn sigma(&self) -> f64 {
@@ -108,27 +113,15 @@ impl DiscreteGaussianShare {
     /// tests and `shroud bench encoding` compare against.
     #[doc(hidden)]
     pub fn add_to_with_opendp(&self, v: &mut [i64]) -> Result<(), NoiseError> {
-        let r = self
-            .measurement
-            .invoke(&v.to_vec())
+        let m = self.opendp()?;
+        super::with_opendp(|| m.invoke(&v.to_vec()))
             .map(|noisy| v.copy_from_slice(&noisy))
-            .map_err(|e| NoiseError(e.to_string()));
-        restore_panic_reporting();
-        r
+            .map_err(|e| NoiseError(e.to_string()))
     }
 
     /// ρ of one share alone at L2 sensitivity `d_in`, from opendp's own map.
     pub fn rho(&self, d_in: f64) -> Result<f64, NoiseError> {
-        self.measurement
-            .map(&d_in)
-            .map_err(|e| NoiseError(e.to_string()))
+        let m = self.opendp()?;
+        super::with_opendp(|| m.map(&d_in)).map_err(|e| NoiseError(e.to_string()))
     }
-}
-
-/// opendp's arithmetic swaps the process's panic hook for a silent one
-/// around some operations; when threads do so at once, a silent hook can be
-/// left installed for good and every later panic would print nothing.
-/// Putting the default hook back after sampling keeps failures reported.
-fn restore_panic_reporting() {
-    let _ = std::panic::take_hook();
 }

@@ -145,7 +145,12 @@ pub struct PrivacyPlan {
 
 struct Shape {
     dimension: usize,
+    /// Coordinates one party puts into one round's secure sums, after
+    /// padding: the `d` of the round's privacy bound.
     padded: usize,
+    /// One party's tasks in the costliest round: (share of the clip norm,
+    /// padded length). FedAvg has one task with the whole norm.
+    tasks: Vec<(f64, usize)>,
     parties: usize,
     honest: usize,
     /// Most contributions summed in one round (parties or sampled records).
@@ -156,11 +161,22 @@ struct Shape {
 fn shape(policy: &Policy) -> Shape {
     let dimension = policy.strategy.dimension();
     let rotation = policy.encoding.rotation == Rotation::Hadamard;
-    let padded = if rotation {
-        padded_len(dimension)
-    } else {
-        dimension
-    };
+    let pad = |d: usize| if rotation { padded_len(d) } else { d };
+    // A task of d of the model's D parameters is clipped to c·√(d/D), so a
+    // party's tasks in one round together stay within c. The round is
+    // bounded by its costliest shape: the most padded coordinates.
+    let tasks: Vec<(f64, usize)> = policy
+        .strategy
+        .round_shapes()
+        .into_iter()
+        .map(|dims| {
+            dims.iter()
+                .map(|&d| ((d as f64 / dimension as f64).sqrt(), pad(d)))
+                .collect::<Vec<_>>()
+        })
+        .max_by_key(|t| t.iter().map(|(_, p)| p).sum::<usize>())
+        .expect("a strategy has at least one round shape");
+    let padded = tasks.iter().map(|(_, p)| p).sum();
     let parties = policy.parties();
     // Without DP, FedAvg still sums per-record gradients when the roster
     // states record counts.
@@ -181,6 +197,7 @@ fn shape(policy: &Policy) -> Shape {
     Shape {
         dimension,
         padded,
+        tasks,
         parties,
         honest: policy.honest_survivors(),
         contributions,
@@ -206,8 +223,11 @@ fn coordinate_bound(policy: &Policy, s: &Shape, z: f64, gamma: f64) -> f64 {
     let t = tail(WRAP_PROBABILITY / s.padded as f64);
     let per_coord_signal = if s.rotation {
         // A rotated vector's coordinates are sub-Gaussian with variance
-        // proxy ‖x‖²/d.
-        c * t / (s.padded as f64).sqrt()
+        // proxy ‖x‖²/d: the task with the largest clip per coordinate.
+        s.tasks
+            .iter()
+            .map(|&(share, p)| c * share * t / (p as f64).sqrt())
+            .fold(0.0, f64::max)
     } else {
         c
     };
@@ -269,6 +289,16 @@ pub fn rounded_sensitivity(scaled_clip: f64, padded: usize) -> f64 {
     (scaled_clip * scaled_clip + d / 4.0 + k * (scaled_clip + d.sqrt() / 2.0)).sqrt()
 }
 
+/// Δ of one party's whole round: its tasks' rounded vectors are bounded
+/// one by one, so the concatenation's squared norm is their sum.
+fn round_sensitivity(scaled_clip: f64, s: &Shape) -> f64 {
+    s.tasks
+        .iter()
+        .map(|&(share, p)| rounded_sensitivity(scaled_clip * share, p).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
 struct Core {
     enc: Encoding,
     scaled_clip: f64,
@@ -280,7 +310,7 @@ struct Core {
 fn core(policy: &Policy, s: &Shape, z: f64, bits: u8) -> Result<Core, PlanError> {
     let enc = choose_gamma(policy, s, z, bits)?;
     let scaled_clip = policy.privacy.clip_norm / enc.gamma;
-    let sensitivity = rounded_sensitivity(scaled_clip, s.padded);
+    let sensitivity = round_sensitivity(scaled_clip, s);
     // Rounded up to a whole number of integer units: more noise, never
     // less, and an integer scale keeps opendp's exact sampler in small
     // rationals (a fractional f64 scale makes it several times slower).
@@ -307,8 +337,7 @@ fn core(policy: &Policy, s: &Shape, z: f64, bits: u8) -> Result<Core, PlanError>
                 (bits..=32)
                     .find(|&b| choose_gamma(policy, s, z, b)
                         .map(
-                            |e| rounded_sensitivity(policy.privacy.clip_norm / e.gamma, s.padded)
-                                * e.gamma
+                            |e| round_sensitivity(policy.privacy.clip_norm / e.gamma, s) * e.gamma
                                 / policy.privacy.clip_norm
                                 <= MAX_INFLATION
                         )
@@ -492,8 +521,8 @@ impl PrivacyPlan {
                 bits,
                 gamma: enc.gamma,
                 scaled_clip,
-                sensitivity: rounded_sensitivity(scaled_clip, s.padded),
-                sensitivity_inflation: rounded_sensitivity(scaled_clip, s.padded) / scaled_clip,
+                sensitivity: round_sensitivity(scaled_clip, &s),
+                sensitivity_inflation: round_sensitivity(scaled_clip, &s) / scaled_clip,
                 honest_survivors: s.honest,
                 noise_std_per_party: 0.0,
                 coordinate_bound: enc.bound,

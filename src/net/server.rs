@@ -600,15 +600,15 @@ async fn party_setup(
 
 #[utoipa::path(get, path = "/v1/jobs/{job}/rounds/{round}/model",
     params(("job" = String, Path, description = "Job id"), ("round" = u32, Path, description = "Round being collected")),
-    responses((status = 200, description = "The global model's parameters, little-endian f64", content_type = "application/octet-stream"),
+    responses((status = 200, description = "The parameters this party starts the round from (its strategy's downlink), little-endian f64", content_type = "application/octet-stream"),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn round_model(
     State(s): State<AppState>,
     Path((job, round)): Path<(String, String)>,
     req: Signed,
 ) -> Result<Response, ApiError> {
-    let (_, round) = req.party_round(&job, &round)?;
-    let params = s.engine(move |e| e.model(&job, round)).await?;
+    let (party, round) = req.party_round(&job, &round)?;
+    let params = s.engine(move |e| e.model(&job, party, round)).await?;
     Ok(octets(
         &s,
         params.iter().flat_map(|x| x.to_le_bytes()).collect(),

@@ -173,6 +173,7 @@ impl PrivacyLedger {
         migrate(&conn)?;
         conn.execute_batch(super::log::SCHEMA)?;
         conn.execute_batch(super::service::SCHEMA)?;
+        super::service::migrate(&conn)?;
         Ok(PrivacyLedger { conn })
     }
 

@@ -1,7 +1,8 @@
 //! The coordinator's service state, in the same SQLite file as the ledger
 //! and the log: the consortium and its parties as the policy listed them,
-//! each job's progress (model, optimiser state, next round), every round's
-//! phase and survivors, and release decisions.
+//! each job's progress (its strategy's state at the end of its last round,
+//! its next round), every round's phase and survivors, and release
+//! decisions.
 //!
 //! Writes that must agree commit together: a round's charge with its round
 //! row, a round's result with the model it produced. A crash therefore
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS job_runs (
     canary_seed INTEGER NOT NULL,
     params      BLOB NOT NULL,
     velocity    BLOB NOT NULL,
+    strategy_state BLOB,
     reason      TEXT,
     created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
@@ -81,9 +83,37 @@ pub struct JobRunRecord {
     pub next_round: u32,
     pub seed: u64,
     pub canary_seed: u64,
-    pub params: Vec<f64>,
-    pub velocity: Vec<f64>,
+    /// The strategy's coordinator state at the end of the last round.
+    pub strategy_state: Vec<u8>,
     pub reason: Option<String>,
+}
+
+/// A job as read back, with what a store written before strategies kept
+/// their own state holds instead (a model and its momentum).
+#[derive(Debug, Clone)]
+pub struct StoredJobRun {
+    pub record: JobRunRecord,
+    pub legacy_params: Vec<f64>,
+    pub legacy_velocity: Vec<f64>,
+}
+
+impl std::ops::Deref for StoredJobRun {
+    type Target = JobRunRecord;
+    fn deref(&self) -> &JobRunRecord {
+        &self.record
+    }
+}
+
+/// Brings a store written before strategies kept their own state up to
+/// date.
+pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), LedgerError> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('job_runs') WHERE name = 'strategy_state'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE job_runs ADD COLUMN strategy_state BLOB;")?;
+    }
+    Ok(())
 }
 
 /// One round (task) as stored, and as the API shows it.
@@ -164,8 +194,8 @@ impl PrivacyLedger {
     pub fn insert_job_run(&mut self, r: &JobRunRecord) -> Result<(), LedgerError> {
         self.conn.execute(
             "INSERT INTO job_runs (job, consortium, policy_hash, state, rounds, next_round, seed,
-                                   canary_seed, params, velocity, epsilon)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                   canary_seed, params, velocity, strategy_state, epsilon)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, x'', x'', ?9, ?10)",
             params![
                 r.job,
                 r.consortium,
@@ -175,20 +205,19 @@ impl PrivacyLedger {
                 r.next_round,
                 r.seed as i64,
                 r.canary_seed as i64,
-                f64s_to_blob(&r.params),
-                f64s_to_blob(&r.velocity),
+                r.strategy_state,
                 r.epsilon
             ],
         )?;
         Ok(())
     }
 
-    pub fn job_run(&self, job: &str) -> Result<Option<JobRunRecord>, LedgerError> {
+    pub fn job_run(&self, job: &str) -> Result<Option<StoredJobRun>, LedgerError> {
         let row = self
             .conn
             .query_row(
                 "SELECT job, consortium, policy_hash, state, rounds, next_round, seed, canary_seed,
-                        params, velocity, reason, epsilon FROM job_runs WHERE job = ?1",
+                        params, velocity, reason, epsilon, strategy_state FROM job_runs WHERE job = ?1",
                 params![job],
                 |r| {
                     Ok((
@@ -201,8 +230,7 @@ impl PrivacyLedger {
                             next_round: r.get(5)?,
                             seed: r.get::<_, i64>(6)? as u64,
                             canary_seed: r.get::<_, i64>(7)? as u64,
-                            params: Vec::new(),
-                            velocity: Vec::new(),
+                            strategy_state: r.get::<_, Option<Vec<u8>>>(12)?.unwrap_or_default(),
                             reason: r.get(10)?,
                             epsilon: r.get(11)?,
                         },
@@ -214,11 +242,11 @@ impl PrivacyLedger {
             .optional()?;
         match row {
             None => Ok(None),
-            Some((mut rec, p, v)) => {
-                rec.params = blob_to_f64s(&p)?;
-                rec.velocity = blob_to_f64s(&v)?;
-                Ok(Some(rec))
-            }
+            Some((record, p, v)) => Ok(Some(StoredJobRun {
+                record,
+                legacy_params: blob_to_f64s(&p)?,
+                legacy_velocity: blob_to_f64s(&v)?,
+            })),
         }
     }
 
@@ -306,8 +334,8 @@ impl PrivacyLedger {
         Ok(())
     }
 
-    /// A finished training round: its result absorbed into `params` and
-    /// `velocity`, its charge marked released, all in one transaction.
+    /// A finished task, its charge marked released, and — after a round's
+    /// last task — the strategy's state, all in one transaction.
     pub fn finish_round(
         &mut self,
         job: &str,
@@ -315,7 +343,7 @@ impl PrivacyLedger {
         task: u32,
         survivors: &[u32],
         dropped: &[u32],
-        model: Option<(&[f64], &[f64])>,
+        strategy_state: Option<&[u8]>,
     ) -> Result<(), LedgerError> {
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -329,18 +357,13 @@ impl PrivacyLedger {
              WHERE id = (SELECT charge_id FROM rounds WHERE job = ?1 AND round = ?2 AND task = ?3)",
             params![job, round, task],
         )?;
-        if let Some((p, v)) = model {
-            tx.execute(
-                "UPDATE job_runs SET params = ?2, velocity = ?3,
-                   updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE job = ?1",
-                params![job, f64s_to_blob(p), f64s_to_blob(v)],
-            )?;
-        }
+        save_state(&tx, job, strategy_state)?;
         tx.commit()?;
         Ok(())
     }
 
-    /// A round that could not finish; its charge stays.
+    /// A task that could not finish (its charge stays), and — after a
+    /// round's last task — the strategy's state, in one transaction.
     pub fn abort_round(
         &mut self,
         job: &str,
@@ -348,13 +371,17 @@ impl PrivacyLedger {
         task: u32,
         reason: &str,
         dropped: &[u32],
+        strategy_state: Option<&[u8]>,
     ) -> Result<(), LedgerError> {
-        self.conn.execute(
+        let tx = self.conn.transaction()?;
+        tx.execute(
             "UPDATE rounds SET state = 'aborted', reason = ?4, dropped = ?5,
                updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
              WHERE job = ?1 AND round = ?2 AND task = ?3 AND state = 'running'",
             params![job, round, task, reason, ids_json(dropped)],
         )?;
+        save_state(&tx, job, strategy_state)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -422,6 +449,17 @@ impl PrivacyLedger {
             )
             .optional()?)
     }
+}
+
+fn save_state(tx: &Transaction<'_>, job: &str, state: Option<&[u8]>) -> rusqlite::Result<()> {
+    if let Some(state) = state {
+        tx.execute(
+            "UPDATE job_runs SET strategy_state = ?2,
+               updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE job = ?1",
+            params![job, state],
+        )?;
+    }
+    Ok(())
 }
 
 fn start_round(

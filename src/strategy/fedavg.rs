@@ -1,4 +1,5 @@
-//! FedAvg, the baseline: one task per round over every party.
+//! FedAvg, the baseline: one task per round, the whole model over every
+//! party.
 //!
 //! - Record unit (distributed DP-SGD): each party Poisson-samples its
 //!   records at rate q and contributes one gradient per sampled record at
@@ -7,157 +8,139 @@
 //! - Party unit (DDGauss): each party trains locally from the global model
 //!   and contributes its model delta; the coordinator adds the mean delta.
 
-use rand_chacha::ChaCha20Rng;
+use super::state::{StateReader, StateWriter};
+use super::{CoordinatorHalf, RoundPlan, StateError, TaskResult, TaskSpec};
+use crate::model::{Mlp, Sgd};
+use crate::policy::{Policy, Unit};
 
-use super::{Contribution, PartyView, RoundPlan, Strategy, TaskResult, TaskSpec};
-use crate::model::{matrix, Mlp, Sgd};
-use crate::policy::Unit;
-use crate::sampling::bernoulli;
+const TAG: &[u8] = b"fedavg/1";
 
-pub struct FedAvg {
-    model: Mlp,
-    unit: Unit,
+/// The one task of a FedAvg round.
+pub fn plan(policy: &Policy) -> RoundPlan {
+    RoundPlan {
+        tasks: vec![TaskSpec {
+            id: 0,
+            label: if policy.privacy.unit == Unit::Party {
+                "model delta sum"
+            } else {
+                "gradient sum"
+            }
+            .into(),
+            cohort: policy.parties.iter().map(|p| p.id).collect(),
+            offset: 0,
+            dimension: policy.strategy.dimension(),
+            clip_norm: policy.privacy.clip_norm,
+        }],
+    }
+}
+
+/// The server's step on one whole-model sum: a momentum-SGD step on the
+/// mean gradient (record unit) or the mean delta added (party unit). FedMR
+/// runs the same step in its warm-up rounds.
+pub struct ServerStep {
+    record_level: bool,
     sampling_rate: f64,
-    learning_rate: f64,
-    momentum: f64,
-    local_epochs: u32,
-    server: Sgd,
+    sgd: Sgd,
 }
 
-impl FedAvg {
-    pub fn new(
-        model: Mlp,
-        unit: Unit,
-        sampling_rate: f64,
-        learning_rate: f64,
-        momentum: f64,
-        local_epochs: u32,
-    ) -> FedAvg {
-        let dim = model.dimension();
-        FedAvg {
-            model,
-            unit,
-            sampling_rate,
-            learning_rate,
-            momentum,
-            local_epochs,
-            server: Sgd::new(learning_rate, momentum, dim),
-        }
-    }
-
-    /// The FedAvg of `policy`, from a model initialised with `seed`.
-    pub fn for_policy(policy: &crate::policy::Policy, seed: u64) -> FedAvg {
+impl ServerStep {
+    pub fn new(policy: &Policy) -> ServerStep {
         let s = &policy.strategy;
-        let mut sizes = vec![s.inputs];
-        sizes.extend(&s.hidden);
-        sizes.push(s.classes);
-        FedAvg::new(
-            Mlp::new(&sizes, seed),
-            policy.privacy.unit,
-            policy.privacy.sampling_rate,
-            s.learning_rate,
-            s.momentum,
-            s.local_epochs,
-        )
-    }
-
-    /// Replaces the global model's parameters (a party receiving the
-    /// round's model).
-    pub fn set_global(&mut self, params: &[f64]) -> Result<(), crate::model::ModelError> {
-        self.model.set_flat(params)
-    }
-
-    /// The coordinator's state: parameters, then the momentum buffer.
-    pub fn server_state(&self) -> (Vec<f64>, Vec<f64>) {
-        (self.model.to_flat(), self.server.velocity().to_vec())
-    }
-
-    pub fn restore_server_state(
-        &mut self,
-        params: &[f64],
-        velocity: &[f64],
-    ) -> Result<(), crate::model::ModelError> {
-        self.model.set_flat(params)?;
-        self.server.set_velocity(velocity)
-    }
-
-    fn record_level(&self) -> bool {
-        self.unit != Unit::Party
-    }
-}
-
-impl Strategy for FedAvg {
-    fn name(&self) -> &'static str {
-        "fedavg"
-    }
-
-    fn plan(&mut self, _round: u32, parties: &[u32]) -> RoundPlan {
-        RoundPlan {
-            tasks: vec![TaskSpec {
-                id: 0,
-                label: if self.record_level() {
-                    "gradient sum"
-                } else {
-                    "model delta sum"
-                }
-                .into(),
-                cohort: parties.to_vec(),
-                dimension: self.model.dimension(),
-            }],
+        ServerStep {
+            record_level: policy.privacy.unit != Unit::Party,
+            sampling_rate: policy.privacy.sampling_rate,
+            sgd: Sgd::new(s.learning_rate, s.momentum, s.dimension()),
         }
     }
 
-    fn contribute(
-        &self,
-        _task: &TaskSpec,
-        party: &PartyView<'_>,
-        rng: &mut ChaCha20Rng,
-    ) -> Contribution {
-        let d = party.data;
-        if self.record_level() {
-            let sampled: Vec<usize> = (0..d.len())
-                .filter(|_| bernoulli(rng, self.sampling_rate))
-                .collect();
-            if sampled.is_empty() {
-                return Contribution::PerRecord(Vec::new());
-            }
-            let x = matrix(d, Some(&sampled));
-            let y: Vec<usize> = sampled.iter().map(|&i| d.labels[i]).collect();
-            Contribution::PerRecord(self.model.per_example_grads(x.view(), &y))
-        } else {
-            let mut local = self.model.clone();
-            let mut params = local.to_flat();
-            let start = params.clone();
-            let mut opt = Sgd::new(self.learning_rate, self.momentum, params.len());
-            for _ in 0..self.local_epochs {
-                let order = crate::data::shuffled(d.len(), rng);
-                for chunk in order.chunks(32) {
-                    let x = matrix(d, Some(chunk));
-                    let y: Vec<usize> = chunk.iter().map(|&i| d.labels[i]).collect();
-                    let (_, g) = local.loss_and_grad(x.view(), &y);
-                    opt.step(&mut params, &g);
-                    local.set_flat(&params).expect("same dimension");
-                }
-            }
-            Contribution::Whole(params.iter().zip(&start).map(|(a, b)| a - b).collect())
-        }
+    pub fn velocity(&self) -> &[f64] {
+        self.sgd.velocity()
     }
 
-    fn absorb(&mut self, r: TaskResult<'_>) {
-        let mut params = self.model.to_flat();
-        if self.record_level() {
+    pub fn set_velocity(&mut self, v: &[f64]) -> Result<(), StateError> {
+        self.sgd
+            .set_velocity(v)
+            .map_err(|e| StateError(format!("momentum: {e}")))
+    }
+
+    pub fn apply(&mut self, params: &mut [f64], r: &TaskResult<'_>) {
+        if self.record_level {
             let expected_batch =
                 (self.sampling_rate * r.records.iter().sum::<usize>() as f64).max(1.0);
             let grad: Vec<f64> = r.sum.iter().map(|g| g / expected_batch).collect();
-            self.server.step(&mut params, &grad);
+            self.sgd.step(params, &grad);
         } else {
             let n = r.contributors.len().max(1) as f64;
             params.iter_mut().zip(&r.sum).for_each(|(p, d)| *p += d / n);
         }
+    }
+}
+
+pub struct FedAvg {
+    model: Mlp,
+    server: ServerStep,
+}
+
+impl FedAvg {
+    pub fn new(policy: &Policy, seed: u64, saved: Option<&[u8]>) -> Result<FedAvg, StateError> {
+        let mut f = FedAvg {
+            model: super::initial_model(policy, seed),
+            server: ServerStep::new(policy),
+        };
+        if let Some(bytes) = saved {
+            let d = f.model.dimension();
+            let mut r = StateReader::new(bytes, TAG)?;
+            let params = r.f64s_of(d, "the model")?;
+            let velocity = r.f64s_of(d, "the momentum")?;
+            r.end()?;
+            f.restore(&params, &velocity)?;
+        }
+        Ok(f)
+    }
+
+    /// A state saved before strategies kept their own (the model and the
+    /// server's momentum as two vectors).
+    pub fn from_parts(
+        policy: &Policy,
+        params: &[f64],
+        velocity: &[f64],
+    ) -> Result<FedAvg, StateError> {
+        let mut f = FedAvg {
+            model: super::initial_model(policy, 0),
+            server: ServerStep::new(policy),
+        };
+        f.restore(params, velocity)?;
+        Ok(f)
+    }
+
+    fn restore(&mut self, params: &[f64], velocity: &[f64]) -> Result<(), StateError> {
+        self.model
+            .set_flat(params)
+            .map_err(|e| StateError(format!("model: {e}")))?;
+        self.server.set_velocity(velocity)
+    }
+}
+
+impl CoordinatorHalf for FedAvg {
+    fn downlink(&self, _party: u32) -> Vec<f64> {
+        self.model.to_flat()
+    }
+
+    fn absorb(&mut self, _round: u32, r: TaskResult<'_>) {
+        let mut params = self.model.to_flat();
+        self.server.apply(&mut params, &r);
         self.model.set_flat(&params).expect("same dimension");
     }
 
-    fn model(&self) -> &Mlp {
-        &self.model
+    fn end_round(&mut self, _round: u32) {}
+
+    fn release_model(&self) -> Mlp {
+        self.model.clone()
+    }
+
+    fn save(&self) -> Vec<u8> {
+        let mut w = StateWriter::new(TAG);
+        w.f64s(&self.model.to_flat()).f64s(self.server.velocity());
+        w.finish()
     }
 }

@@ -2,38 +2,57 @@
 //! round needs. Everything that crosses a party boundary is one of those
 //! tasks — a cohort of parties summing one vector under secure aggregation
 //! with DP noise — so every strategy runs inside SecAgg and DP by
-//! construction. `docs/architecture.md` maps each planned strategy onto
-//! this trait.
+//! construction.
+//!
+//! A strategy has two halves with explicit, serialisable state:
+//! - the **coordinator half** ([`CoordinatorHalf`]) absorbs each task's
+//!   decoded sum, says what each party starts the next round from, and
+//!   holds the model the job releases;
+//! - the **party half** ([`PartyHalf`]) receives that, computes locally and
+//!   contributes one vector (or one per record) per task.
+//!
+//! Which tasks a round has is a pure function of the policy, the job and
+//! the round ([`round_plan`]): the coordinator announces tasks and every
+//! party recomputes them from its own policy before it takes part.
+//! `docs/architecture.md` shows how a new strategy plugs in.
 
 pub mod fedavg;
+pub mod fedmr;
+mod local;
+pub mod state;
 
+use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use sha2::{Digest, Sha256};
 
 use crate::data::Dataset;
-use crate::model::Mlp;
+use crate::model::{Mlp, ModelError};
+use crate::policy::{Policy, StrategyKind};
+pub use local::LocalTrainer;
+pub use state::StateError;
 
-/// One party as a strategy sees it: its id and its private records.
-pub struct PartyView<'a> {
-    pub id: u32,
-    pub data: &'a Dataset,
-}
-
-/// One secure sum: which parties add which vector.
-#[derive(Clone, Debug)]
+/// One secure sum: which parties add which slice of the model's update.
+#[derive(Clone, Debug, PartialEq)]
 pub struct TaskSpec {
     /// Task number within the round (bound into the session id).
     pub id: u32,
     /// What the vector is, for logs and reports.
     pub label: String,
-    /// The parties that contribute.
+    /// The parties that contribute, ascending.
     pub cohort: Vec<u32>,
-    /// Length of the vector before padding.
+    /// The slice of the flat parameter vector the task sums.
+    pub offset: usize,
     pub dimension: usize,
+    /// The L2 clip norm of each contribution to this task: the policy's
+    /// for a whole-model task, a share of it for a slice, so that a party's
+    /// tasks in one round together stay within the policy's norm.
+    pub clip_norm: f64,
 }
 
-/// A round's tasks. Tasks of one round are independent and may run
-/// concurrently; each is charged to the ledger on its own.
-#[derive(Clone, Debug)]
+/// A round's tasks. Tasks of one round run one after another; each is a
+/// secure sum of its own, and the round is charged once (its tasks'
+/// cohorts are disjoint or their clip norms split the policy's).
+#[derive(Clone, Debug, PartialEq)]
 pub struct RoundPlan {
     pub tasks: Vec<TaskSpec>,
 }
@@ -56,23 +75,109 @@ pub struct TaskResult<'a> {
     pub records: &'a [usize],
 }
 
-pub trait Strategy {
-    fn name(&self) -> &'static str;
+/// The coordinator's half of a strategy.
+pub trait CoordinatorHalf: Send {
+    /// The parameters `party` starts the current round from.
+    fn downlink(&self, party: u32) -> Vec<f64>;
 
-    /// The tasks of `round` over the parties still in the job.
-    fn plan(&mut self, round: u32, parties: &[u32]) -> RoundPlan;
+    /// One task's decoded sum.
+    fn absorb(&mut self, round: u32, result: TaskResult<'_>);
 
-    /// Party side: the local computation for one task.
+    /// A task that produced no sum (too few survivors).
+    fn task_aborted(&mut self, _round: u32, _task: &TaskSpec) {}
+
+    /// Every task of `round` has finished or aborted.
+    fn end_round(&mut self, round: u32);
+
+    /// The model the job audits and releases.
+    fn release_model(&self) -> Mlp;
+
+    /// The state to keep between rounds, as bytes (restored by
+    /// [`coordinator_half`]).
+    fn save(&self) -> Vec<u8>;
+}
+
+/// A party's half of a strategy.
+pub trait PartyHalf: Send {
+    /// The parameters the coordinator sent for `round`.
+    fn receive(&mut self, round: u32, params: &[f64]) -> Result<(), ModelError>;
+
+    /// This party's contribution to one task of `round`. `sample_seed`
+    /// is the party's secret for the round: its record sample and local
+    /// shuffles follow from it, the same for every task of the round.
     fn contribute(
-        &self,
+        &mut self,
+        round: u32,
         task: &TaskSpec,
-        party: &PartyView<'_>,
-        rng: &mut ChaCha20Rng,
+        data: &Dataset,
+        sample_seed: &[u8; 32],
     ) -> Contribution;
 
-    /// Coordinator side: fold one task's decoded sum into the global state.
-    fn absorb(&mut self, result: TaskResult<'_>);
-
-    /// The model the job releases.
+    /// The model the party holds (after the audit round's download: the
+    /// released model, which it scores its audit sample with).
     fn model(&self) -> &Mlp;
+}
+
+/// The tasks of `round` (1-based) of `job` under `policy`: a pure function
+/// of public inputs, so that parties can recompute what they are asked.
+pub fn round_plan(policy: &Policy, job: &str, round: u32) -> RoundPlan {
+    match policy.strategy.kind {
+        StrategyKind::Fedavg => fedavg::plan(policy),
+        StrategyKind::Fedmr {
+            group_size,
+            warmup_rounds,
+        } => {
+            if round <= warmup_rounds {
+                fedavg::plan(policy)
+            } else {
+                fedmr::plan(policy, job, round, group_size)
+            }
+        }
+    }
+}
+
+/// The coordinator half for `policy`, its model initialised from `seed`,
+/// or restored from saved state.
+pub fn coordinator_half(
+    policy: &Policy,
+    seed: u64,
+    saved: Option<&[u8]>,
+) -> Result<Box<dyn CoordinatorHalf>, StateError> {
+    Ok(match policy.strategy.kind {
+        StrategyKind::Fedavg => Box::new(fedavg::FedAvg::new(policy, seed, saved)?),
+        StrategyKind::Fedmr { warmup_rounds, .. } => {
+            Box::new(fedmr::FedMr::new(policy, seed, warmup_rounds, saved)?)
+        }
+    })
+}
+
+/// The party half for `policy`.
+pub fn party_half(policy: &Policy) -> Box<dyn PartyHalf> {
+    Box::new(LocalTrainer::new(policy))
+}
+
+/// A fresh model of the policy's shape.
+pub fn initial_model(policy: &Policy, seed: u64) -> Mlp {
+    Mlp::new(&policy.strategy.sizes(), seed)
+}
+
+/// Public randomness bound to a job, a round and an index (graph and
+/// rotation seeds, group draws): length-prefixed SHA-256.
+pub fn public_seed(label: &str, job: &str, round: u32, index: u32) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [
+        label.as_bytes(),
+        job.as_bytes(),
+        &round.to_le_bytes(),
+        &index.to_le_bytes(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// A generator from a 32-byte seed.
+pub(crate) fn rng_from(seed: &[u8; 32]) -> ChaCha20Rng {
+    ChaCha20Rng::from_seed(*seed)
 }

@@ -1,0 +1,710 @@
+//! A party's side of one job, sans-IO like the engine: no clock, no network.
+//!
+//! [`PartyRules`] are the party's own rules. The coordinator announces
+//! secure-sum tasks; the party takes part only in what its own policy
+//! allows, and derives every parameter that protects it — threshold,
+//! collusion bound, graph, cohort, vector shape — from that policy, never
+//! from the announcement. [`PartyRules::admit`] checks an announced task
+//! and changes nothing; only [`PartyRules::start`] and
+//! [`PartyRules::masked_input_sent`] move the state forward, and the host
+//! persists [`SessionState`] before it acts (a party restarted mid-job keeps
+//! its count).
+//!
+//! [`PartySession`] is the whole party: its rules, its strategy half, its
+//! data and audit sample, and the protocol machine of the task it is in.
+//! A driver feeds it the coordinator's downlink and messages and sends what
+//! it hands back ([`PartySession::poll_outgoing`]).
+//!
+//! What a party refuses:
+//! - a cohort that does not contain it, names a party outside the roster or
+//!   twice, or is smaller than the policy's `min_survivors` (at least its
+//!   threshold): a cohort of {victim, colluder} would otherwise run with
+//!   t = 2 and a single honest noise share;
+//! - a training round outside `1..=rounds` of the job, a task its own
+//!   strategy does not plan for that round, a cohort other than the one its
+//!   strategy computes for the task, or a (round, task) not after the last
+//!   one it took part in — it counts rounds itself;
+//! - an audit sum before the last training round, or a second audit sum once
+//!   its masked input for one has gone out;
+//! - a vector shape (length, bits) other than its own plan gives.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use shroud_crypto::{IdentityPublicKey, PartyId, Round};
+
+use crate::dp::encode::EncodingScheme;
+use crate::dp::plan::PrivacyPlan;
+use crate::job::{protocol_round, rotation_seed};
+use crate::net::api::LiveTask;
+use crate::policy::Policy;
+use crate::strategy::round_plan;
+
+/// What a party has done in one job: all it needs to refuse a replay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    /// The last training (round, task) it took part in.
+    pub last_training: Option<(u32, u32)>,
+    /// Its masked input for an audit sum has been sent: it sends no other.
+    pub audit_sent: bool,
+}
+
+pub use super::engine::TaskKind;
+
+/// A task the party agreed to take part in, with the parameters it derived
+/// itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    pub kind: TaskKind,
+    pub round: u32,
+    pub task: u32,
+    pub cohort: Vec<u32>,
+    pub bits: u8,
+    pub len: usize,
+}
+
+/// Why a party refused an announced task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    UnknownKind(String),
+    NotInCohort,
+    /// The cohort names a party twice or out of order.
+    MalformedCohort,
+    NotInRoster(u32),
+    CohortTooSmall {
+        size: usize,
+        needed: usize,
+    },
+    RoundOutOfRange {
+        round: u32,
+        rounds: u32,
+    },
+    NotAfterLast {
+        round: u32,
+        task: u32,
+        last: (u32, u32),
+    },
+    UnknownTask {
+        task: u32,
+        tasks: u32,
+    },
+    /// The announced cohort is not the one the party's own strategy draws
+    /// for this task.
+    CohortMismatch {
+        task: u32,
+    },
+    AuditBeforeTrainingEnds {
+        round: u32,
+        rounds: u32,
+    },
+    AuditAlreadySent,
+    WrongShape {
+        len: usize,
+        bits: u8,
+        expected_len: usize,
+        expected_bits: u8,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::UnknownKind(k) => write!(f, "unknown task kind `{}`", k.escape_debug()),
+            Refusal::NotInCohort => f.write_str("this party is not in the task's cohort"),
+            Refusal::MalformedCohort => {
+                f.write_str("the cohort is not a strictly increasing list of party ids")
+            }
+            Refusal::NotInRoster(p) => write!(f, "the cohort names party {p}, not in the roster"),
+            Refusal::CohortTooSmall { size, needed } => write!(
+                f,
+                "the cohort has {size} parties; this party's policy needs at least {needed} \
+                 (min_survivors, at least the threshold)"
+            ),
+            Refusal::RoundOutOfRange { round, rounds } => write!(
+                f,
+                "training round {round} is outside the job's rounds 1..={rounds}"
+            ),
+            Refusal::NotAfterLast { round, task, last } => write!(
+                f,
+                "round {round} task {task} does not come after round {} task {}, \
+                 the last this party took part in",
+                last.0, last.1
+            ),
+            Refusal::UnknownTask { task, tasks } => write!(
+                f,
+                "task {task} does not exist: the strategy plans {tasks} task(s) for this round"
+            ),
+            Refusal::CohortMismatch { task } => write!(
+                f,
+                "the cohort of task {task} is not the one this party's policy draws for it"
+            ),
+            Refusal::AuditBeforeTrainingEnds { round, rounds } => write!(
+                f,
+                "an audit sum in round {round} comes before the job's last training round {rounds}"
+            ),
+            Refusal::AuditAlreadySent => {
+                f.write_str("this party has already sent its masked input for this job's audit sum")
+            }
+            Refusal::WrongShape {
+                len,
+                bits,
+                expected_len,
+                expected_bits,
+            } => write!(
+                f,
+                "the task expects {len} words of {bits} bits; this party's plan gives \
+                 {expected_len} of {expected_bits}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Bits of an audit count word (the counts are summed mod 2^32).
+pub const AUDIT_BITS: u8 = 32;
+
+/// One party's rules for one job.
+pub struct PartyRules {
+    me: u32,
+    job: String,
+    /// The job's policy as this party derived it (its own file, with the
+    /// job's ε and rounds, each checked against it).
+    policy: Policy,
+    plan: PrivacyPlan,
+    roster: std::collections::BTreeMap<u32, IdentityPublicKey>,
+    audit_len: usize,
+    state: SessionState,
+}
+
+impl PartyRules {
+    pub fn new(
+        me: u32,
+        job: &str,
+        policy: Policy,
+        plan: PrivacyPlan,
+        state: SessionState,
+    ) -> PartyRules {
+        let audit_len = crate::audit::counts_width(&crate::audit::population_attacks(&policy));
+        PartyRules {
+            me,
+            job: job.to_string(),
+            roster: policy.roster_keys(),
+            policy,
+            plan,
+            audit_len,
+            state,
+        }
+    }
+
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn plan(&self) -> &PrivacyPlan {
+        &self.plan
+    }
+
+    /// The smallest cohort this party accepts.
+    pub fn min_cohort(&self) -> usize {
+        self.policy.consortium.min_survivors
+    }
+
+    /// Checks an announced task against this party's policy and what it
+    /// has done so far. Changes nothing.
+    pub fn admit(&self, live: &LiveTask) -> Result<Admission, Refusal> {
+        let kind = match live.kind.as_str() {
+            "training" => TaskKind::Training,
+            "audit" => TaskKind::Audit,
+            other => return Err(Refusal::UnknownKind(other.to_string())),
+        };
+        if live.cohort.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Refusal::MalformedCohort);
+        }
+        if live.cohort.binary_search(&self.me).is_err() {
+            return Err(Refusal::NotInCohort);
+        }
+        if let Some(p) = live.cohort.iter().find(|p| !self.roster.contains_key(p)) {
+            return Err(Refusal::NotInRoster(*p));
+        }
+        let needed = self.min_cohort();
+        if live.cohort.len() < needed {
+            return Err(Refusal::CohortTooSmall {
+                size: live.cohort.len(),
+                needed,
+            });
+        }
+        let rounds = self.policy.privacy.rounds;
+        let (round, task) = (live.round, live.task);
+        let (expected_len, expected_bits) = match kind {
+            TaskKind::Training => {
+                if !(1..=rounds).contains(&round) {
+                    return Err(Refusal::RoundOutOfRange { round, rounds });
+                }
+                let plan = round_plan(&self.policy, &self.job, round);
+                let Some(spec) = plan.tasks.iter().find(|t| t.id == task) else {
+                    return Err(Refusal::UnknownTask {
+                        task,
+                        tasks: plan.tasks.len() as u32,
+                    });
+                };
+                if spec.cohort != live.cohort {
+                    return Err(Refusal::CohortMismatch { task });
+                }
+                if let Some(last) = self.state.last_training {
+                    if (round, task) <= last {
+                        return Err(Refusal::NotAfterLast { round, task, last });
+                    }
+                }
+                let scheme = EncodingScheme::for_task(
+                    &self.plan,
+                    spec.dimension,
+                    spec.clip_norm,
+                    rotation_seed(&self.policy, &self.job, round, task),
+                );
+                (scheme.padded, self.plan.bits)
+            }
+            TaskKind::Audit => {
+                if round <= rounds {
+                    return Err(Refusal::AuditBeforeTrainingEnds { round, rounds });
+                }
+                if self.state.audit_sent {
+                    return Err(Refusal::AuditAlreadySent);
+                }
+                (self.audit_len, AUDIT_BITS)
+            }
+        };
+        if live.len != expected_len || live.bits != expected_bits {
+            return Err(Refusal::WrongShape {
+                len: live.len,
+                bits: live.bits,
+                expected_len,
+                expected_bits,
+            });
+        }
+        Ok(Admission {
+            kind,
+            round,
+            task,
+            cohort: live.cohort.clone(),
+            bits: expected_bits,
+            len: expected_len,
+        })
+    }
+
+    /// The secure-sum round of an admitted task, from this party's policy.
+    pub fn protocol_round(&self, a: &Admission) -> Result<Round, shroud_crypto::Error> {
+        let cohort: Vec<(PartyId, IdentityPublicKey)> = a
+            .cohort
+            .iter()
+            .map(|p| (PartyId(*p), self.roster[p]))
+            .collect();
+        protocol_round(
+            &self.policy,
+            &self.job,
+            a.round,
+            a.task,
+            &cohort,
+            a.bits,
+            a.len,
+        )
+    }
+
+    /// The party starts on an admitted task: that training (round, task) is
+    /// used up, whatever happens to it.
+    pub fn start(&mut self, a: &Admission) {
+        if a.kind == TaskKind::Training {
+            self.state.last_training = Some((a.round, a.task));
+        }
+    }
+
+    /// The party is about to send its masked input for `a`: after an audit
+    /// sum's, no other audit sum.
+    pub fn masked_input_sent(&mut self, a: &Admission) {
+        if a.kind == TaskKind::Audit {
+            self.state.audit_sent = true;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the party
+
+use rand_chacha::rand_core::{OsRng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use sha2::{Digest, Sha256};
+use shroud_crypto::message::MessageKind;
+use shroud_crypto::session::SessionId;
+use shroud_crypto::{IdentityKey, Party};
+use zeroize::Zeroizing;
+
+use crate::audit::{self, Canary, PartySample};
+use crate::data::Dataset;
+use crate::dp::gaussian::NoiseSeed;
+use crate::dp::noise::DiscreteGaussianShare;
+use crate::net::api::PartySetup;
+use crate::policy::Unit;
+use crate::strategy::{party_half, Contribution, PartyHalf};
+
+/// What a party saw, for callers that check the protocol end to end
+/// (tests, benchmarks).
+#[derive(Debug, Clone)]
+pub enum PartyObservation {
+    /// The words it put into a secure sum.
+    Input(ObservedInput),
+    /// An unmask request reached it: from here on the round's result could
+    /// be decoded, so the round must already be charged.
+    UnmaskRequest {
+        party: u32,
+        job: String,
+        round: u32,
+        task: u32,
+    },
+}
+
+/// One party's input to one secure sum, as observed at the party.
+#[derive(Debug, Clone)]
+pub struct ObservedInput {
+    pub party: u32,
+    pub job: String,
+    pub round: u32,
+    pub task: u32,
+    pub words: Vec<u32>,
+}
+
+/// Who a party is and what it holds. None of it leaves the party.
+pub struct Member {
+    pub id: u32,
+    pub identity_seed: Zeroizing<[u8; 32]>,
+    pub data: Dataset,
+}
+
+/// Where a party's encoding randomness (rounding, noise) comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputRandomness {
+    /// Fresh from the operating system for every task.
+    Os,
+    /// Tests only: derived from this seed, the job, the round and the task,
+    /// so that two runs of a job produce the same inputs.
+    #[doc(hidden)]
+    Seeded(u64),
+}
+
+/// A secret of this party's, bound to one job and one use; wiped on drop.
+pub fn party_secret(seed: &[u8; 32], label: &str, job: &str) -> Zeroizing<[u8; 32]> {
+    let mut h = Sha256::new();
+    for part in [label.as_bytes(), seed.as_slice(), job.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    Zeroizing::new(h.finalize().into())
+}
+
+/// The task a party is taking part in.
+struct Taking {
+    admission: Admission,
+    protocol: Party,
+    session: SessionId,
+}
+
+/// One party's whole side of one job.
+pub struct PartySession {
+    rules: PartyRules,
+    member: Member,
+    half: Box<dyn PartyHalf>,
+    /// The records it trains on: its data less its audit non-members, with
+    /// the canaries the coordinator asked it to include.
+    training: Dataset,
+    sample: PartySample,
+    noise: Option<DiscreteGaussianShare>,
+    audit_seed: u64,
+    randomness: InputRandomness,
+    taking: Option<Taking>,
+}
+
+impl PartySession {
+    /// Joins a job on the coordinator's terms, each checked against this
+    /// party's own policy: the same policy, an ε and a round count it
+    /// allows, the noise its own plan gives, data of the model's shape and
+    /// canaries that fit it. The audit sample is drawn from the party's own
+    /// secret, fixed per job, so a restarted party holds out the same
+    /// non-members.
+    pub fn join(
+        member: Member,
+        own: &Policy,
+        setup: &PartySetup,
+        state: SessionState,
+        randomness: InputRandomness,
+    ) -> Result<PartySession, String> {
+        let job = setup.job.as_str();
+        if setup.policy_hash != own.hash {
+            return Err(format!(
+                "the coordinator runs job `{}` under policy {}…, this party holds {}…; \
+                 every member must hold the policy the consortium signed off",
+                job.escape_debug(),
+                setup
+                    .policy_hash
+                    .chars()
+                    .take(12)
+                    .collect::<String>()
+                    .escape_debug(),
+                &own.hash[..12]
+            ));
+        }
+        let allowed = &own.privacy;
+        if !(setup.epsilon.is_finite() && setup.epsilon > 0.0 && setup.epsilon <= allowed.epsilon) {
+            return Err(format!(
+                "the coordinator asks job `{}` to spend ε = {}; the policy allows at most {}",
+                job.escape_debug(),
+                setup.epsilon,
+                allowed.epsilon
+            ));
+        }
+        if !(1..=allowed.rounds).contains(&setup.rounds) {
+            return Err(format!(
+                "the coordinator asks job `{}` for {} rounds; the policy allows 1 to {}",
+                job.escape_debug(),
+                setup.rounds,
+                allowed.rounds
+            ));
+        }
+        let infeasible = |e: crate::dp::plan::PlanError| {
+            format!(
+                "job `{}`'s privacy plan: `{}`: {}",
+                job.escape_debug(),
+                e.key,
+                e.message
+            )
+        };
+        let policy = crate::job::job_policy(own, Some(setup.epsilon), Some(setup.rounds))
+            .map_err(infeasible)?;
+        let plan = PrivacyPlan::for_policy(&policy).map_err(infeasible)?;
+        if (plan.noise_std_per_party - setup.noise_std_per_party).abs()
+            > 1e-9 * plan.noise_std_per_party.max(1.0)
+        {
+            return Err(format!(
+                "the coordinator asks for noise σ = {} per party; this party's plan says {}",
+                setup.noise_std_per_party, plan.noise_std_per_party
+            ));
+        }
+        let (dim, classes) = (policy.strategy.inputs, policy.strategy.classes);
+        if member.data.dim() != dim {
+            return Err(format!(
+                "the data has {} features, the policy's model {dim}",
+                member.data.dim()
+            ));
+        }
+        let mut canaries = Vec::new();
+        for c in &setup.canaries {
+            if c.features.len() != dim
+                || c.label >= classes
+                || !c.features.iter().all(|x| x.is_finite())
+            {
+                return Err("the coordinator sent a canary that does not fit the model \
+                            (length, label or non-finite values)"
+                    .into());
+            }
+            canaries.push(Canary {
+                features: c.features.clone(),
+                label: c.label,
+                included: true,
+                party: member.id,
+            });
+        }
+        let sample_secret = party_secret(&member.identity_seed, "audit sample", job);
+        let sample = audit::draw_sample(member.id, &member.data, &sample_secret);
+        let training = audit::training_set(&member.data, &sample, &canaries);
+        let audit_seed = u64::from_le_bytes(
+            party_secret(&member.identity_seed, "audit reference", job)[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        let noise = (policy.privacy.unit != Unit::None)
+            .then(|| DiscreteGaussianShare::new(plan.noise_std_per_party))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        Ok(PartySession {
+            half: party_half(&policy),
+            rules: PartyRules::new(member.id, job, policy, plan, state),
+            member,
+            training,
+            sample,
+            noise,
+            audit_seed,
+            randomness,
+            taking: None,
+        })
+    }
+
+    pub fn rules(&self) -> &PartyRules {
+        &self.rules
+    }
+
+    pub fn state(&self) -> SessionState {
+        self.rules.state()
+    }
+
+    /// Checks an announced task against this party's rules; changes nothing.
+    pub fn admit(&self, live: &LiveTask) -> Result<Admission, Refusal> {
+        self.rules.admit(live)
+    }
+
+    /// Takes part in an admitted task: the task is used up (persist
+    /// [`PartySession::state`] before acting), the input is computed — the
+    /// whole noisy vector, before any of the round's messages — and the
+    /// protocol starts. Returns the input words (for observers).
+    pub fn begin(&mut self, a: &Admission, downlink: &[f64]) -> Result<Vec<u32>, String> {
+        self.taking = None;
+        self.rules.start(a);
+        self.half
+            .receive(a.round, downlink)
+            .map_err(|e| format!("the coordinator's model: {e}"))?;
+        let words = match a.kind {
+            TaskKind::Training => self.training_input(a)?,
+            TaskKind::Audit => {
+                let attacks = audit::population_attacks(self.rules.policy());
+                let counts = audit::party_counts(
+                    self.half.model(),
+                    &self.member.data,
+                    &self.sample,
+                    &attacks,
+                    self.audit_seed,
+                );
+                audit::party_input(&counts, self.rules.plan().audit.as_ref())
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        if words.len() != a.len {
+            return Err(format!(
+                "this party's input has {} words, the round expects {}",
+                words.len(),
+                a.len
+            ));
+        }
+        let round = self
+            .rules
+            .protocol_round(a)
+            .map_err(|e| format!("round setup: {e}"))?;
+        let session = *round.session();
+        let protocol = Party::new(
+            round,
+            PartyId(self.member.id),
+            IdentityKey::from_seed(&self.member.identity_seed),
+            words.clone(),
+            &mut OsRng,
+        )
+        .map_err(|e| e.to_string())?;
+        self.taking = Some(Taking {
+            admission: a.clone(),
+            protocol,
+            session,
+        });
+        Ok(words)
+    }
+
+    /// The strategy's contribution to a training task, encoded: rotated,
+    /// clipped and rounded (each record's vector on its own), the party's
+    /// noise share added, wrapped to words mod 2^bits.
+    fn training_input(&mut self, a: &Admission) -> Result<Vec<u32>, String> {
+        use zeroize::Zeroize;
+        let (policy, plan, job) = (self.rules.policy(), self.rules.plan(), self.rules.job());
+        let spec = round_plan(policy, job, a.round)
+            .tasks
+            .into_iter()
+            .find(|t| t.id == a.task)
+            .ok_or("the task left the plan")?;
+        let scheme = EncodingScheme::for_task(
+            plan,
+            spec.dimension,
+            spec.clip_norm,
+            rotation_seed(policy, job, a.round, a.task),
+        );
+        let sample_seed = party_secret(
+            &self.member.identity_seed,
+            "round sample",
+            &format!("{job}/{}", a.round),
+        );
+        let (mut rng, noise_seed) = match self.randomness {
+            InputRandomness::Os => {
+                let mut seed = Zeroizing::new([0u8; 32]);
+                OsRng.fill_bytes(seed.as_mut());
+                (ChaCha20Rng::from_seed(*seed), NoiseSeed::from_os())
+            }
+            InputRandomness::Seeded(s) => {
+                let label = format!("{job}/{}/{}/{}/{s}", a.round, a.task, self.member.id);
+                let r = party_secret(&[7; 32], "test rounding", &label);
+                let n = party_secret(&[7; 32], "test noise", &label);
+                (ChaCha20Rng::from_seed(*r), NoiseSeed::for_testing(*n))
+            }
+        };
+        let enc = |e: crate::dp::encode::EncodeError| format!("encoding failed: {e}");
+        // The update, its quantized form and the sum are wiped once used.
+        let mut acc: Zeroizing<Vec<i64>> =
+            match self
+                .half
+                .contribute(a.round, &spec, &self.training, &sample_seed)
+            {
+                Contribution::PerRecord(mut list) => {
+                    let mut acc = Zeroizing::new(vec![0i64; scheme.padded]);
+                    for g in list.iter_mut() {
+                        let q = Zeroizing::new(scheme.quantize(g, &mut rng).map_err(enc)?);
+                        g.zeroize();
+                        acc.iter_mut().zip(q.iter()).for_each(|(a, b)| *a += b);
+                    }
+                    acc
+                }
+                Contribution::Whole(mut v) => {
+                    let q = scheme.quantize(&v, &mut rng).map_err(enc);
+                    v.zeroize();
+                    Zeroizing::new(q?)
+                }
+            };
+        if let Some(n) = &self.noise {
+            n.add_to_with_seed(&mut acc, &noise_seed)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(scheme.wrap(&acc))
+    }
+
+    /// A message from the coordinator for the task being taken part in.
+    pub fn handle(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let t = self
+            .taking
+            .as_mut()
+            .ok_or("no task is being taken part in")?;
+        t.protocol
+            .handle_bytes(bytes, &mut OsRng)
+            .map_err(|e| format!("the coordinator's message: {e}"))
+    }
+
+    /// The next message to send, encoded, with its kind. Before a masked
+    /// input leaves, an audit sum is marked sent (persist the state before
+    /// sending it).
+    pub fn poll_outgoing(&mut self) -> Option<(MessageKind, Vec<u8>)> {
+        let t = self.taking.as_mut()?;
+        let m = t.protocol.poll_outgoing()?;
+        let kind = m.kind();
+        if kind == MessageKind::MaskedInput {
+            self.rules.masked_input_sent(&t.admission);
+        }
+        Some((kind, m.encode(&t.session)))
+    }
+
+    /// The task is over for this party.
+    pub fn is_done(&self) -> bool {
+        self.taking.as_ref().map_or(true, |t| t.protocol.is_done())
+    }
+
+    /// Leaves the task (it went silent, or the round moved on).
+    pub fn leave(&mut self) {
+        self.taking = None;
+    }
+}
