@@ -452,16 +452,20 @@ pub fn party_counts(
 /// discrete Gaussian share of each attack's noise (from the privacy plan),
 /// wrapped to 32-bit words. Only these noisy words leave the party, and
 /// only inside a secure sum. Without a plan (no DP) the counts go as they are.
+///
+/// `noise_seed(k)` keys the noise on attack `k`'s counts: a fresh key from
+/// the operating system for each, except in reproducible test runs.
 pub fn party_input(
     counts: &[u32],
     noise: Option<&crate::dp::plan::AuditPlan>,
+    mut noise_seed: impl FnMut(usize) -> crate::dp::gaussian::NoiseSeed,
 ) -> Result<Vec<u32>, crate::dp::noise::NoiseError> {
     let mut v: zeroize::Zeroizing<Vec<i64>> =
         zeroize::Zeroizing::new(counts.iter().map(|&c| i64::from(c)).collect());
     if let Some(plan) = noise {
         for (k, a) in plan.attacks.iter().enumerate() {
             let share = crate::dp::noise::DiscreteGaussianShare::new(a.noise_std_per_party)?;
-            share.add_to(&mut v[2 * BINS * k..2 * BINS * (k + 1)])?;
+            share.add_to_with_seed(&mut v[2 * BINS * k..2 * BINS * (k + 1)], &noise_seed(k))?;
         }
     }
     Ok(v.iter().map(|&x| x as u32).collect())

@@ -845,6 +845,19 @@ impl Validator<'_> {
                         ),
                     ));
                 }
+                if group_size > n / 2 {
+                    return Err(self.err(
+                        "strategy.group_size",
+                        format!(
+                            "{group_size} of {n} parties leaves one group per layer, which is FedAvg; \
+                             use at most {}",
+                            n / 2
+                        ),
+                    ));
+                }
+                // Active mode needs no check of its own here: a group's
+                // neighbourhoods are no larger than the roster's, which
+                // the consortium's threshold already satisfies.
                 let warmup_rounds = match s.warmup_rounds {
                     None => 0,
                     Some(w) => {

@@ -4,6 +4,7 @@
 mod common;
 use common::{check_sums, inputs_of, json, shroud};
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use shroud::data::prepare;
@@ -245,4 +246,92 @@ fn party_level_dp_runs_under_its_policy() {
         report["audit_release"]["noise"][0]["sensitivity"],
         serde_json::json!(shroud::audit::AUDIT_SAMPLE_CAP as f64)
     );
+}
+
+/// FedMR in memory with DP and dropouts: several secure sums per round over
+/// disjoint groups, each exact, and still one charge per round.
+#[test]
+fn fedmr_runs_in_memory_with_one_charge_per_round() {
+    let shares = common::wine_shares(8);
+    let records: Vec<usize> = shares.iter().map(|d| d.len()).collect();
+    let text = common::fedmr_policy_text(&records, 4, 1, 4);
+    let policy = Policy::parse(Path::new("fedmr.toml"), &text).unwrap();
+    let layers = policy.strategy.layer_dimensions().len();
+    let parties = shares
+        .into_iter()
+        .enumerate()
+        .map(|(i, data)| Member {
+            id: i as u32,
+            identity_seed: demo_identity_seed(i as u32),
+            data,
+        })
+        .collect();
+    let dir = tmp("fedmr");
+    let mut ledger = PrivacyLedger::open(&Path::new(&dir).join("l.db")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (tap, seen) = std::sync::mpsc::channel();
+    let status = local::run(
+        LocalJob {
+            policy: &policy,
+            policy_text: &text,
+            request: StartJob {
+                job: "fedmr-job".into(),
+                seed: Some(3),
+                epsilon: None,
+                rounds: None,
+            },
+            parties,
+            allow_no_dp: false,
+            dropout: 0.05,
+            dropout_seed: 11,
+            randomness: InputRandomness::Os,
+            out: Path::new(&dir),
+            tap: Some(tap),
+        },
+        &mut ledger,
+        Some(&tx),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(
+        status.state == "released" || status.state == "blocked",
+        "{status:?}"
+    );
+    let sums: Vec<_> = rx.try_iter().collect();
+    check_sums(
+        &sums
+            .iter()
+            .filter(|s| !s.contributors.is_empty())
+            .cloned()
+            .collect::<Vec<_>>(),
+        &inputs_of(seen.try_iter()),
+    );
+    // Round 1 is the warm-up (one task over all); later rounds have one
+    // task per layer and group, each over about half the roster.
+    for round in 2..=4 {
+        let tasks: BTreeSet<u32> = sums
+            .iter()
+            .filter(|s| s.round == round)
+            .map(|s| s.task)
+            .collect();
+        assert!(tasks.len() <= 2 * layers, "round {round}: {tasks:?}");
+        assert!(
+            sums.iter()
+                .filter(|s| s.round == round)
+                .all(|s| s.contributors.len() <= 4),
+            "round {round}"
+        );
+    }
+    assert!(sums.iter().filter(|s| s.round == 2).count() >= 2);
+    let charges = ledger.charges(Some("fedmr-job")).unwrap();
+    let training: Vec<u32> = charges
+        .iter()
+        .filter(|c| c.kind == ChargeKind::Training)
+        .map(|c| c.round)
+        .collect();
+    let distinct: BTreeSet<u32> = training.iter().copied().collect();
+    assert_eq!(distinct.len(), training.len(), "{charges:?}");
+    assert!(training.len() <= 4 && training.len() >= 3, "{charges:?}");
+    let eps = ledger.job_spent("fedmr-job").unwrap();
+    assert!(eps > 0.0 && eps <= 8.0 * (1.0 + 1e-9), "{eps}");
 }

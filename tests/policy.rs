@@ -2,6 +2,8 @@
 //! policy gets the promised message naming the file, the key and what would
 //! be valid.
 
+mod common;
+
 use std::path::Path;
 
 use shroud::policy::{Policy, PolicyError, Unit};
@@ -231,4 +233,39 @@ fn calibration_lands_just_under_the_budget() {
         assert!(plan.epsilon_by_round.windows(2).all(|w| w[0] < w[1]));
         assert!(plan.epsilon_ideal <= training + 1e-9, "{file}");
     }
+}
+
+#[test]
+fn fedmr_settings_are_checked_against_the_consortium() {
+    let fedmr = |group: usize, extra: &str| {
+        common::fedmr_policy_text(&[20; 10], group, 0, 12)
+            .replace("[privacy]", &format!("{extra}[privacy]"))
+    };
+    assert!(parse(&fedmr(3, "")).is_ok());
+    // Too few to hide one party's layer among honest members: at least
+    // max_colluding + 2, and at least the threshold to sum alone.
+    let e = refused(&fedmr(2, ""));
+    assert_names(&e, "strategy.group_size", "at least max_colluding + 2");
+    // One group per layer is FedAvg under another name.
+    let e = refused(&fedmr(6, ""));
+    assert_names(&e, "strategy.group_size", "one group per layer");
+    // FedMR keys under FedAvg, and no group size under FedMR.
+    let e = refused(&fedmr(3, "").replace("kind = \"fedmr\"", "kind = \"fedavg\""));
+    assert_names(&e, "strategy.group_size", "only to kind = \"fedmr\"");
+    let e = refused(&fedmr(3, "").replace("group_size = 3\n", ""));
+    assert_names(&e, "strategy.group_size", "needs a group size");
+    // Active mode: groups of at most half a complete roster cannot reach
+    // its threshold (2·threshold > 10 + max_colluding); a sparse graph's
+    // smaller neighbourhoods allow them.
+    let active = |neighbors: &str, t: u32| {
+        fedmr(5, "")
+            .replace("active = false", "active = true")
+            .replace("neighbors = \"all\"", &format!("neighbors = {neighbors}"))
+            .replace("threshold = 3", &format!("threshold = {t}"))
+    };
+    let e = refused(&active("\"all\"", 5));
+    assert_names(&e, "consortium.threshold", "active mode");
+    let e = refused(&active("4", 3));
+    assert_names(&e, "consortium.threshold", "active mode");
+    assert!(parse(&active("4", 4)).is_ok());
 }

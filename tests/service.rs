@@ -83,13 +83,26 @@ async fn coordinator(
     .unwrap()
 }
 
+type PartyTask = tokio::task::JoinHandle<Result<PartyReport, shroud::party::PartyError>>;
+
 fn spawn_parties(
     url: &str,
     tls: Option<rustls::ClientConfig>,
     text: &str,
     sets: &[Dataset],
     tap: Option<mpsc::Sender<PartyObservation>>,
-) -> Vec<tokio::task::JoinHandle<Result<PartyReport, shroud::party::PartyError>>> {
+) -> Vec<PartyTask> {
+    spawn_parties_with(url, tls, text, sets, tap, InputRandomness::Os)
+}
+
+fn spawn_parties_with(
+    url: &str,
+    tls: Option<rustls::ClientConfig>,
+    text: &str,
+    sets: &[Dataset],
+    tap: Option<mpsc::Sender<PartyObservation>>,
+    randomness: InputRandomness,
+) -> Vec<PartyTask> {
     sets.iter()
         .enumerate()
         .map(|(i, d)| {
@@ -105,7 +118,7 @@ fn spawn_parties(
                 patience: Duration::from_secs(120),
                 dropout: 0.0,
                 dropout_seed: 0,
-                randomness: InputRandomness::Os,
+                randomness,
                 journal: None,
                 tap: tap.clone(),
             };
@@ -214,6 +227,87 @@ async fn eight_parties_run_a_whole_job_over_tls() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// The same FedMR job (a FedAvg warm-up round, then recombination rounds
+/// of four tasks each, then the audit's sum) in memory and over TLS, with
+/// the same seeds for the parties' rounding and noise: every secure sum is
+/// the same, bit for bit. The two transports drive one engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_job_gives_the_same_sums_in_memory_and_over_tls() {
+    let shares = common::wine_shares(8);
+    let records: Vec<usize> = shares.iter().map(|d| d.len()).collect();
+    let text = common::fedmr_policy_text(&records, 4, 1, 3);
+    let policy = policy_of(&text);
+    let randomness = InputRandomness::Seeded(17);
+    let key = |s: &ObservedSum| (s.round, s.task, s.contributors.clone(), s.sum.clone());
+
+    let dir = temp_dir("net-same-sums");
+    let (mtx, mrx) = mpsc::channel();
+    let mut ledger = PrivacyLedger::open(&dir.join("memory.db")).unwrap();
+    let members = shares
+        .iter()
+        .enumerate()
+        .map(|(i, d)| shroud::job::session::Member {
+            id: i as u32,
+            identity_seed: demo_identity_seed(i as u32),
+            data: d.clone(),
+        })
+        .collect();
+    let memory = shroud::job::local::run(
+        shroud::job::local::LocalJob {
+            policy: &policy,
+            policy_text: &text,
+            request: shroud::net::api::StartJob {
+                job: "same".into(),
+                seed: None,
+                epsilon: None,
+                rounds: None,
+            },
+            parties: members,
+            allow_no_dp: false,
+            dropout: 0.0,
+            dropout_seed: 0,
+            randomness,
+            out: &dir.join("memory-out"),
+            tap: None,
+        },
+        &mut ledger,
+        Some(&mtx),
+        &mut |_| {},
+    )
+    .unwrap();
+    let mut in_memory: Vec<_> = mrx.try_iter().map(|s| key(&s)).collect();
+
+    let (stx, srx) = mpsc::channel();
+    let c = coordinator(&dir, &text, Some(stx)).await;
+    let tls = c.client_tls().unwrap();
+    let parties = spawn_parties_with(&c.url, tls.clone(), &text, &shares, None, randomness);
+    let mut op = operator_client(&c.url, tls);
+    let _: JobStatus = op
+        .post_json("/v1/jobs", "same", &serde_json::json!({"job": "same"}))
+        .await
+        .unwrap();
+    let networked = wait_until_done(&mut op, "same").await;
+    for p in parties {
+        p.await.unwrap().unwrap();
+    }
+    c.shutdown().await;
+    let mut over_tls: Vec<_> = srx.try_iter().map(|s| key(&s)).collect();
+
+    in_memory.sort();
+    over_tls.sort();
+    // 1 warm-up sum, 2 rounds × 2 layers × 2 groups, the audit's.
+    assert_eq!(in_memory.len(), 1 + 8 + 1, "{:?}", memory.history);
+    assert_eq!(in_memory, over_tls);
+    assert_eq!(memory.state, networked.state);
+    assert_eq!(
+        memory.release.as_ref().and_then(|r| r.model_sha256.clone()),
+        networked
+            .release
+            .as_ref()
+            .and_then(|r| r.model_sha256.clone()),
+    );
+}
+
 async fn reqwest_get(c: &LocalCoordinator, path: &str) -> String {
     let client = reqwest::Client::builder()
         .use_preconfigured_tls(c.client_tls().unwrap().unwrap())
@@ -312,11 +406,10 @@ fn wait_for_crash(server: &mut ServeProcess, what: &str) {
     panic!("{what}: the coordinator never reached its failpoint");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_coordinator_killed_at_any_moment_never_under_charges() {
-    let dir = temp_dir("net-restart");
-    let (sets, text) = consortium(6, 20.0);
-    std::fs::write(dir.join("policy.toml"), &text).unwrap();
+/// A folder `shroud serve` can run from: the policy, a TLS key pair and
+/// the operator's key. Returns the operator's key seed.
+fn serve_dir(dir: &Path, text: &str) -> zeroize::Zeroizing<[u8; 32]> {
+    std::fs::write(dir.join("policy.toml"), text).unwrap();
     let (code, _, err) = shroud(&[
         "keygen",
         "--tls",
@@ -331,7 +424,115 @@ async fn a_coordinator_killed_at_any_moment_never_under_charges() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("identity_key = \""), "{out}");
-    let op_seed = shroud::keyfile::load(&dir.join("operator.key")).unwrap();
+    shroud::keyfile::load(&dir.join("operator.key")).unwrap()
+}
+
+/// FedMR's coordinator half lives in the store between rounds: a
+/// coordinator killed after recombination rounds resumes the job from its
+/// saved state, keeps the finished rounds and releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fedmr_coordinator_killed_mid_job_resumes_and_releases() {
+    let dir = temp_dir("net-fedmr-restart");
+    let shares = common::wine_shares(8);
+    let records: Vec<usize> = shares.iter().map(|d| d.len()).collect();
+    let text = common::fedmr_policy_text(&records, 4, 1, 6);
+    let op_seed = serve_dir(&dir, &text);
+    let port = free_port().unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut server = serve(&dir, port);
+    let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
+    let parties = spawn_parties(&url, tls.clone(), &text, &shares, None);
+    let mut op = Client::new(
+        &url,
+        tls,
+        IdentityKey::from_seed(&op_seed),
+        Signer::Operator,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let _: JobStatus = op
+        .post_json("/v1/jobs", "fm", &serde_json::json!({"job": "fm"}))
+        .await
+        .unwrap();
+    // Kill it once two recombination rounds (2 and 3) have finished.
+    let mut s: JobStatus = op.json("/v1/jobs/fm", "fm").await.unwrap();
+    while !s
+        .history
+        .iter()
+        .any(|r| r.round == 3 && r.state == "finished")
+    {
+        assert!(s.state == "running", "{s:?}");
+        s = op
+            .json(
+                &format!("/v1/jobs/fm?after={}&wait_ms=5000", s.version),
+                "fm",
+            )
+            .await
+            .unwrap();
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let before: Vec<u32> = s
+        .history
+        .iter()
+        .filter(|r| r.state == "finished")
+        .map(|r| r.round)
+        .collect();
+    // What the store kept is FedMR's own state, tagged as such.
+    let saved: Vec<u8> = rusqlite::Connection::open(dir.join("coordinator.db"))
+        .unwrap()
+        .query_row(
+            "SELECT strategy_state FROM job_runs WHERE job = 'fm'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // (A length-prefixed tag, then the state.)
+    assert!(
+        saved.len() > 15 && saved[..8] == 7u64.to_le_bytes() && &saved[8..15] == b"fedmr/1",
+        "{:?}",
+        &saved[..16.min(saved.len())]
+    );
+    server = serve(&dir, port);
+    let s = wait_until_done(&mut op, "fm").await;
+    assert_eq!(s.state, "released", "{s:?}");
+    for p in parties {
+        p.await.unwrap().unwrap();
+    }
+    drop(server);
+    // The rounds finished before the kill stay finished; the job went on
+    // from there rather than starting again.
+    for r in &before {
+        let h = s.history.iter().find(|h| h.round == *r).unwrap();
+        assert_eq!(h.state, "finished", "{h:?}");
+    }
+    let finished = s
+        .history
+        .iter()
+        .filter(|r| r.state == "finished" && r.round <= 6)
+        .count();
+    assert!(finished >= 5, "{:?}", s.history);
+    let ledger = PrivacyLedger::open(&dir.join("coordinator.db")).unwrap();
+    let charges = ledger.charges(Some("fm")).unwrap();
+    let rounds: std::collections::BTreeSet<u32> = charges.iter().map(|c| c.round).collect();
+    assert_eq!(
+        rounds.len(),
+        charges.len(),
+        "a round charged twice: {charges:?}"
+    );
+    let (code, out, err) = shroud(&[
+        "verify-log",
+        "--db",
+        dir.join("coordinator.db").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_killed_at_any_moment_never_under_charges() {
+    let dir = temp_dir("net-restart");
+    let (sets, text) = consortium(6, 20.0);
+    let op_seed = serve_dir(&dir, &text);
     let port = free_port().unwrap();
     let url = format!("https://127.0.0.1:{port}");
     let exe = Path::new(env!("CARGO_BIN_EXE_shroud"));

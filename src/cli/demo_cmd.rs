@@ -46,9 +46,16 @@ pub struct DemoFlags {
     /// Classes per party (pathological partition).
     #[arg(long, default_value_t = 2)]
     classes_per_party: usize,
-    /// Aggregation strategy.
-    #[arg(long, default_value = "fedavg")]
-    strategy: String,
+    /// Aggregation strategy: fedavg or fedmr (default: the policy's).
+    #[arg(long)]
+    strategy: Option<String>,
+    /// FedMR: the least number of parties in a layer's group (the policy's
+    /// value if it names FedMR).
+    #[arg(long)]
+    group_size: Option<u32>,
+    /// FedMR: rounds of plain FedAvg before layers are recombined.
+    #[arg(long)]
+    warmup_rounds: Option<u32>,
     /// The policy to run under.
     #[arg(long, default_value = "policies/default.toml")]
     policy: PathBuf,
@@ -236,7 +243,20 @@ fn adapt_policy(
     if let Some(s) = t.get_mut("strategy").and_then(|s| s.as_table_mut()) {
         s.insert("inputs".into(), (inputs as i64).into());
         s.insert("classes".into(), (classes as i64).into());
-        s.insert("kind".into(), f.strategy.clone().into());
+        if let Some(kind) = &f.strategy {
+            // Switching strategy drops the policy's settings of the other.
+            if kind != "fedmr" {
+                s.remove("group_size");
+                s.remove("warmup_rounds");
+            }
+            s.insert("kind".into(), kind.clone().into());
+        }
+        if let Some(g) = f.group_size {
+            s.insert("group_size".into(), i64::from(g).into());
+        }
+        if let Some(w) = f.warmup_rounds {
+            s.insert("warmup_rounds".into(), i64::from(w).into());
+        }
     }
     if let Some(p) = t.get_mut("privacy").and_then(|p| p.as_table_mut()) {
         if let Some(e) = f.epsilon {
@@ -413,7 +433,7 @@ pub fn run(f: DemoFlags) -> Result<()> {
         parties: n_parties,
         partition: f.partition.clone(),
         alpha: f.alpha,
-        strategy: f.strategy.clone(),
+        strategy: policy.strategy.kind.name().to_string(),
         unit: policy.privacy.unit,
         accountant: policy.privacy.accountant.name(),
         no_dp: outcome.no_dp,
@@ -473,7 +493,11 @@ pub fn run(f: DemoFlags) -> Result<()> {
             String::new()
         }
     );
-    println!("{} under secure aggregation, {} rounds", f.strategy, rounds);
+    println!(
+        "{} under secure aggregation, {} rounds",
+        policy.strategy.kind.name(),
+        rounds
+    );
     println!("test accuracy       {:.2} %", 100.0 * outcome.accuracy);
     match outcome.epsilon_spent {
         Some(e) => println!(

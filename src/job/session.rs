@@ -398,6 +398,36 @@ pub enum InputRandomness {
     Seeded(u64),
 }
 
+impl InputRandomness {
+    /// The generator for randomized rounding of the input `label` names.
+    fn rounding_rng(self, label: &str) -> ChaCha20Rng {
+        match self {
+            InputRandomness::Os => {
+                let mut seed = Zeroizing::new([0u8; 32]);
+                OsRng.fill_bytes(seed.as_mut());
+                ChaCha20Rng::from_seed(*seed)
+            }
+            InputRandomness::Seeded(s) => ChaCha20Rng::from_seed(*party_secret(
+                &[7; 32],
+                "test rounding",
+                &format!("{label}/{s}"),
+            )),
+        }
+    }
+
+    /// The key of the noise on the input `label` names.
+    fn noise_seed(self, label: &str) -> NoiseSeed {
+        match self {
+            InputRandomness::Os => NoiseSeed::from_os(),
+            InputRandomness::Seeded(s) => NoiseSeed::for_testing(*party_secret(
+                &[7; 32],
+                "test noise",
+                &format!("{label}/{s}"),
+            )),
+        }
+    }
+}
+
 /// A secret of this party's, bound to one job and one use; wiped on drop.
 pub fn party_secret(seed: &[u8; 32], label: &str, job: &str) -> Zeroizing<[u8; 32]> {
     let mut h = Sha256::new();
@@ -578,8 +608,12 @@ impl PartySession {
                     &attacks,
                     self.audit_seed,
                 );
-                audit::party_input(&counts, self.rules.plan().audit.as_ref())
-                    .map_err(|e| e.to_string())?
+                let randomness = self.randomness;
+                let label = format!("{}/{}/audit/{}", self.rules.job(), a.round, self.member.id);
+                audit::party_input(&counts, self.rules.plan().audit.as_ref(), |k| {
+                    randomness.noise_seed(&format!("{label}/{k}"))
+                })
+                .map_err(|e| e.to_string())?
             }
         };
         if words.len() != a.len {
@@ -632,19 +666,9 @@ impl PartySession {
             "round sample",
             &format!("{job}/{}", a.round),
         );
-        let (mut rng, noise_seed) = match self.randomness {
-            InputRandomness::Os => {
-                let mut seed = Zeroizing::new([0u8; 32]);
-                OsRng.fill_bytes(seed.as_mut());
-                (ChaCha20Rng::from_seed(*seed), NoiseSeed::from_os())
-            }
-            InputRandomness::Seeded(s) => {
-                let label = format!("{job}/{}/{}/{}/{s}", a.round, a.task, self.member.id);
-                let r = party_secret(&[7; 32], "test rounding", &label);
-                let n = party_secret(&[7; 32], "test noise", &label);
-                (ChaCha20Rng::from_seed(*r), NoiseSeed::for_testing(*n))
-            }
-        };
+        let label = format!("{job}/{}/{}/{}", a.round, a.task, self.member.id);
+        let mut rng = self.randomness.rounding_rng(&label);
+        let noise_seed = self.randomness.noise_seed(&label);
         let enc = |e: crate::dp::encode::EncodeError| format!("encoding failed: {e}");
         // The update, its quantized form and the sum are wiped once used.
         let mut acc: Zeroizing<Vec<i64>> =

@@ -72,3 +72,42 @@ pub fn check_sums(
         );
     }
 }
+
+/// A policy for demo parties holding `records` each, on the wine data
+/// (13 features, 3 classes), running FedMR in groups of at least `group_size` after
+/// `warmup` FedAvg rounds: passive mode, threshold 3, one colluder,
+/// record-level DP at ε = 8 over `rounds` rounds, no canaries.
+pub fn fedmr_policy_text(records: &[usize], group_size: usize, warmup: u32, rounds: u32) -> String {
+    let mut text = "[consortium]\nid = \"fedmr-test\"\nthreshold = 3\nmax_colluding = 1\n\
+                    active = false\nneighbors = \"all\"\nphase_timeout_secs = 20.0\n\n"
+        .to_string();
+    for (i, r) in records.iter().enumerate() {
+        text += &format!(
+            "[[party]]\nid = {i}\nname = \"p{i}\"\nidentity_key = \"{}\"\nrecords = {r}\n\n",
+            shroud::job::demo_public_key_hex(i as u32)
+        );
+    }
+    text += &format!(
+        "[privacy]\nunit = \"record\"\nepsilon = 8.0\ndelta = 1e-5\naccountant = \"zcdp\"\n\
+         clip_norm = 1.0\ncalibrate = true\nrounds = {rounds}\nsampling_rate = 1.0\n\n\
+         [encoding]\nbits = 24\nrotation = \"hadamard\"\n\n\
+         [strategy]\nkind = \"fedmr\"\ngroup_size = {group_size}\nwarmup_rounds = {warmup}\n\
+         model = \"mlp\"\ninputs = 13\nhidden = [8]\nclasses = 3\nlearning_rate = 1.0\nmomentum = 0.5\n\n\
+         [audit]\nattacks = [\"loss\"]\nmax_auc = 0.7\nconfidence = 0.95\ncanaries = 0\n"
+    );
+    text
+}
+
+/// `n` equal IID shares of the wine training records.
+pub fn wine_shares(n: usize) -> Vec<shroud::data::Dataset> {
+    let data = shroud::data::prepare(std::path::Path::new("data/wine.csv"), 2).unwrap();
+    let parts = shroud::data::partition(
+        &data.train.labels,
+        data.train.classes,
+        n,
+        &shroud::data::Partition::Iid,
+        2,
+    )
+    .unwrap();
+    parts.iter().map(|p| data.train.subset(p)).collect()
+}

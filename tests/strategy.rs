@@ -1,0 +1,139 @@
+//! Strategies on their own: the tasks FedMR plans (who sums what, with
+//! which clip norm) and the coordinator half's state surviving a restart.
+
+mod common;
+use common::fedmr_policy_text;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use shroud::policy::Policy;
+use shroud::strategy::{coordinator_half, round_plan, TaskResult};
+
+fn policy(n: usize, group_size: usize, warmup: u32) -> Policy {
+    let text = fedmr_policy_text(&vec![20; n], group_size, warmup, 12);
+    Policy::parse(Path::new("fedmr.toml"), &text).unwrap()
+}
+
+#[test]
+fn fedmr_groups_cover_the_roster_once_per_layer_and_change_each_round() {
+    let p = policy(10, 3, 2);
+    let layers = p.strategy.layer_dimensions();
+    let total: usize = layers.iter().sum();
+    // Warm-up rounds are FedAvg: one task, everyone, the whole model.
+    for round in 1..=2 {
+        let plan = round_plan(&p, "job", round);
+        assert_eq!(plan.tasks.len(), 1);
+        assert_eq!(plan.tasks[0].cohort, (0..10).collect::<Vec<u32>>());
+        assert_eq!(plan.tasks[0].dimension, total);
+        assert_eq!(plan.tasks[0].clip_norm, 1.0);
+    }
+    let mut draws = BTreeSet::new();
+    for round in 3..=8 {
+        let plan = round_plan(&p, "job", round);
+        // ⌊10 / 3⌋ = 3 groups for each layer.
+        assert_eq!(plan.tasks.len(), 3 * layers.len());
+        let ids: Vec<u32> = plan.tasks.iter().map(|t| t.id).collect();
+        assert_eq!(ids, (0..plan.tasks.len() as u32).collect::<Vec<_>>());
+        let mut offset = 0;
+        for (l, &d) in layers.iter().enumerate() {
+            let tasks: Vec<_> = plan.tasks.iter().filter(|t| t.offset == offset).collect();
+            assert_eq!(tasks.len(), 3, "layer {l}");
+            let mut seen: Vec<u32> = Vec::new();
+            for t in &tasks {
+                assert_eq!(t.dimension, d);
+                assert!(t.cohort.len() >= 3, "{:?}", t.cohort);
+                assert!(t.cohort.windows(2).all(|w| w[0] < w[1]));
+                seen.extend(&t.cohort);
+                // The layer's share of the clip norm: √(d_l / D).
+                let share = (d as f64 / total as f64).sqrt();
+                assert!((t.clip_norm - share).abs() < 1e-12);
+            }
+            seen.sort_unstable();
+            assert_eq!(
+                seen,
+                (0..10).collect::<Vec<u32>>(),
+                "layer {l}: disjoint cover"
+            );
+            draws.insert(tasks.iter().map(|t| t.cohort.clone()).collect::<Vec<_>>());
+            offset += d;
+        }
+        // A party's clip norms over the round's tasks: squares sum to C².
+        for party in 0..10 {
+            let sq: f64 = plan
+                .tasks
+                .iter()
+                .filter(|t| t.cohort.contains(&party))
+                .map(|t| t.clip_norm * t.clip_norm)
+                .sum();
+            assert!((sq - 1.0).abs() < 1e-12, "party {party}: {sq}");
+        }
+        // Public and reproducible: a party recomputes the same plan.
+        assert_eq!(plan, round_plan(&p, "job", round));
+    }
+    // Fresh groups: 6 rounds × 2 layers drew many different splits.
+    assert!(draws.len() >= 10, "{} distinct splits", draws.len());
+    // Another job draws other groups.
+    assert_ne!(round_plan(&p, "job", 5), round_plan(&p, "other", 5));
+}
+
+/// Feeds the half one round of made-up sums, one group's task aborting.
+fn feed(half: &mut dyn shroud::strategy::CoordinatorHalf, p: &Policy, round: u32) {
+    let plan = round_plan(p, "job", round);
+    for t in &plan.tasks {
+        if round == 4 && t.id == 1 {
+            half.task_aborted(round, t);
+            continue;
+        }
+        let sum: Vec<f64> = (0..t.dimension)
+            .map(|i| ((i as f64 + 1.0) * (round as f64 + t.id as f64)).sin())
+            .collect();
+        let records = vec![20; t.cohort.len()];
+        half.absorb(
+            round,
+            TaskResult {
+                task: t,
+                sum,
+                contributors: &t.cohort,
+                records: &records,
+            },
+        );
+    }
+    half.end_round(round);
+}
+
+#[test]
+fn a_restored_fedmr_half_continues_exactly_where_it_stopped() {
+    let p = policy(8, 4, 1);
+    let mut a = coordinator_half(&p, 5, None).unwrap();
+    for round in 1..=4 {
+        feed(a.as_mut(), &p, round);
+    }
+    // After recombination the parties start from different models.
+    let starts: BTreeSet<Vec<u64>> = (0..8)
+        .map(|i| a.downlink(i).iter().map(|x| x.to_bits()).collect())
+        .collect();
+    assert!(starts.len() > 1, "every party got the same model");
+    let saved = a.save();
+    let mut b = coordinator_half(&p, 99, Some(&saved)).unwrap();
+    for round in 5..=6 {
+        feed(a.as_mut(), &p, round);
+        feed(b.as_mut(), &p, round);
+    }
+    for i in 0..8 {
+        assert_eq!(a.downlink(i), b.downlink(i), "party {i}");
+    }
+    assert_eq!(a.release_model().to_flat(), b.release_model().to_flat());
+    assert_eq!(a.save(), b.save());
+    // Bytes from another strategy, or cut short, are refused.
+    let fedavg = Policy::parse(
+        Path::new("fedavg.toml"),
+        &fedmr_policy_text(&[20; 8], 4, 1, 12).replace(
+            "kind = \"fedmr\"\ngroup_size = 4\nwarmup_rounds = 1\n",
+            "kind = \"fedavg\"\n",
+        ),
+    )
+    .unwrap();
+    assert!(coordinator_half(&fedavg, 5, Some(&saved)).is_err());
+    assert!(coordinator_half(&p, 5, Some(&saved[..saved.len() - 3])).is_err());
+}
