@@ -85,3 +85,39 @@ fn budget_show_reads_the_ledger() {
     assert_ne!(code, 0);
     assert!(stderr.contains("no such database"), "{stderr}");
 }
+
+#[test]
+fn policy_check_shows_a_fedmr_rounds_tasks_cohorts_and_composition() {
+    let (code, stdout, stderr) = shroud(&["policy", "check", "policies/fedmr.toml", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["strategy"]["kind"], "fedmr");
+    let round = &v["rounds_shown"][0];
+    assert_eq!(round["composition"], "parallel");
+    let tasks = round["tasks"].as_array().unwrap();
+    // Two layers, ⌊10 / 3⌋ = 3 groups each.
+    assert_eq!(tasks.len(), 6);
+    assert_eq!(round["slices"], 2);
+    let mut members: Vec<u64> = tasks[..3]
+        .iter()
+        .flat_map(|t| {
+            t["cohort"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap())
+        })
+        .collect();
+    members.sort_unstable();
+    assert_eq!(members, (0..10).collect::<Vec<u64>>());
+    let sq: f64 = [0, 3]
+        .iter()
+        .map(|&i| tasks[i]["clip_norm"].as_f64().unwrap().powi(2))
+        .sum();
+    assert!((sq - 1.0).abs() < 1e-9, "{sq}");
+    // The human form names the composition the charge relies on.
+    let (code, stdout, _) = shroud(&["policy", "check", "policies/fedmr.toml"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("parallel composition"), "{stdout}");
+    assert!(stdout.contains("one charge per round"), "{stdout}");
+}

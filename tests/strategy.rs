@@ -137,3 +137,45 @@ fn a_restored_fedmr_half_continues_exactly_where_it_stopped() {
     assert!(coordinator_half(&fedavg, 5, Some(&saved)).is_err());
     assert!(coordinator_half(&p, 5, Some(&saved[..saved.len() - 3])).is_err());
 }
+
+#[test]
+fn a_round_is_charged_once_only_when_its_tasks_compose_in_parallel() {
+    use shroud::strategy::{Composition, RoundPlan, TaskSpec};
+    let task = |id: u32, cohort: &[u32], offset: usize, clip_norm: f64| TaskSpec {
+        id,
+        label: format!("t{id}"),
+        cohort: cohort.to_vec(),
+        offset,
+        dimension: 4,
+        clip_norm,
+    };
+    let half = 0.5f64.sqrt();
+    let good = RoundPlan {
+        tasks: vec![
+            task(0, &[0, 1], 0, half),
+            task(1, &[2, 3], 0, half),
+            task(2, &[0, 2], 4, half),
+            task(3, &[1, 3], 4, half),
+        ],
+    };
+    assert_eq!(
+        good.composition(1.0),
+        Ok(Composition::Parallel {
+            tasks: 4,
+            slices: 2
+        })
+    );
+    // A party in two groups of one slice would be counted twice.
+    let mut twice = good.clone();
+    twice.tasks[1].cohort = vec![1, 3];
+    assert!(twice.composition(1.0).unwrap_err().contains("party 1"));
+    // Clip norms that add up to more than the policy's.
+    let mut loud = good.clone();
+    loud.tasks[2].clip_norm = 0.9;
+    assert!(loud.composition(1.0).unwrap_err().contains("party 0"));
+    let whole = RoundPlan {
+        tasks: vec![task(0, &[0, 1, 2], 0, 1.0)],
+    };
+    assert_eq!(whole.composition(1.0), Ok(Composition::Single));
+    assert!(whole.composition(0.5).is_err());
+}

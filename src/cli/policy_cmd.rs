@@ -6,7 +6,28 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::dp::plan::PrivacyPlan;
-use crate::policy::{Neighbours, Policy, Rotation, Unit};
+use crate::policy::{Neighbours, Policy, Rotation, StrategyKind, Unit};
+use crate::strategy::{round_plan, Composition};
+
+/// The job id the shown rounds are drawn for (groups are public draws
+/// bound to the job and round).
+const EXAMPLE_JOB: &str = "example";
+
+#[derive(Serialize)]
+struct RoundShown {
+    round: u32,
+    #[serde(flatten)]
+    composition: Composition,
+    tasks: Vec<TaskShown>,
+}
+
+#[derive(Serialize)]
+struct TaskShown {
+    label: String,
+    cohort: Vec<u32>,
+    dimension: usize,
+    clip_norm: f64,
+}
 
 #[derive(Serialize)]
 struct CheckReport<'a> {
@@ -46,6 +67,9 @@ struct CheckReport<'a> {
     epsilon_ideal: f64,
     audit: Option<&'a crate::dp::plan::AuditPlan>,
     no_dp: bool,
+    strategy: StrategyKind,
+    /// The tasks of each kind of round, drawn for a job named "example".
+    rounds_shown: Vec<RoundShown>,
 }
 
 pub fn check(file: &Path, json: bool) -> Result<()> {
@@ -65,6 +89,35 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join("-")
     );
+    let mut shown_rounds = vec![1];
+    if let StrategyKind::Fedmr { warmup_rounds, .. } = s.kind {
+        if warmup_rounds > 0 && warmup_rounds < policy.privacy.rounds {
+            shown_rounds.push(warmup_rounds + 1);
+        }
+    }
+    let rounds_shown = shown_rounds
+        .into_iter()
+        .map(|round| {
+            let plan = round_plan(&policy, EXAMPLE_JOB, round);
+            let composition = plan
+                .composition(policy.privacy.clip_norm)
+                .map_err(|e| anyhow::anyhow!("round {round}: {e}"))?;
+            Ok(RoundShown {
+                round,
+                composition,
+                tasks: plan
+                    .tasks
+                    .into_iter()
+                    .map(|t| TaskShown {
+                        label: t.label,
+                        cohort: t.cohort,
+                        dimension: t.dimension,
+                        clip_norm: t.clip_norm,
+                    })
+                    .collect(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let report = CheckReport {
         file: file.display().to_string(),
         policy_hash: &policy.hash,
@@ -104,6 +157,8 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
         epsilon_ideal: plan.epsilon_ideal,
         audit: plan.audit.as_ref(),
         no_dp: policy.privacy.unit == Unit::None,
+        strategy: s.kind,
+        rounds_shown,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -169,8 +224,9 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
          sensitivity after rounding {:.1} (×{:.4})",
         r.bits, r.bits_needed, r.gamma, r.scaled_clip, r.sensitivity, r.sensitivity_inflation
     );
+    print_rounds(r);
     println!(
-        "ρ per round {:.6} (zCDP, sum of discrete Gaussians)",
+        "ρ per round {:.6} (zCDP, sum of discrete Gaussians; one charge per round)",
         r.rho_per_round
     );
     let n = r.epsilon_by_round.len();
@@ -214,4 +270,36 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
         r.epsilon_total, r.epsilon_budget, r.epsilon_ideal
     );
     Ok(())
+}
+
+fn print_rounds(r: &CheckReport<'_>) {
+    match r.strategy {
+        StrategyKind::Fedavg => {
+            println!("strategy    fedavg: one secure sum of the whole model per round")
+        }
+        StrategyKind::Fedmr {
+            group_size,
+            warmup_rounds,
+        } => println!(
+            "strategy    fedmr: per layer, groups of at least {group_size} drawn afresh each round \
+             (public seed of job and round); {warmup_rounds} FedAvg warm-up rounds"
+        ),
+    }
+    for shown in &r.rounds_shown {
+        let how = match shown.composition {
+            Composition::Single => "one task".to_string(),
+            Composition::Parallel { tasks, slices } => format!(
+                "{tasks} tasks over {slices} slices, disjoint cohorts per slice, clip norms \
+                 square-summing to {}²: parallel composition",
+                r.clip_norm
+            ),
+        };
+        println!("  round {} (job `{EXAMPLE_JOB}`): {how}", shown.round);
+        for t in &shown.tasks {
+            println!(
+                "    {:<20} {:>6} values, clip {:.4}, cohort {:?}",
+                t.label, t.dimension, t.clip_norm, t.cohort
+            );
+        }
+    }
 }

@@ -357,6 +357,18 @@ pub fn create_job(
         ));
     }
     let (job_policy, plan) = job_terms(policy, epsilon, rounds)?;
+    // One charge per round is sound only if every round's tasks compose
+    // in parallel; a strategy whose plan does not is refused outright.
+    for round in 1..=rounds {
+        round_plan(&job_policy, &req.job, round)
+            .composition(job_policy.privacy.clip_norm)
+            .map_err(|e| {
+                EngineError::new(
+                    ErrorKind::Internal,
+                    format!("round {round} cannot be charged once: {e}"),
+                )
+            })?;
+    }
     let seed = req.seed.unwrap_or(1);
     let strategy = coordinator_half(&job_policy, seed, None)
         .map_err(|e| EngineError::new(ErrorKind::Internal, e.to_string()))?;

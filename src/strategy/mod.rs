@@ -57,6 +57,59 @@ pub struct RoundPlan {
     pub tasks: Vec<TaskSpec>,
 }
 
+/// How one round's tasks compose for privacy.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "composition", rename_all = "lowercase")]
+pub enum Composition {
+    /// One task over the cohort with the policy's whole clip norm.
+    Single,
+    /// Tasks whose cohorts are disjoint slice by slice and whose clip
+    /// norms, over any one party's tasks, square-sum to the policy's: the
+    /// concatenation of a party's contributions has the policy's norm and
+    /// each noisy sum sees it once, so the round costs one charge.
+    Parallel { tasks: usize, slices: usize },
+}
+
+impl RoundPlan {
+    /// Checks that the round can be charged once at `clip_norm` and says
+    /// why: refused when a party would take part twice in one slice or its
+    /// tasks' clip norms would square-sum above the policy's.
+    pub fn composition(&self, clip_norm: f64) -> Result<Composition, String> {
+        if let [t] = self.tasks.as_slice() {
+            if t.clip_norm <= clip_norm {
+                return Ok(Composition::Single);
+            }
+        }
+        let mut slices = std::collections::BTreeMap::<usize, Vec<u32>>::new();
+        let mut norm2 = std::collections::BTreeMap::<u32, f64>::new();
+        for t in &self.tasks {
+            let members = slices.entry(t.offset).or_default();
+            for p in &t.cohort {
+                if members.contains(p) {
+                    return Err(format!(
+                        "party {p} is in two tasks summing parameters from offset {}",
+                        t.offset
+                    ));
+                }
+                members.push(*p);
+                *norm2.entry(*p).or_default() += t.clip_norm * t.clip_norm;
+            }
+        }
+        // Rounding slack of the √(d/D) shares.
+        let limit = clip_norm * clip_norm * (1.0 + 1e-9);
+        if let Some((p, n2)) = norm2.iter().find(|(_, &n2)| n2 > limit) {
+            return Err(format!(
+                "party {p}'s clip norms in one round square-sum to {n2}, above the policy's {}",
+                clip_norm * clip_norm
+            ));
+        }
+        Ok(Composition::Parallel {
+            tasks: self.tasks.len(),
+            slices: slices.len(),
+        })
+    }
+}
+
 /// What a party hands the encoder for one task.
 pub enum Contribution {
     /// One vector per record; each is clipped and rounded on its own and
