@@ -156,6 +156,14 @@ pub fn sample_secret(seed: u64, party: u32) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// What the audit's histograms are, what the privacy plan sizes their noise by.
+pub struct AuditShape {
+    /// (attack, L2 sensitivity to one unit of privacy) per population attack.
+    pub sensitivities: Vec<(String, f64)>,
+    /// Counts per attack (both histograms).
+    pub width_per_attack: usize,
+}
+
 /// The audit histograms' L2 sensitivity per population attack, to one
 /// unit of privacy, and their width: what the privacy plan sizes the
 /// counts' noise by.
@@ -167,7 +175,7 @@ pub fn sample_secret(seed: u64, party: u32) -> [u8; 32] {
 ///   record with the party's held-out non-members, so one record can move
 ///   every scored record of its party to another bin: √2·(cap + 1).
 /// - Party unit. A party's histograms hold at most `cap` records: `cap`.
-pub fn histogram_shape(policy: &Policy) -> crate::dp::plan::AuditShape {
+pub fn histogram_shape(policy: &Policy) -> AuditShape {
     let cap = AUDIT_SAMPLE_CAP as f64;
     let sensitivities = population_attacks(policy)
         .into_iter()
@@ -180,7 +188,7 @@ pub fn histogram_shape(policy: &Policy) -> crate::dp::plan::AuditShape {
             (a, s)
         })
         .collect();
-    crate::dp::plan::AuditShape {
+    AuditShape {
         sensitivities,
         width_per_attack: 2 * BINS,
     }
@@ -451,22 +459,21 @@ pub fn party_counts(
 /// What a party puts into the audit's secure sum: its counts plus its
 /// discrete Gaussian share of each attack's noise (from the privacy plan),
 /// wrapped to 32-bit words. Only these noisy words leave the party, and
-/// only inside a secure sum. Without a plan (no DP) the counts go as they are.
+/// only inside a secure sum, one noise std per population attack; with
+/// none (no DP) the counts go as they are.
 ///
 /// `noise_seed(k)` keys the noise on attack `k`'s counts: a fresh key from
 /// the operating system for each, except in reproducible test runs.
 pub fn party_input(
     counts: &[u32],
-    noise: Option<&crate::dp::plan::AuditPlan>,
+    noise_stds: &[f64],
     mut noise_seed: impl FnMut(usize) -> crate::dp::gaussian::NoiseSeed,
 ) -> Result<Vec<u32>, crate::dp::noise::NoiseError> {
     let mut v: zeroize::Zeroizing<Vec<i64>> =
         zeroize::Zeroizing::new(counts.iter().map(|&c| i64::from(c)).collect());
-    if let Some(plan) = noise {
-        for (k, a) in plan.attacks.iter().enumerate() {
-            let share = crate::dp::noise::DiscreteGaussianShare::new(a.noise_std_per_party)?;
-            share.add_to_with_seed(&mut v[2 * BINS * k..2 * BINS * (k + 1)], &noise_seed(k))?;
-        }
+    for (k, &std) in noise_stds.iter().enumerate() {
+        let share = crate::dp::noise::DiscreteGaussianShare::new(std)?;
+        share.add_to_with_seed(&mut v[2 * BINS * k..2 * BINS * (k + 1)], &noise_seed(k))?;
     }
     Ok(v.iter().map(|&x| x as u32).collect())
 }
@@ -487,19 +494,19 @@ pub struct SummedCounts {
 impl SummedCounts {
     pub fn new(
         summed: &[u32],
-        noise: Option<&crate::dp::plan::AuditPlan>,
+        noise_stds: &[f64],
         contributors: usize,
         attacks: usize,
     ) -> SummedCounts {
         SummedCounts {
             counts: decode_counts(summed),
-            noise_std: match noise {
-                Some(p) => p
-                    .attacks
+            noise_std: if noise_stds.is_empty() {
+                vec![0.0; attacks]
+            } else {
+                noise_stds
                     .iter()
-                    .map(|a| a.noise_std_per_party * (contributors as f64).sqrt())
-                    .collect(),
-                None => vec![0.0; attacks],
+                    .map(|s| s * (contributors as f64).sqrt())
+                    .collect()
             },
         }
     }

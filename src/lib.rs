@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cli;
 pub mod coordinator;
 pub mod data;
+pub mod demo;
 pub mod dp;
 pub mod job;
 pub mod keyfile;

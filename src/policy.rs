@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::dp::plan::{PlanError, PrivacyPlan};
-
 /// A policy error: where, which key, what is wrong and what would be valid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyError {
@@ -366,24 +364,13 @@ impl Policy {
             .collect()
     }
 
-    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-            file: path.to_path_buf(),
-            key: String::new(),
-            message: format!("cannot read the policy file: {e}"),
-            line_col: None,
-        })?;
-        Policy::parse(path, &text)
-    }
-
-    /// Parses and validates policy text; `path` names it in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
+    /// Parses and validates the terms of policy text on their own; `path`
+    /// names it in errors. [`Policy::parse`] (with the privacy plan, in
+    /// `dp::plan`) also calibrates the noise and refuses terms whose plan
+    /// cannot be honoured: use that.
+    pub fn parse_terms(path: &Path, text: &str) -> Result<Policy, PolicyError> {
         let raw: RawPolicy = toml::from_str(text).map_err(|e| toml_error(path, text, e))?;
-        let v = Validator { path, text };
-        let policy = v.validate(raw)?;
-        // A policy whose plan cannot be honoured is refused here.
-        PrivacyPlan::for_policy(&policy).map_err(|e| v.plan_error(e))?;
-        Ok(policy)
+        Validator { path, text }.validate(raw)
     }
 
     /// The roster size.
@@ -464,10 +451,6 @@ impl Validator<'_> {
             offset += line.len();
         }
         None
-    }
-
-    fn plan_error(&self, e: PlanError) -> PolicyError {
-        self.err(e.key, e.message)
     }
 
     fn positive_int(&self, key: &str, v: i64, min: i64, max: i64) -> Result<u64, PolicyError> {
@@ -965,7 +948,7 @@ impl Validator<'_> {
             )?,
         };
 
-        let mut policy = Policy {
+        let policy = Policy {
             source: self.path.to_path_buf(),
             hash,
             consortium: Consortium {
@@ -1005,12 +988,24 @@ impl Validator<'_> {
                 budget_share,
             },
         };
-        if pr.calibrate && unit != Unit::None {
-            let z = PrivacyPlan::calibrate(&policy).map_err(|e| self.plan_error(e))?;
-            policy.privacy.noise_multiplier = z;
-        }
         Ok(policy)
     }
+}
+
+/// The text of a policy file.
+pub fn read_policy_file(path: &Path) -> Result<String, PolicyError> {
+    std::fs::read_to_string(path).map_err(|e| PolicyError {
+        file: path.to_path_buf(),
+        key: String::new(),
+        message: format!("cannot read the policy file: {e}"),
+        line_col: None,
+    })
+}
+
+/// An error about `key` of the policy `text`, pointing at the line where
+/// the key is set.
+pub fn error_at(path: &Path, text: &str, key: &str, message: impl Into<String>) -> PolicyError {
+    Validator { path, text }.err(key, message)
 }
 
 pub fn hex(bytes: &[u8]) -> String {

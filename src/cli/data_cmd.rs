@@ -33,8 +33,8 @@ pub fn split(f: SplitFlags) -> Result<()> {
     if f.parties < 2 {
         bail!("--parties must be at least 2");
     }
-    let data = prepare(&super::demo_cmd::dataset_path(&f.dataset), f.seed)?;
-    let how = super::demo_cmd::parse_partition(&f.partition, f.alpha, f.classes_per_party)?;
+    let data = prepare(&crate::demo::dataset_path(&f.dataset), f.seed)?;
+    let how = crate::demo::parse_partition(&f.partition, f.alpha, f.classes_per_party)?;
     let parts = partition(
         &data.train.labels,
         data.train.classes,

@@ -19,7 +19,7 @@ use super::accountant::{
     zcdp_epsilon_estimate, zcdp_epsilon_of_rho, AccountingError, RoundMeasurement,
 };
 use super::rotation::padded_len;
-use crate::policy::{AccountantKind, Policy, Rotation, Unit};
+use crate::policy::{AccountantKind, Policy, PolicyError, Rotation, Unit};
 
 /// Probability that any coordinate of the sum wraps around the modulus.
 pub const WRAP_PROBABILITY: f64 = 1e-6;
@@ -91,12 +91,11 @@ pub struct AuditPlan {
     pub epsilon_alone: f64,
 }
 
-/// What the audit's histograms are, as the audit module defines them.
-pub struct AuditShape {
-    /// (attack, L2 sensitivity to one unit of privacy) per population attack.
-    pub sensitivities: Vec<(String, f64)>,
-    /// Counts per attack (both histograms).
-    pub width_per_attack: usize,
+impl AuditPlan {
+    /// Each population attack's noise std per party, in attack order.
+    pub fn noise_stds(&self) -> Vec<f64> {
+        self.attacks.iter().map(|a| a.noise_std_per_party).collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -710,4 +709,25 @@ fn bits_needed(policy: &Policy, s: &Shape, z: f64) -> Option<u8> {
             .map(|c| c.sensitivity / c.scaled_clip <= 1.01)
             .unwrap_or(false),
     })
+}
+
+/// Reading a policy: its terms (`policy`), then what they imply here — the
+/// noise multiplier calibrated to the budget when the policy asks, and a
+/// plan that can be honoured — or a refusal naming the key at fault.
+impl Policy {
+    /// Parses, validates and plans policy text; `path` names it in errors.
+    pub fn parse(path: &std::path::Path, text: &str) -> Result<Policy, PolicyError> {
+        let mut policy = Policy::parse_terms(path, text)?;
+        let refuse = |e: PlanError| crate::policy::error_at(path, text, e.key, e.message);
+        if policy.privacy.calibrated && policy.privacy.unit != Unit::None {
+            policy.privacy.noise_multiplier = PrivacyPlan::calibrate(&policy).map_err(refuse)?;
+        }
+        PrivacyPlan::for_policy(&policy).map_err(refuse)?;
+        Ok(policy)
+    }
+
+    /// Reads and parses a policy file.
+    pub fn load(path: &std::path::Path) -> Result<Policy, PolicyError> {
+        Policy::parse(path, &crate::policy::read_policy_file(path)?)
+    }
 }

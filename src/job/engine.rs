@@ -22,6 +22,7 @@ use std::time::Instant;
 use shroud_audit::report::CohortEntry;
 use shroud_crypto::{Coordinator, Error as ProtocolError, Event, IdentityPublicKey, PartyId};
 
+use super::task::{TaskKind, AUDIT_BITS};
 use super::{protocol_round, rotation_seed};
 use crate::audit::{self, AuditSetup, Canary, Findings};
 use crate::dp::encode::EncodingScheme;
@@ -71,24 +72,6 @@ impl JobState {
     /// Still collecting secure sums.
     pub fn active(self) -> bool {
         matches!(self, JobState::Running | JobState::Auditing)
-    }
-}
-
-/// The kind of a secure sum.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TaskKind {
-    /// A training update (noisy, charged once per round).
-    Training,
-    /// The audit's bin counts, once, after the last training round.
-    Audit,
-}
-
-impl TaskKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            TaskKind::Training => "training",
-            TaskKind::Audit => "audit",
-        }
     }
 }
 
@@ -632,7 +615,7 @@ impl JobEngine {
                 let len = scheme.padded;
                 (Some(scheme), self.plan.bits, len)
             }
-            TaskKind::Audit => (None, crate::job::session::AUDIT_BITS, task.dimension),
+            TaskKind::Audit => (None, AUDIT_BITS, task.dimension),
         };
         let cohort: Vec<(PartyId, IdentityPublicKey)> = task
             .cohort
@@ -909,8 +892,17 @@ impl JobEngine {
         };
         let model = self.strategy.release_model();
         let attacks = audit::population_attacks(&self.policy).len();
-        let counts =
-            audit::SummedCounts::new(summed, self.plan.audit.as_ref(), contributors, attacks);
+        let counts = audit::SummedCounts::new(
+            summed,
+            &self
+                .plan
+                .audit
+                .as_ref()
+                .map(|a| a.noise_stds())
+                .unwrap_or_default(),
+            contributors,
+            attacks,
+        );
         let findings = audit::findings(
             &model,
             &setup,

@@ -14,7 +14,8 @@ use std::time::Instant;
 use rand_core::{OsRng, RngCore};
 use serde_json::json;
 
-use super::engine::{Effect, EngineError, ErrorKind, JobEngine, JobSetup, JobState, TaskKind};
+use super::engine::{Effect, EngineError, ErrorKind, JobEngine, JobSetup, JobState};
+use super::task::TaskKind;
 use crate::dp::plan::PrivacyPlan;
 use crate::net::api::StartJob;
 use crate::net::metrics::Metrics;

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod host;
 pub mod local;
 pub mod session;
+pub mod task;
 
 use sha2::{Digest, Sha256};
 use shroud_crypto::{
@@ -26,7 +27,8 @@ use crate::dp::plan::PrivacyPlan;
 use crate::policy::{Neighbours, Policy, Rotation, Unit};
 use crate::strategy::public_seed;
 
-pub use engine::{Effect, EngineError, ErrorKind, JobEngine, JobState, TaskKind};
+pub use engine::{Effect, EngineError, ErrorKind, JobEngine, JobState};
+pub use task::TaskKind;
 
 /// The identity of demo party `i`: derived from a public seed, so that the
 /// bundled policies can list the matching public keys. Never use these

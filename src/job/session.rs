@@ -49,7 +49,7 @@ pub struct SessionState {
     pub audit_sent: bool,
 }
 
-pub use super::engine::TaskKind;
+pub use super::task::{TaskKind, AUDIT_BITS};
 
 /// A task the party agreed to take part in, with the parameters it derived
 /// itself.
@@ -161,9 +161,6 @@ impl fmt::Display for Refusal {
 }
 
 impl std::error::Error for Refusal {}
-
-/// Bits of an audit count word (the counts are summed mod 2^32).
-pub const AUDIT_BITS: u8 = 32;
 
 /// One party's rules for one job.
 pub struct PartyRules {
@@ -610,7 +607,8 @@ impl PartySession {
                 );
                 let randomness = self.randomness;
                 let label = format!("{}/{}/audit/{}", self.rules.job(), a.round, self.member.id);
-                audit::party_input(&counts, self.rules.plan().audit.as_ref(), |k| {
+                let stds = self.rules.plan().audit.as_ref().map(|a| a.noise_stds());
+                audit::party_input(&counts, &stds.unwrap_or_default(), |k| {
                     randomness.noise_seed(&format!("{label}/{k}"))
                 })
                 .map_err(|e| e.to_string())?

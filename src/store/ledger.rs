@@ -12,51 +12,7 @@ use crate::dp::accountant::{orders, rdp_epsilon, zcdp_epsilon_of_rho};
 use crate::dp::plan::RoundCharge;
 use crate::policy::AccountantKind;
 
-#[derive(Debug)]
-pub enum LedgerError {
-    Sqlite(rusqlite::Error),
-    /// The job's planned rounds would take the consortium over its budget.
-    BudgetExceeded {
-        consortium: String,
-        spent: f64,
-        with_job: f64,
-        budget: f64,
-        delta: f64,
-    },
-    UnknownConsortium(String),
-    UnknownJob(String),
-    Corrupt(String),
-}
-
-impl std::fmt::Display for LedgerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LedgerError::Sqlite(e) => write!(f, "ledger database error: {e}"),
-            LedgerError::BudgetExceeded {
-                consortium,
-                spent,
-                with_job,
-                budget,
-                delta,
-            } => write!(
-                f,
-                "job refused: consortium {consortium} has spent ε = {spent:.4} of its budget ε = {budget} \
-                 (δ = {delta}); this job's planned rounds would bring it to ε = {with_job:.4}"
-            ),
-            LedgerError::UnknownConsortium(c) => write!(f, "no budget recorded for consortium {c}"),
-            LedgerError::UnknownJob(j) => write!(f, "no job {j} in the ledger"),
-            LedgerError::Corrupt(m) => write!(f, "ledger is corrupt: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for LedgerError {}
-
-impl From<rusqlite::Error> for LedgerError {
-    fn from(e: rusqlite::Error) -> Self {
-        LedgerError::Sqlite(e)
-    }
-}
+pub use super::error::LedgerError;
 
 /// What a charge paid for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -123,37 +79,6 @@ pub struct PrivacyLedger {
     pub(super) conn: Connection,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS budgets (
-    consortium TEXT PRIMARY KEY,
-    epsilon    REAL NOT NULL,
-    delta      REAL NOT NULL,
-    accountant TEXT NOT NULL CHECK (accountant IN ('zcdp', 'rdp'))
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    job          TEXT PRIMARY KEY,
-    consortium   TEXT NOT NULL REFERENCES budgets(consortium),
-    policy_hash  TEXT NOT NULL,
-    planned      INTEGER NOT NULL,
-    created_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-);
-CREATE TABLE IF NOT EXISTS charges (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    job           TEXT NOT NULL REFERENCES jobs(job),
-    round         INTEGER NOT NULL,
-    task          INTEGER NOT NULL,
-    kind          TEXT NOT NULL DEFAULT 'training' CHECK (kind IN ('training', 'audit')),
-    accountant    TEXT NOT NULL,
-    rho           REAL NOT NULL,
-    rdp           TEXT NOT NULL,
-    epsilon_after REAL NOT NULL,
-    delta         REAL NOT NULL,
-    released      INTEGER NOT NULL DEFAULT 0,
-    created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-);
-CREATE INDEX IF NOT EXISTS charges_by_job ON charges(job);
-";
-
 struct Budget {
     epsilon: f64,
     delta: f64,
@@ -169,11 +94,7 @@ impl PrivacyLedger {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        migrate(&conn)?;
-        conn.execute_batch(super::log::SCHEMA)?;
-        conn.execute_batch(super::service::SCHEMA)?;
-        super::service::migrate(&conn)?;
+        super::schema::create(&conn)?;
         Ok(PrivacyLedger { conn })
     }
 
@@ -349,25 +270,6 @@ impl PrivacyLedger {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// Appends an entry to the tamper-evident log.
-    pub fn log_append(
-        &mut self,
-        kind: &str,
-        job: &str,
-        content: &str,
-    ) -> Result<super::log::LogEntry, LedgerError> {
-        super::log::append(&mut self.conn, kind, job, content)
-    }
-
-    pub fn log_entries(&self) -> Result<Vec<super::log::LogEntry>, LedgerError> {
-        super::log::entries(&self.conn)
-    }
-
-    /// `Ok(entries)` when the chain holds, else the first broken entry.
-    pub fn log_verify(&self) -> Result<Result<usize, super::log::Break>, LedgerError> {
-        super::log::verify(&self.conn)
-    }
-
     pub fn consortia(&self) -> Result<Vec<String>, LedgerError> {
         let mut stmt = self
             .conn
@@ -468,21 +370,6 @@ fn read_totals(
         rdp.iter_mut().zip(curve).for_each(|(a, b)| *a += b);
     }
     Ok((rho, rdp, n))
-}
-
-/// Brings a ledger written before charges had a kind up to date: earlier
-/// charges were all training rounds.
-fn migrate(conn: &Connection) -> Result<(), LedgerError> {
-    let has_kind: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('charges') WHERE name = 'kind'")?
-        .exists([])?;
-    if !has_kind {
-        conn.execute_batch(
-            "ALTER TABLE charges ADD COLUMN kind TEXT NOT NULL DEFAULT 'training'
-               CHECK (kind IN ('training', 'audit'));",
-        )?;
-    }
-    Ok(())
 }
 
 /// The consortium a job belongs to.

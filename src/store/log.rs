@@ -6,22 +6,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::ledger::LedgerError;
+use super::error::LedgerError;
+use super::ledger::PrivacyLedger;
 use crate::policy::hex;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-pub(crate) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS audit_log (
-    seq        INTEGER PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    kind       TEXT NOT NULL,
-    job        TEXT NOT NULL,
-    content    TEXT NOT NULL,
-    prev_hash  TEXT NOT NULL,
-    hash       TEXT NOT NULL
-);
-";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LogEntry {
@@ -160,4 +149,26 @@ pub fn verify(conn: &Connection) -> Result<Result<usize, Break>, LedgerError> {
         prev = e.hash.clone();
     }
     Ok(Ok(all.len()))
+}
+
+/// The log as the ledger's owner reaches it.
+impl PrivacyLedger {
+    /// Appends an entry to the tamper-evident log.
+    pub fn log_append(
+        &mut self,
+        kind: &str,
+        job: &str,
+        content: &str,
+    ) -> Result<LogEntry, LedgerError> {
+        append(&mut self.conn, kind, job, content)
+    }
+
+    pub fn log_entries(&self) -> Result<Vec<LogEntry>, LedgerError> {
+        entries(&self.conn)
+    }
+
+    /// `Ok(entries)` when the chain holds, else the first broken entry.
+    pub fn log_verify(&self) -> Result<Result<usize, Break>, LedgerError> {
+        verify(&self.conn)
+    }
 }

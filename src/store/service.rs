@@ -12,63 +12,9 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::ledger::{LedgerError, PrivacyLedger};
+use super::error::LedgerError;
+use super::ledger::PrivacyLedger;
 use crate::policy::Policy;
-
-pub(crate) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS consortium (
-    id          TEXT PRIMARY KEY,
-    policy_hash TEXT NOT NULL,
-    policy      TEXT NOT NULL,
-    updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-);
-CREATE TABLE IF NOT EXISTS parties (
-    consortium   TEXT NOT NULL REFERENCES consortium(id),
-    id           INTEGER NOT NULL,
-    name         TEXT NOT NULL,
-    identity_key TEXT NOT NULL,
-    PRIMARY KEY (consortium, id)
-);
-CREATE TABLE IF NOT EXISTS job_runs (
-    job         TEXT PRIMARY KEY,
-    consortium  TEXT NOT NULL,
-    policy_hash TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    rounds      INTEGER NOT NULL,
-    epsilon     REAL NOT NULL,
-    next_round  INTEGER NOT NULL,
-    seed        INTEGER NOT NULL,
-    canary_seed INTEGER NOT NULL,
-    params      BLOB NOT NULL,
-    velocity    BLOB NOT NULL,
-    strategy_state BLOB,
-    reason      TEXT,
-    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    job        TEXT NOT NULL REFERENCES job_runs(job),
-    round      INTEGER NOT NULL,
-    task       INTEGER NOT NULL,
-    state      TEXT NOT NULL CHECK (state IN ('running', 'finished', 'aborted')),
-    phase      TEXT NOT NULL,
-    survivors  TEXT NOT NULL DEFAULT '[]',
-    dropped    TEXT NOT NULL DEFAULT '[]',
-    charge_id  INTEGER,
-    reason     TEXT,
-    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    PRIMARY KEY (job, round, task)
-);
-CREATE TABLE IF NOT EXISTS releases (
-    job          TEXT PRIMARY KEY REFERENCES job_runs(job),
-    decision     TEXT NOT NULL,
-    model_path   TEXT,
-    model_sha256 TEXT,
-    report_json  TEXT NOT NULL,
-    report_html  TEXT NOT NULL,
-    created_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-);
-";
 
 /// A job's durable progress.
 #[derive(Debug, Clone)]
@@ -102,18 +48,6 @@ impl std::ops::Deref for StoredJobRun {
     fn deref(&self) -> &JobRunRecord {
         &self.record
     }
-}
-
-/// Brings a store written before strategies kept their own state up to
-/// date.
-pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), LedgerError> {
-    let has: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('job_runs') WHERE name = 'strategy_state'")?
-        .exists([])?;
-    if !has {
-        conn.execute_batch("ALTER TABLE job_runs ADD COLUMN strategy_state BLOB;")?;
-    }
-    Ok(())
 }
 
 /// One round (task) as stored, and as the API shows it.

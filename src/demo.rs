@@ -1,0 +1,794 @@
+//! The demo: a whole consortium job on bundled data, as `shroud demo` runs
+//! it. The data set is split and dealt to demo parties, the policy adapted
+//! to that roster, and the job run through the job engine — in memory, or
+//! with the coordinator serving on a loopback socket (TLS by default) and
+//! every party a tokio task with its own connection — ending in the audit
+//! report and the release decision. The command line only parses flags and
+//! prints; tests call this module directly.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::audit;
+use crate::data::{partition, prepare, Partition};
+use crate::dp::plan::PrivacyPlan;
+use crate::job::demo_identity_seed;
+use crate::job::local::{self, LocalJob};
+use crate::job::session::{party_secret, InputRandomness, Member};
+use crate::localnet::{start_coordinator, CoordinatorOptions};
+use crate::model::{train_central, Mlp};
+use crate::net::api::{JobStatus, StartJob};
+use crate::net::auth::Signer;
+use crate::net::client::Client;
+use crate::party::{self, PartyConfig};
+use crate::policy::{Policy, Unit};
+use crate::release::ReleaseOutcome;
+use crate::store::PrivacyLedger;
+use rand_core::OsRng;
+use shroud_audit::gate::Decision;
+use shroud_audit::report::AuditReport;
+use shroud_crypto::IdentityKey;
+
+/// What to run: the data, the roster, the policy and its overrides.
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    /// Data set: digits, breast_cancer, mnist1d, caravan, wine, or a CSV path.
+    pub dataset: String,
+    /// Number of parties (default: the policy's roster size).
+    pub parties: Option<u32>,
+    /// How records are dealt out: dirichlet, iid, pathological, quantity.
+    pub partition: String,
+    /// Dirichlet concentration α (dirichlet and quantity partitions).
+    pub alpha: f64,
+    /// Classes per party (pathological partition).
+    pub classes_per_party: usize,
+    /// Aggregation strategy: fedavg or fedmr (default: the policy's).
+    pub strategy: Option<String>,
+    /// FedMR: the least number of parties in a layer's group (the policy's
+    /// value if it names FedMR).
+    pub group_size: Option<u32>,
+    /// FedMR: rounds of plain FedAvg before layers are recombined.
+    pub warmup_rounds: Option<u32>,
+    /// The policy to run under.
+    pub policy: PathBuf,
+    /// Override the policy's budget ε (the noise is recalibrated if the
+    /// policy calibrates).
+    pub epsilon: Option<f64>,
+    /// Override the policy's number of rounds.
+    pub rounds: Option<u32>,
+    /// Probability that each party drops out of each round.
+    pub dropout: f64,
+    /// Seed of the split, the partition, sampling and rounding.
+    pub seed: u64,
+    /// Run without differential privacy, to measure what privacy costs
+    /// (needs --allow-no-dp; the model is never released).
+    pub no_dp: bool,
+    /// Permit a job without differential privacy.
+    pub allow_no_dp: bool,
+    /// Output folder for the model and the summary.
+    pub out: PathBuf,
+    /// Ledger database (default: a fresh OUT/demo.db each run).
+    pub db: Option<PathBuf>,
+    /// Per-phase deadline in seconds: a silent party is a dropout after it.
+    pub phase_timeout: f64,
+    /// How the parties reach the coordinator.
+    pub transport: Transport,
+}
+
+/// How the demo's parties reach its coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// In this process, messages handed over in memory.
+    InProcess,
+    /// HTTPS on loopback (TLS 1.3, rustls).
+    Https,
+    /// Plain HTTP on loopback.
+    Http,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            dataset: "digits".into(),
+            parties: None,
+            partition: "dirichlet".into(),
+            alpha: 0.5,
+            classes_per_party: 2,
+            strategy: None,
+            group_size: None,
+            warmup_rounds: None,
+            policy: PathBuf::from("policies/default.toml"),
+            epsilon: None,
+            rounds: None,
+            dropout: 0.05,
+            seed: 1,
+            no_dp: false,
+            allow_no_dp: false,
+            out: PathBuf::from("out"),
+            db: None,
+            phase_timeout: 2.0,
+            transport: Transport::Https,
+        }
+    }
+}
+
+/// What a demo job did, as `summary.json` and the command print it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoSummary {
+    pub dataset: String,
+    pub train_records: usize,
+    pub test_records: usize,
+    pub parties: usize,
+    pub partition: String,
+    pub alpha: f64,
+    pub strategy: String,
+    pub unit: Unit,
+    pub accountant: &'static str,
+    pub no_dp: bool,
+    pub accuracy: f64,
+    pub epsilon_spent: Option<f64>,
+    pub epsilon_budget: f64,
+    pub delta: f64,
+    pub rounds: u32,
+    pub rounds_aborted: usize,
+    pub dropouts_survived: usize,
+    pub noise_multiplier: f64,
+    pub policy: String,
+    pub policy_hash: String,
+    pub released: bool,
+    pub model: Option<String>,
+    pub model_sha256: Option<String>,
+    pub summary: String,
+    pub db: Option<String>,
+    /// How parties reached the coordinator.
+    pub transport: String,
+    pub accuracy_by_round: Vec<f64>,
+    pub epsilon_by_round: Vec<Option<f64>>,
+    pub decision: Decision,
+    pub auc: f64,
+    pub epsilon_lower_bound: f64,
+    pub report_html: String,
+    pub report_json: String,
+    /// Membership-inference attacks run, the canary audit counted as one.
+    pub attacks_and_canaries: usize,
+    pub failed_checks: Vec<String>,
+}
+
+/// A bundled data set's file, or the path given.
+pub fn dataset_path(name: &str) -> PathBuf {
+    let p = Path::new(name);
+    if p.extension().is_some() || p.components().count() > 1 {
+        p.to_path_buf()
+    } else {
+        Path::new("data").join(format!("{name}.csv"))
+    }
+}
+
+/// The partition a name and its parameters describe.
+pub fn parse_partition(name: &str, alpha: f64, classes_per_party: usize) -> Result<Partition> {
+    Ok(match name {
+        "iid" => Partition::Iid,
+        "dirichlet" => Partition::Dirichlet {
+            alpha,
+            min_records: 10,
+        },
+        "quantity" => Partition::Quantity {
+            alpha,
+            min_records: 10,
+        },
+        "pathological" => Partition::Pathological {
+            k: classes_per_party,
+        },
+        other => bail!(
+            "--partition must be one of iid, dirichlet, pathological, quantity; got `{other}`"
+        ),
+    })
+}
+
+/// The policy, adapted to the demo's data and roster: demo identities for
+/// every party, their actual record counts, the data set's shape, and the
+/// overrides given on the command line. It is validated like any policy.
+fn adapt_policy(
+    f: &DemoConfig,
+    mut t: toml::Table,
+    parties: &[(u32, usize)],
+    inputs: usize,
+    classes: usize,
+) -> Result<(Policy, String)> {
+    let n_policy = t
+        .get("party")
+        .and_then(|p| p.as_array())
+        .map_or(0, |a| a.len());
+    let n = parties.len();
+    if let Some(c) = t.get_mut("consortium").and_then(|c| c.as_table_mut()) {
+        if n != n_policy && n_policy > 0 {
+            // Keep the policy's proportions on a roster of another size.
+            let thr = c.get("threshold").and_then(|v| v.as_integer()).unwrap_or(2) as f64;
+            let col = c
+                .get("max_colluding")
+                .and_then(|v| v.as_integer())
+                .unwrap_or(0) as f64;
+            let mut t2 = ((thr / n_policy as f64) * n as f64).round().max(2.0) as i64;
+            if c.get("active").and_then(|v| v.as_bool()).unwrap_or(false) {
+                t2 = t2.max(n as i64 / 2 + 1);
+            }
+            let t2 = t2.min(n as i64);
+            let c2 = (((col / n_policy as f64) * n as f64).floor() as i64).min(t2 - 1);
+            c.insert("threshold".into(), t2.into());
+            c.insert("max_colluding".into(), c2.into());
+            c.insert("neighbors".into(), "all".into());
+        }
+    }
+    let old: Vec<toml::Value> = t
+        .get("party")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let unit_is_party = t
+        .get("privacy")
+        .and_then(|p| p.get("unit"))
+        .and_then(|u| u.as_str())
+        == Some("party");
+    let roster: Vec<toml::Value> = parties
+        .iter()
+        .map(|&(id, records)| {
+            let mut e = toml::Table::new();
+            let name = old
+                .get(id as usize)
+                .and_then(|p| p.get("name"))
+                .and_then(|v| v.as_str())
+                .map_or(format!("demo-party-{id}"), str::to_string);
+            let key = crate::job::demo_public_key_hex(id);
+            e.insert("id".into(), i64::from(id).into());
+            e.insert("name".into(), name.into());
+            e.insert("identity_key".into(), key.into());
+            if !unit_is_party {
+                e.insert("records".into(), (records as i64).into());
+            }
+            toml::Value::Table(e)
+        })
+        .collect();
+    t.insert("party".into(), toml::Value::Array(roster));
+    if let Some(s) = t.get_mut("strategy").and_then(|s| s.as_table_mut()) {
+        s.insert("inputs".into(), (inputs as i64).into());
+        s.insert("classes".into(), (classes as i64).into());
+        if let Some(kind) = &f.strategy {
+            // Switching strategy drops the policy's settings of the other.
+            if kind != "fedmr" {
+                s.remove("group_size");
+                s.remove("warmup_rounds");
+            }
+            s.insert("kind".into(), kind.clone().into());
+        }
+        if let Some(g) = f.group_size {
+            s.insert("group_size".into(), i64::from(g).into());
+        }
+        if let Some(w) = f.warmup_rounds {
+            s.insert("warmup_rounds".into(), i64::from(w).into());
+        }
+    }
+    if let Some(p) = t.get_mut("privacy").and_then(|p| p.as_table_mut()) {
+        if let Some(e) = f.epsilon {
+            p.insert("epsilon".into(), e.into());
+        }
+        if let Some(r) = f.rounds {
+            p.insert("rounds".into(), i64::from(r).into());
+        }
+        if f.no_dp {
+            p.insert("unit".into(), "none".into());
+        }
+    }
+    if let Some(c) = t.get_mut("consortium").and_then(|c| c.as_table_mut()) {
+        c.insert("phase_timeout_secs".into(), f.phase_timeout.into());
+    }
+    let adapted = toml::to_string(&t)?;
+    let label = PathBuf::from(format!("{} (adapted for the demo)", f.policy.display()));
+    let policy = Policy::parse(&label, &adapted)?;
+    Ok((policy, adapted))
+}
+
+/// A demo ready to run: the data dealt to its parties and the policy
+/// adapted to them.
+pub struct Demo {
+    cfg: DemoConfig,
+    data: crate::data::Prepared,
+    policy: Policy,
+    policy_text: String,
+    plan: PrivacyPlan,
+    party_data: Vec<crate::data::Dataset>,
+    job_id: String,
+    db: PathBuf,
+}
+
+/// Central training on the parties' pooled records: the reference point.
+#[derive(Clone, Debug, Serialize)]
+pub struct CentralResult {
+    pub central: bool,
+    pub dataset: String,
+    pub accuracy: f64,
+    pub model: Vec<usize>,
+    pub train_records: usize,
+}
+
+impl Demo {
+    /// Checks the configuration, loads and deals the data and adapts the
+    /// policy; creates the output folder and, unless a ledger was named,
+    /// starts a fresh one.
+    pub fn prepare(cfg: DemoConfig) -> Result<Demo> {
+        let f = &cfg;
+        if !(f.phase_timeout > 0.0 && f.phase_timeout <= 3600.0) {
+            bail!(
+                "--phase-timeout must be in (0, 3600] seconds, got {}",
+                f.phase_timeout
+            );
+        }
+        if !(0.0..1.0).contains(&f.dropout) {
+            bail!("--dropout must be in [0, 1), got {}", f.dropout);
+        }
+        if f.no_dp && !f.allow_no_dp {
+            bail!("--no-dp trains without differential privacy; add --allow-no-dp to confirm (the model is never released)");
+        }
+        let path = dataset_path(&f.dataset);
+        let data = prepare(&path, f.seed)?;
+        // The policy file, read once: the demo adapts it to its roster and data.
+        let policy_text = std::fs::read_to_string(&f.policy)
+            .with_context(|| format!("{}: cannot read the policy file", f.policy.display()))?;
+        let policy_table: toml::Table = policy_text.parse().map_err(|e: toml::de::Error| {
+            anyhow::anyhow!("{}: {}", f.policy.display(), e.message())
+        })?;
+        let n_parties = match f.parties {
+            Some(n) => n as usize,
+            None => policy_table
+                .get("party")
+                .and_then(|p| p.as_array())
+                .map_or(8, |a| a.len()),
+        };
+        if n_parties < 2 {
+            bail!("--parties must be at least 2");
+        }
+        let how = parse_partition(&f.partition, f.alpha, f.classes_per_party)?;
+        let parts = partition(
+            &data.train.labels,
+            data.train.classes,
+            n_parties,
+            &how,
+            f.seed,
+        )?;
+        let counts: Vec<(u32, usize)> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u32, p.len()))
+            .collect();
+        let (policy, adapted_text) = adapt_policy(
+            f,
+            policy_table,
+            &counts,
+            data.train.dim(),
+            data.train.classes,
+        )?;
+        let plan = PrivacyPlan::for_policy(&policy).map_err(|e| {
+            anyhow::anyhow!("{}: `{}`: {}", policy.source.display(), e.key, e.message)
+        })?;
+        std::fs::create_dir_all(&f.out)
+            .with_context(|| format!("cannot create {}", f.out.display()))?;
+        let db = f.db.clone().unwrap_or_else(|| f.out.join("demo.db"));
+        if f.db.is_none() {
+            // A fresh demo ledger each run, so repeated demos do not exhaust
+            // one budget; name a ledger to keep it across jobs.
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+            }
+        }
+        let job_id = format!("demo-{}-{}", data.name, f.seed);
+        let party_data = parts.iter().map(|idx| data.train.subset(idx)).collect();
+        Ok(Demo {
+            cfg,
+            data,
+            policy,
+            policy_text: adapted_text,
+            plan,
+            party_data,
+            job_id,
+            db,
+        })
+    }
+
+    /// The policy as adapted to the demo's roster and data.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The reference: one model trained centrally on the records the
+    /// parties train on (each party's audit non-members held out, drawn as
+    /// the party draws them), pooled, no DP, no canaries.
+    pub fn central(&self) -> CentralResult {
+        let mut pooled = crate::data::Dataset {
+            features: Vec::new(),
+            labels: Vec::new(),
+            classes: self.data.train.classes,
+            feature_names: self.data.train.feature_names.clone(),
+        };
+        for (i, d) in self.party_data.iter().enumerate() {
+            let secret = party_secret(&demo_identity_seed(i as u32), "audit sample", &self.job_id);
+            let sample = audit::draw_sample(i as u32, d, &secret);
+            let t = audit::training_set(d, &sample, &[]);
+            pooled.features.extend(t.features);
+            pooled.labels.extend(t.labels);
+        }
+        let sizes = self.policy.strategy.sizes();
+        let seed = self.cfg.seed;
+        let mut model = Mlp::new(&sizes, seed);
+        train_central(&mut model, &pooled, 30, 32, 0.05, 0.9, seed);
+        CentralResult {
+            central: true,
+            dataset: self.data.name.clone(),
+            accuracy: model.accuracy(&self.data.test),
+            model: sizes,
+            train_records: pooled.len(),
+        }
+    }
+
+    /// Runs the job to its end and writes `summary.json`. `on_round` hears
+    /// of each training round as it ends (and whether it aborted, where
+    /// the transport tells). A blocked release is not an error here: see
+    /// [`DemoSummary::blocked`].
+    pub fn run(&self, on_round: &mut dyn FnMut(u32, bool)) -> Result<DemoSummary> {
+        let (f, policy, data) = (&self.cfg, &self.policy, &self.data);
+        let job = DemoJob {
+            f,
+            policy,
+            policy_text: &self.policy_text,
+            test: &data.test,
+            party_data: &self.party_data,
+            job_id: &self.job_id,
+        };
+        let (outcome, release) = match f.transport {
+            Transport::InProcess => job.in_process(&self.db, on_round)?,
+            Transport::Https | Transport::Http => job.networked(&self.db, on_round)?,
+        };
+        let report = &release.report;
+        let released = release.model.is_some();
+        let model_path = release.model.as_ref().map(|p| p.display().to_string());
+        let model_hash = if released {
+            report.model_sha256.clone()
+        } else {
+            None
+        };
+        let auc = report
+            .attacks
+            .iter()
+            .map(|a| a.auc)
+            .fold(f64::NAN, f64::max);
+        let epsilon_lower_bound = report
+            .attacks
+            .iter()
+            .map(|a| a.epsilon.epsilon)
+            .chain(report.canary.as_ref().map(|c| c.epsilon_lower_bound))
+            .fold(0.0, f64::max);
+        let summary_path = f.out.join("summary.json");
+        let summary = DemoSummary {
+            dataset: data.name.clone(),
+            train_records: data.train.len(),
+            test_records: data.test.len(),
+            parties: self.party_data.len(),
+            partition: f.partition.clone(),
+            alpha: f.alpha,
+            strategy: policy.strategy.kind.name().to_string(),
+            unit: policy.privacy.unit,
+            accountant: policy.privacy.accountant.name(),
+            no_dp: outcome.no_dp,
+            accuracy: outcome.accuracy,
+            epsilon_spent: outcome.epsilon_spent,
+            epsilon_budget: policy.privacy.epsilon,
+            delta: outcome.delta,
+            rounds: policy.privacy.rounds,
+            rounds_aborted: outcome.rounds_aborted,
+            dropouts_survived: outcome.dropouts_survived,
+            noise_multiplier: self.plan.noise_multiplier,
+            policy: policy.source.display().to_string(),
+            policy_hash: policy.hash.clone(),
+            released,
+            model: model_path,
+            model_sha256: model_hash,
+            summary: summary_path.display().to_string(),
+            db: Some(self.db.display().to_string()),
+            transport: outcome.transport.clone(),
+            accuracy_by_round: outcome.accuracy_by_round.clone(),
+            epsilon_by_round: outcome.epsilon_by_round.clone(),
+            decision: report.decision,
+            auc,
+            epsilon_lower_bound,
+            report_html: release.report_html.display().to_string(),
+            report_json: release.report_json.display().to_string(),
+            attacks_and_canaries: report.attacks.len() + usize::from(report.canary.is_some()),
+            failed_checks: report
+                .checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| {
+                    format!(
+                        "{} ({}): {:.4} above the limit {:.4} by {:.4}",
+                        c.check, c.attack, c.value, c.limit, -c.margin
+                    )
+                })
+                .collect(),
+        };
+        std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?)?;
+        Ok(summary)
+    }
+}
+
+impl DemoSummary {
+    /// A blocked release is a failure of the command: says which checks
+    /// failed.
+    pub fn blocked(&self) -> Result<()> {
+        if self.decision == Decision::Block {
+            bail!("release blocked: {}", self.failed_checks.join("; "));
+        }
+        Ok(())
+    }
+}
+
+/// What the demo reports of a job, however it ran.
+struct DemoOutcome {
+    accuracy: f64,
+    epsilon_spent: Option<f64>,
+    delta: f64,
+    rounds_aborted: usize,
+    dropouts_survived: usize,
+    no_dp: bool,
+    accuracy_by_round: Vec<f64>,
+    epsilon_by_round: Vec<Option<f64>>,
+    transport: String,
+}
+
+struct DemoJob<'a> {
+    f: &'a DemoConfig,
+    policy: &'a Policy,
+    policy_text: &'a str,
+    test: &'a crate::data::Dataset,
+    party_data: &'a [crate::data::Dataset],
+    job_id: &'a str,
+}
+
+impl DemoJob<'_> {
+    /// Every party and the coordinator in this process, no network: the
+    /// same engine and sessions, driven in memory.
+    fn in_process(
+        &self,
+        db: &Path,
+        on_round: &mut dyn FnMut(u32, bool),
+    ) -> Result<(DemoOutcome, ReleaseOutcome)> {
+        let f = self.f;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ledger = PrivacyLedger::open(db)?;
+        let parties = self
+            .party_data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Member {
+                id: i as u32,
+                identity_seed: demo_identity_seed(i as u32),
+                data: d.clone(),
+            })
+            .collect();
+        let status = local::run(
+            LocalJob {
+                policy: self.policy,
+                policy_text: self.policy_text,
+                request: StartJob {
+                    job: self.job_id.to_string(),
+                    seed: Some(f.seed),
+                    epsilon: None,
+                    rounds: None,
+                },
+                parties,
+                allow_no_dp: f.allow_no_dp,
+                dropout: f.dropout,
+                dropout_seed: f.seed,
+                randomness: InputRandomness::Os,
+                out: &f.out,
+                tap: None,
+            },
+            &mut ledger,
+            Some(&tx),
+            &mut |r| on_round(r, false),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        drop(ledger);
+        self.outcome(status, rx, db, "in process (no network)".into())
+    }
+
+    /// The coordinator serving on loopback (TLS unless --insecure-http),
+    /// each party a tokio task with its own connection and its own records.
+    fn networked(
+        &self,
+        db: &Path,
+        on_round: &mut dyn FnMut(u32, bool),
+    ) -> Result<(DemoOutcome, ReleaseOutcome)> {
+        let (f, policy) = (self.f, self.policy);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let status = rt.block_on(async {
+            let operator = IdentityKey::generate(&mut OsRng);
+            let tls_dir = f.out.join("tls");
+            let c = start_coordinator(CoordinatorOptions {
+                policy: policy.clone(),
+                policy_text: self.policy_text.to_string(),
+                db,
+                out: &f.out,
+                tls_dir: (f.transport == Transport::Https).then_some(tls_dir.as_path()),
+                operator: operator.public(),
+                allow_no_dp: f.allow_no_dp,
+                observer: Some(tx),
+            })
+            .await
+            .map_err(anyhow::Error::msg)?;
+            let tls = c.client_tls().map_err(anyhow::Error::msg)?;
+            let parties: Vec<_> = self
+                .party_data
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    tokio::spawn(party::run(PartyConfig {
+                        policy: policy.clone(),
+                        id: i as u32,
+                        identity_seed: demo_identity_seed(i as u32),
+                        data: d.clone(),
+                        coordinator: c.url.clone(),
+                        tls: tls.clone(),
+                        job: Some(self.job_id.to_string()),
+                        once: true,
+                        patience: std::time::Duration::from_secs(60),
+                        dropout: f.dropout,
+                        dropout_seed: local::party_dropout_seed(f.seed, i as u32),
+                        randomness: InputRandomness::Os,
+                        journal: None,
+                        tap: None,
+                    }))
+                })
+                .collect();
+            let mut op = Client::new(
+                &c.url,
+                tls,
+                operator,
+                Signer::Operator,
+                std::time::Duration::from_secs(60),
+            )?;
+            let mut s: JobStatus = op
+                .post_json(
+                    "/v1/jobs",
+                    self.job_id,
+                    &serde_json::json!({ "job": self.job_id, "seed": f.seed }),
+                )
+                .await?;
+            let mut shown = 0;
+            while s.state == "running" || s.state == "auditing" {
+                s = op
+                    .json(
+                        &format!("/v1/jobs/{}?after={}&wait_ms=10000", self.job_id, s.version),
+                        self.job_id,
+                    )
+                    .await?;
+                let done: Vec<_> = s
+                    .history
+                    .iter()
+                    .filter(|r| r.round <= s.rounds && r.state != "running")
+                    .collect();
+                for r in &done[shown.min(done.len())..] {
+                    on_round(r.round, r.state == "aborted");
+                }
+                shown = done.len();
+            }
+            for p in parties {
+                match p.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => eprintln!("a party stopped: {e}"),
+                    Err(e) => eprintln!("a party task failed: {e}"),
+                }
+            }
+            c.shutdown().await;
+            anyhow::Ok(s)
+        })?;
+        let transport = format!(
+            "{} on loopback: {} parties, each a task with its own connection",
+            if f.transport == Transport::Http {
+                "HTTP"
+            } else {
+                "HTTPS (TLS 1.3, rustls)"
+            },
+            self.party_data.len()
+        );
+        self.outcome(status, rx, db, transport)
+    }
+
+    /// What the demo reports of a job that ended, however it ran: the
+    /// accuracy after each round from the models the coordinator produced
+    /// (the test split never leaves this process), ε from the ledger, and
+    /// the report.
+    fn outcome(
+        &self,
+        status: JobStatus,
+        rx: std::sync::mpsc::Receiver<crate::coordinator::ObservedSum>,
+        db: &Path,
+        transport: String,
+    ) -> Result<(DemoOutcome, ReleaseOutcome)> {
+        let policy = self.policy;
+        if !matches!(status.state.as_str(), "released" | "blocked") {
+            bail!(
+                "job {} ended {}: {}",
+                status.job,
+                status.state,
+                status.reason.unwrap_or_default()
+            );
+        }
+        let mut model = crate::strategy::initial_model(policy, self.f.seed);
+        let mut by_round: std::collections::BTreeMap<u32, f64> = Default::default();
+        for o in rx.try_iter() {
+            if let Some(p) = o.model_after {
+                model.set_flat(&p)?;
+                by_round.insert(o.round, model.accuracy(self.test));
+            }
+        }
+        let ledger = PrivacyLedger::open(db)?;
+        let charges = ledger.charges(Some(self.job_id))?;
+        let mut accuracy = by_round.values().next().copied().unwrap_or(0.0);
+        let mut accuracy_by_round = Vec::new();
+        let mut epsilon_by_round = Vec::new();
+        for r in 1..=status.rounds {
+            accuracy = by_round.get(&r).copied().unwrap_or(accuracy);
+            accuracy_by_round.push(accuracy);
+            epsilon_by_round.push(
+                charges
+                    .iter()
+                    .rev()
+                    .find(|c| c.round <= r)
+                    .map(|c| c.epsilon_after),
+            );
+        }
+        let release = status
+            .release
+            .as_ref()
+            .context("the job ended without a release decision")?;
+        let report_json = PathBuf::from(&release.report_json);
+        let report: AuditReport = serde_json::from_str(
+            &std::fs::read_to_string(&report_json)
+                .with_context(|| format!("cannot read {}", report_json.display()))?,
+        )?;
+        // A round aborted when any of its tasks did; its dropouts count
+        // when all of them finished.
+        let mut rounds: std::collections::BTreeMap<u32, (bool, usize)> = Default::default();
+        for r in status.history.iter().filter(|r| r.round <= status.rounds) {
+            let e = rounds.entry(r.round).or_default();
+            e.0 |= r.state == "aborted";
+            e.1 += r.dropped.len();
+        }
+        let outcome = DemoOutcome {
+            accuracy,
+            epsilon_spent: match policy.privacy.unit {
+                Unit::None => None,
+                _ => Some(ledger.job_spent(self.job_id)?),
+            },
+            delta: status.delta,
+            rounds_aborted: rounds.values().filter(|r| r.0).count(),
+            dropouts_survived: rounds.values().filter(|r| !r.0).map(|r| r.1).sum(),
+            no_dp: policy.privacy.unit == Unit::None,
+            accuracy_by_round,
+            epsilon_by_round,
+            transport,
+        };
+        Ok((
+            outcome,
+            ReleaseOutcome {
+                report,
+                report_json,
+                report_html: PathBuf::from(&release.report_html),
+                model: release.model_path.as_ref().map(PathBuf::from),
+            },
+        ))
+    }
+}
