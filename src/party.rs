@@ -75,7 +75,17 @@ pub type PartyError = ClientError;
 /// and written before the party acts on it.
 pub struct SessionJournal {
     path: Option<std::path::PathBuf>,
-    jobs: std::collections::BTreeMap<String, SessionState>,
+    jobs: std::collections::BTreeMap<String, JournalEntry>,
+}
+
+/// One job's record: the rules' state and the strategy's home state.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct JournalEntry {
+    #[serde(flatten)]
+    state: SessionState,
+    /// Hex; absent in journals written before strategies had home state.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    home: String,
 }
 
 impl SessionJournal {
@@ -93,11 +103,44 @@ impl SessionJournal {
     }
 
     pub fn get(&self, job: &str) -> SessionState {
-        self.jobs.get(job).copied().unwrap_or_default()
+        self.jobs.get(job).map(|e| e.state).unwrap_or_default()
     }
 
+    /// The strategy's home state kept for `job`, if any.
+    pub fn home(&self, job: &str) -> Result<Option<Vec<u8>>, String> {
+        match self.jobs.get(job) {
+            Some(e) if !e.home.is_empty() => {
+                crate::policy::unhex(&e.home).map(Some).ok_or_else(|| {
+                    format!("the party journal's home state for job `{job}` is not hex")
+                })
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Records `state` for `job`, keeping its home state.
     pub fn put(&mut self, job: &str, state: SessionState) -> Result<(), PartyError> {
-        self.jobs.insert(job.to_string(), state);
+        let home = self
+            .jobs
+            .get(job)
+            .map(|e| e.home.clone())
+            .unwrap_or_default();
+        self.write(job, JournalEntry { state, home })
+    }
+
+    /// Records `state` and the strategy's `home` state for `job`.
+    pub fn put_with_home(
+        &mut self,
+        job: &str,
+        state: SessionState,
+        home: &[u8],
+    ) -> Result<(), PartyError> {
+        let home = crate::policy::hex(home);
+        self.write(job, JournalEntry { state, home })
+    }
+
+    fn write(&mut self, job: &str, entry: JournalEntry) -> Result<(), PartyError> {
+        self.jobs.insert(job.to_string(), entry);
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -189,11 +232,13 @@ async fn run_job(
     // Computing the plan and the audit sample is CPU work: off the async
     // workers.
     let mut session = tokio::task::block_in_place(|| {
+        let home = journal.home(job)?;
         PartySession::join(
             member,
             &cfg.policy,
             &setup,
             journal.get(job),
+            home.as_deref(),
             cfg.randomness,
         )
     })
@@ -291,7 +336,7 @@ async fn take_part(
     let words = {
         let words = tokio::task::block_in_place(|| session.begin(task, &params))
             .map_err(PartyError::Refusing);
-        journal.put(job, session.state())?;
+        journal.put_with_home(job, session.state(), &session.home_state())?;
         words?
     };
     if let Some(tap) = &cfg.tap {
@@ -322,7 +367,7 @@ async fn take_part(
             batch += 1;
             if masked {
                 // Recorded before it leaves: an audit's counts go out once.
-                journal.put(job, session.state())?;
+                journal.put_with_home(job, session.state(), &session.home_state())?;
             }
             for bytes in outgoing {
                 let r = client

@@ -251,6 +251,19 @@ fn the_journal_keeps_the_count_across_a_restart() {
     assert_eq!(refuses(&s, &audit_task(42)), Refusal::AuditAlreadySent);
     // Another job starts afresh.
     assert_eq!(journal.get("job-2"), SessionState::default());
+    // The strategy's home state is kept beside the rules' state, and a
+    // later rules-only record keeps it.
+    let mut journal = journal;
+    journal
+        .put_with_home(JOB, s.state(), b"\x07home state")
+        .unwrap();
+    journal.put(JOB, s.state()).unwrap();
+    let reread = SessionJournal::open(Some(path.clone())).unwrap();
+    assert_eq!(
+        reread.home(JOB).unwrap().as_deref(),
+        Some(&b"\x07home state"[..])
+    );
+    assert_eq!(reread.home("job-2").unwrap(), None);
     // A damaged journal is refused, not silently reset.
     std::fs::write(&path, "{ not json").unwrap();
     let err = SessionJournal::open(Some(path.clone())).err().unwrap();

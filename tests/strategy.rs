@@ -179,3 +179,15 @@ fn a_round_is_charged_once_only_when_its_tasks_compose_in_parallel() {
     assert_eq!(whole.composition(1.0), Ok(Composition::Single));
     assert!(whole.composition(0.5).is_err());
 }
+
+#[test]
+fn a_party_half_restores_only_its_own_state() {
+    let p = policy(8, 4, 1);
+    let half = shroud::strategy::party_half(&p, None).unwrap();
+    let saved = half.save();
+    assert!(shroud::strategy::party_half(&p, Some(&saved)).is_ok());
+    // The coordinator's state, or garbage, is refused.
+    let coordinator = coordinator_half(&p, 5, None).unwrap().save();
+    assert!(shroud::strategy::party_half(&p, Some(&coordinator)).is_err());
+    assert!(shroud::strategy::party_half(&p, Some(b"x")).is_err());
+}

@@ -99,6 +99,7 @@ pub fn run(
             job.policy,
             &setup,
             SessionState::default(),
+            None,
             job.randomness,
         )
         .map_err(|e| EngineError::new(ErrorKind::Forbidden, format!("party {id}: {e}")))?;

@@ -469,6 +469,7 @@ impl PartySession {
         own: &Policy,
         setup: &PartySetup,
         state: SessionState,
+        home: Option<&[u8]>,
         randomness: InputRandomness,
     ) -> Result<PartySession, String> {
         let job = setup.job.as_str();
@@ -558,8 +559,14 @@ impl PartySession {
             .then(|| DiscreteGaussianShare::new(plan.noise_std_per_party))
             .transpose()
             .map_err(|e| e.to_string())?;
+        let half = party_half(&policy, home).map_err(|e| {
+            format!(
+                "this party's saved state for job `{}` cannot be restored: {e}",
+                job.escape_debug()
+            )
+        })?;
         Ok(PartySession {
-            half: party_half(&policy),
+            half,
             rules: PartyRules::new(member.id, job, policy, plan, state),
             member,
             training,
@@ -577,6 +584,12 @@ impl PartySession {
 
     pub fn state(&self) -> SessionState {
         self.rules.state()
+    }
+
+    /// The strategy's home state on this party, to journal with
+    /// [`PartySession::state`] and pass back to [`PartySession::join`].
+    pub fn home_state(&self) -> Vec<u8> {
+        self.half.save()
     }
 
     /// Checks an announced task against this party's rules; changes nothing.

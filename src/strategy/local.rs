@@ -5,6 +5,7 @@
 //! update the task sums. FedAvg's one task takes the whole update; FedMR's
 //! tasks take one layer each.
 
+use super::state::{StateError, StateReader, StateWriter};
 use super::{rng_from, Contribution, PartyHalf, TaskSpec};
 use crate::data::Dataset;
 use crate::model::{matrix, Mlp, ModelError, Sgd};
@@ -28,6 +29,11 @@ impl Drop for Update {
     }
 }
 
+/// Version tag of the (empty) home state: the model is sent again every
+/// round and a round's update follows from the round's secret, so nothing
+/// else needs to survive a restart.
+const TAG: &[u8] = b"local/1";
+
 pub struct LocalTrainer {
     model: Mlp,
     record_level: bool,
@@ -40,9 +46,12 @@ pub struct LocalTrainer {
 }
 
 impl LocalTrainer {
-    pub fn new(policy: &Policy) -> LocalTrainer {
+    pub fn new(policy: &Policy, saved: Option<&[u8]>) -> Result<LocalTrainer, StateError> {
+        if let Some(bytes) = saved {
+            StateReader::new(bytes, TAG)?.end()?;
+        }
         let s = &policy.strategy;
-        LocalTrainer {
+        Ok(LocalTrainer {
             model: super::initial_model(policy, 0),
             record_level: policy.privacy.unit != Unit::Party,
             sampling_rate: policy.privacy.sampling_rate,
@@ -50,7 +59,7 @@ impl LocalTrainer {
             momentum: s.momentum,
             local_epochs: s.local_epochs,
             cached: None,
-        }
+        })
     }
 
     fn update(&self, data: &Dataset, sample_seed: &[u8; 32]) -> Update {
@@ -113,6 +122,10 @@ impl PartyHalf for LocalTrainer {
             }
             Update::Whole(v) => Contribution::Whole(v[slice].to_vec()),
         }
+    }
+
+    fn save(&self) -> Vec<u8> {
+        StateWriter::new(TAG).finish()
     }
 
     fn model(&self) -> &Mlp {

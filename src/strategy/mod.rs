@@ -169,6 +169,12 @@ pub trait PartyHalf: Send {
     /// The model the party holds (after the audit round's download: the
     /// released model, which it scores its audit sample with).
     fn model(&self) -> &Mlp;
+
+    /// The home state to keep between rounds (a fine-tuned model, pseudo
+    /// labels), as bytes the party's journal keeps; restored by
+    /// [`party_half`]. What the coordinator sends again each round, or the
+    /// party can recompute from its round secret, is not home state.
+    fn save(&self) -> Vec<u8>;
 }
 
 /// The tasks of `round` (1-based) of `job` under `policy`: a pure function
@@ -204,9 +210,10 @@ pub fn coordinator_half(
     })
 }
 
-/// The party half for `policy`.
-pub fn party_half(policy: &Policy) -> Box<dyn PartyHalf> {
-    Box::new(LocalTrainer::new(policy))
+/// The party half for `policy`, fresh or restored from its saved home
+/// state.
+pub fn party_half(policy: &Policy, saved: Option<&[u8]>) -> Result<Box<dyn PartyHalf>, StateError> {
+    Ok(Box::new(LocalTrainer::new(policy, saved)?))
 }
 
 /// A fresh model of the policy's shape.
