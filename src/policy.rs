@@ -811,31 +811,37 @@ impl Validator<'_> {
                 // least min_survivors, hence the threshold) and keep two
                 // honest members beyond the colluders.
                 let least = min_survivors.max(max_colluding + 2);
-                let Some(g) = s.group_size else {
-                    return Err(self.err(
-                        "strategy.group_size",
-                        format!("kind = \"fedmr\" needs a group size, at least {least}"),
-                    ));
-                };
-                let group_size = self.positive_int("strategy.group_size", g, 1, n as i64)? as usize;
-                if group_size < least {
+                // ⌊n/group_size⌋ groups: above half the roster there is
+                // one group per layer, which is FedAvg.
+                let most = n / 2;
+                let why = format!(
+                    "a group needs at least max_colluding + 2 = {} members and at least \
+                     min_survivors = {min_survivors} to sum alone, and at most half the roster \
+                     ({most}) for two groups per layer",
+                    max_colluding + 2
+                );
+                if least > most {
                     return Err(self.err(
                         "strategy.group_size",
                         format!(
-                            "{group_size} is too small: a group needs at least max_colluding + 2 = {} \
-                             members and at least min_survivors = {min_survivors} to sum alone; use {least} to {n}",
-                            max_colluding + 2
+                            "kind = \"fedmr\" cannot split {n} parties: {why}; lower \
+                             consortium.threshold (or min_survivors, max_colluding) or add parties"
                         ),
                     ));
                 }
-                if group_size > n / 2 {
+                let Some(g) = s.group_size else {
                     return Err(self.err(
                         "strategy.group_size",
                         format!(
-                            "{group_size} of {n} parties leaves one group per layer, which is FedAvg; \
-                             use at most {}",
-                            n / 2
+                            "kind = \"fedmr\" needs a group size: {why}; use {least} to {most}"
                         ),
+                    ));
+                };
+                let group_size = self.positive_int("strategy.group_size", g, 1, n as i64)? as usize;
+                if !(least..=most).contains(&group_size) {
+                    return Err(self.err(
+                        "strategy.group_size",
+                        format!("{group_size} does not fit: {why}; use {least} to {most}"),
                     ));
                 }
                 // Active mode needs no check of its own here: a group's

@@ -246,9 +246,13 @@ fn fedmr_settings_are_checked_against_the_consortium() {
     // max_colluding + 2, and at least the threshold to sum alone.
     let e = refused(&fedmr(2, ""));
     assert_names(&e, "strategy.group_size", "at least max_colluding + 2");
+    assert_names(&e, "strategy.group_size", "use 3 to 5");
     // One group per layer is FedAvg under another name.
     let e = refused(&fedmr(6, ""));
-    assert_names(&e, "strategy.group_size", "one group per layer");
+    assert_names(&e, "strategy.group_size", "at most half the roster");
+    // A consortium whose threshold exceeds half the roster cannot split.
+    let e = refused(&fedmr(3, "").replace("threshold = 3", "threshold = 6"));
+    assert_names(&e, "strategy.group_size", "cannot split 10 parties");
     // FedMR keys under FedAvg, and no group size under FedMR.
     let e = refused(&fedmr(3, "").replace("kind = \"fedmr\"", "kind = \"fedavg\""));
     assert_names(&e, "strategy.group_size", "only to kind = \"fedmr\"");
