@@ -105,7 +105,51 @@ pub fn load_csv(path: &Path) -> Result<Loaded, DataError> {
     parse_csv(path, &text)
 }
 
+/// A party's own records, checked against the model its policy trains:
+/// `inputs` feature columns and labels below `classes`. Unlike a whole data
+/// set, a party may lack classes (label skew is the normal case). Rows
+/// marked `test` are left out.
+pub fn load_party_csv(path: &Path, inputs: usize, classes: usize) -> Result<Dataset, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse_party_csv(path, &text, inputs, classes)
+}
+
+/// As [`load_party_csv`], from text.
+pub fn parse_party_csv(
+    path: &Path,
+    text: &str,
+    inputs: usize,
+    classes: usize,
+) -> Result<Dataset, DataError> {
+    let mut d = parse(path, text, Some(classes))?.train;
+    if d.dim() != inputs {
+        return Err(DataError {
+            file: path.to_path_buf(),
+            line: Some(1),
+            column: None,
+            message: format!(
+                "has {} feature columns; the policy's model takes {inputs} (strategy.inputs)",
+                d.dim()
+            ),
+        });
+    }
+    d.classes = classes;
+    Ok(d)
+}
+
 pub fn parse_csv(path: &Path, text: &str) -> Result<Loaded, DataError> {
+    parse(path, text, None)
+}
+
+/// Parses a CSV; with `classes`, labels must be below it and classes may
+/// be missing, else every class up to the largest label must appear.
+fn parse(path: &Path, text: &str, classes: Option<usize>) -> Result<Loaded, DataError> {
+    let party = classes.is_some();
     let err = |line: Option<usize>, column: Option<String>, message: String| DataError {
         file: path.to_path_buf(),
         line,
@@ -174,15 +218,20 @@ pub fn parse_csv(path: &Path, text: &str) -> Result<Loaded, DataError> {
         let label: usize = cells[label_col]
             .parse()
             .ok()
-            .filter(|&l: &usize| l < MAX_CLASSES)
+            .filter(|&l: &usize| l < classes.unwrap_or(MAX_CLASSES))
             .ok_or_else(|| {
                 err(
                     Some(lineno),
                     Some("label".into()),
                     format!(
-                        "`{}` is not a class label (an integer from 0 to {})",
+                        "`{}` is not a class label (an integer from 0 to {}{})",
                         cells[label_col],
-                        MAX_CLASSES - 1
+                        classes.unwrap_or(MAX_CLASSES) - 1,
+                        if classes.is_some() {
+                            ", the policy's strategy.classes"
+                        } else {
+                            ""
+                        }
                     ),
                 )
             })?;
@@ -208,7 +257,10 @@ pub fn parse_csv(path: &Path, text: &str) -> Result<Loaded, DataError> {
     if train.1.is_empty() {
         return Err(err(None, None, "no training rows".into()));
     }
-    let classes = train.1.iter().chain(&test.1).max().map_or(0, |m| m + 1);
+    let classes = match classes {
+        Some(k) => k,
+        None => train.1.iter().chain(&test.1).max().map_or(0, |m| m + 1),
+    };
     if classes < 2 {
         return Err(err(
             None,
@@ -220,7 +272,8 @@ pub fn parse_csv(path: &Path, text: &str) -> Result<Loaded, DataError> {
     // column is not what it claims.
     let mut seen = vec![false; classes];
     train.1.iter().for_each(|&l| seen[l] = true);
-    if let Some(missing) = seen.iter().position(|s| !s) {
+    let missing = seen.iter().position(|s| !s);
+    if let Some(missing) = missing.filter(|_| !party) {
         return Err(err(
             None,
             Some("label".into()),

@@ -199,3 +199,30 @@ fn partitions_are_reproducible_and_complete() {
     .is_err());
     assert!(partition(labels, 10, 3, &Partition::Pathological { k: 2 }, 1).is_err());
 }
+
+#[test]
+fn a_partys_records_are_checked_against_the_policys_model() {
+    use shroud::data::parse_party_csv;
+    let p = Path::new("party.csv");
+    // Label skew: classes 0, 1 and 3 of five, class 2 and 4 missing.
+    let d = parse_party_csv(p, "a,b,label\n1,2,0\n3,4,3\n5,6,1\n", 2, 5).unwrap();
+    assert_eq!(d.classes, 5);
+    assert_eq!(d.len(), 3);
+    // A class the model does not have, on its line.
+    let e = parse_party_csv(p, "a,b,label\n1,2,0\n3,4,5\n", 2, 5)
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().starts_with("party.csv:3: column `label`: `5` is not a class label (an integer from 0 to 4, the policy's strategy.classes)"),
+        "{e}"
+    );
+    // Another number of features than the model takes.
+    let e = parse_party_csv(p, "a,b,c,label\n1,2,3,0\n", 2, 5)
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string()
+            .contains("has 3 feature columns; the policy's model takes 2"),
+        "{e}"
+    );
+}

@@ -121,3 +121,21 @@ fn policy_check_shows_a_fedmr_rounds_tasks_cohorts_and_composition() {
     assert!(stdout.contains("parallel composition"), "{stdout}");
     assert!(stdout.contains("one charge per round"), "{stdout}");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    use std::process::{Command, Stdio};
+    // As `shroud policy check … | head -0`: the pipe is closed before the
+    // command writes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shroud"))
+        .args(["policy", "check", "policies/default.toml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
+}

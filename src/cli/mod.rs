@@ -306,6 +306,9 @@ fn secagg_sim(f: SecaggSimFlags) -> Result<()> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !cli.command.uses_network() {
+        end_quietly_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::SecaggSim(f) => secagg_sim(f),
         Command::Demo(f) => demo_cmd::run(f),
@@ -339,5 +342,32 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+impl Command {
+    /// Commands that open sockets keep Rust's ignored SIGPIPE: a peer that
+    /// goes away must be an error on that connection, never the end of a
+    /// coordinator.
+    fn uses_network(&self) -> bool {
+        matches!(
+            self,
+            Command::Demo(_)
+                | Command::Serve(_)
+                | Command::Party(_)
+                | Command::Job(_)
+                | Command::Bench(BenchCommand::Service { .. })
+        )
+    }
+}
+
+/// `shroud budget show | head -1` ends quietly when `head` stops reading,
+/// as Unix tools do, instead of panicking on the broken pipe.
+fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of one signal before any other
+    // thread exists; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -240,15 +240,8 @@ fn client_tls(url: &str, ca: Option<&Path>) -> Result<Option<rustls::ClientConfi
 pub fn party(f: PartyFlags) -> Result<()> {
     let policy = Policy::load(&f.policy)?;
     let seed = crate::keyfile::load(&f.key).map_err(anyhow::Error::msg)?;
-    let mut data = crate::data::load_csv(&f.data)?.train;
-    let classes = policy.strategy.classes;
-    if let Some(l) = data.labels.iter().find(|&&l| l >= classes) {
-        bail!(
-            "{}: label {l} is outside the policy's {classes} classes",
-            f.data.display()
-        );
-    }
-    data.classes = classes;
+    let data =
+        crate::data::load_party_csv(&f.data, policy.strategy.inputs, policy.strategy.classes)?;
     let tls = client_tls(&f.coordinator, f.ca.as_deref())?;
     let cfg = PartyConfig {
         randomness: crate::job::session::InputRandomness::Os,
