@@ -1601,3 +1601,31 @@ async fn slow_and_unauthenticated_clients_cannot_stall_a_round() {
     // The forged requests were turned away at their headers.
     assert!(metrics.contains("code=\"unauthenticated\""), "{metrics}");
 }
+
+/// A client holding the wrong CA is told the certificate is not trusted,
+/// at once, instead of retrying until its patience runs out and calling
+/// the coordinator unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_named_at_once() {
+    let dir = temp_dir("net-untrusted");
+    let (_sets, text) = consortium(2, 20.0);
+    let c = coordinator(&dir, &text, None).await;
+    let (other, _key) = shroud::net::tls::self_signed(&["127.0.0.1".into()]).unwrap();
+    std::fs::write(dir.join("other.crt"), other).unwrap();
+    let tls = shroud::net::tls::client_config(&dir.join("other.crt")).unwrap();
+    let mut op = operator_client(&c.url, Some(tls));
+    let started = std::time::Instant::now();
+    let err = op
+        .json::<Vec<JobStatus>>("/v1/jobs", "")
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, shroud::net::client::ClientError::Untrusted(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not trusted"), "{err}");
+    assert!(err.to_string().contains("--ca"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    c.shutdown().await;
+}

@@ -23,6 +23,8 @@ pub enum ClientError {
     /// Something this side will not do (wrong policy, bad data from the
     /// coordinator, …).
     Refusing(String),
+    /// The coordinator's TLS certificate did not verify: no retry helps.
+    Untrusted(String),
 }
 
 impl std::fmt::Display for ClientError {
@@ -35,6 +37,12 @@ impl std::fmt::Display for ClientError {
                 body.error, body.message
             ),
             ClientError::Refusing(m) => f.write_str(m),
+            ClientError::Untrusted(m) => write!(
+                f,
+                "the coordinator's TLS certificate is not trusted ({m}); give --ca the \
+                 certificate the coordinator serves (its operator's server.crt from \
+                 `shroud keygen --tls`), and connect by a name or address it lists"
+            ),
         }
     }
 }
@@ -83,7 +91,8 @@ impl Client {
                         self.audience = Some(a.clone());
                         a
                     }
-                    Err(why) => {
+                    Err(Unanswered::Untrusted(why)) => return Err(ClientError::Untrusted(why)),
+                    Err(Unanswered::Other(why)) => {
                         if started.elapsed() > self.patience {
                             return Err(ClientError::Unreachable(why));
                         }
@@ -129,7 +138,10 @@ impl Client {
                     body.message
                 }
                 Ok(r) => return Ok(r),
-                Err(e) => e.to_string(),
+                Err(e) => match certificate_failure(&e) {
+                    Some(why) => return Err(ClientError::Untrusted(why)),
+                    None => e.to_string(),
+                },
             };
             if started.elapsed() > self.patience {
                 return Err(ClientError::Unreachable(why));
@@ -143,18 +155,27 @@ impl Client {
 
     /// What the coordinator says it serves (unsigned; used only to address
     /// signatures, which the coordinator checks against its own).
-    async fn info(&self) -> Result<super::server::Info, String> {
+    async fn info(&self) -> Result<super::server::Info, Unanswered> {
         let r = self
             .http
             .get(format!("{}/v1/info", self.base))
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match certificate_failure(&e) {
+                Some(why) => Unanswered::Untrusted(why),
+                None => Unanswered::Other(e.to_string()),
+            })?;
         if !r.status().is_success() {
-            return Err(format!("/v1/info answered {}", r.status()));
+            return Err(Unanswered::Other(format!(
+                "/v1/info answered {}",
+                r.status()
+            )));
         }
-        let bytes = r.bytes().await.map_err(|e| e.to_string())?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("/v1/info: {e}"))
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(|e| Unanswered::Other(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| Unanswered::Other(format!("/v1/info: {e}")))
     }
 
     pub async fn json<T: serde::de::DeserializeOwned>(
@@ -165,6 +186,38 @@ impl Client {
         let r = self.send(Method::GET, path, job, 0, Body::Empty).await?;
         json_answer(r, path).await
     }
+}
+
+/// Why a request got no answer.
+enum Unanswered {
+    Untrusted(String),
+    Other(String),
+}
+
+/// The certificate error under a failed request, if that is what failed:
+/// rustls's verdict on the coordinator's certificate, found down the
+/// error's chain of causes.
+fn certificate_failure(e: &reqwest::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(
+            err @ (rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate)),
+        ) = c.downcast_ref::<rustls::Error>()
+        {
+            return Some(err.to_string());
+        }
+        // An io::Error's source skips the error it wraps: step into it.
+        cause = match c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    None
 }
 
 async fn error_body(r: reqwest::Response) -> ErrorBody {
