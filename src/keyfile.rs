@@ -86,6 +86,29 @@ pub fn load_public(value: &str) -> Result<shroud_crypto::IdentityPublicKey, Stri
         .map_err(|_| format!("{value}: not a valid ed25519 public key"))
 }
 
+/// Who besides its owner may read or write a secret file: `None` when
+/// nobody, else a sentence saying so and how to fix it. Unix permissions
+/// only; elsewhere always `None`.
+pub fn exposure(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{} holds a secret key but its mode is {mode:03o}: other users can read it; \
+                 `chmod 600` it",
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Reads the seed from a key file.
 pub fn load(path: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
     let text = Zeroizing::new(

@@ -1267,6 +1267,19 @@ fn serving_plain_http_needs_the_explicit_flag_and_keys_must_match_the_roster() {
         err.contains("not the one the policy lists for party 0"),
         "{err}"
     );
+    assert!(!err.contains("warning"), "{err}");
+    // A key file others can read is named, with the fix.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (code, _, err) = party("http://127.0.0.1:9", &[]);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("mode is 644: other users can read it; `chmod 600` it"),
+            "{err}"
+        );
+    }
 }
 
 /// A coordinator that lies about a job's budget: the party checks the ε and

@@ -111,7 +111,10 @@ pub struct ServeFlags {
 pub fn serve(f: ServeFlags) -> Result<()> {
     let (listen, names) = match (&f.tls_cert, &f.tls_key, f.insecure_http) {
         (Some(c), Some(k), false) => (
-            Listen::Tls(tls::server_config(c, k).map_err(anyhow::Error::msg)?),
+            Listen::Tls({
+                warn_if_exposed(k);
+                tls::server_config(c, k).map_err(anyhow::Error::msg)?
+            }),
             tls::coordinator_names(c).map_err(anyhow::Error::msg)?,
         ),
         (None, None, true) => (
@@ -239,7 +242,7 @@ fn client_tls(url: &str, ca: Option<&Path>) -> Result<Option<rustls::ClientConfi
 
 pub fn party(f: PartyFlags) -> Result<()> {
     let policy = Policy::load(&f.policy)?;
-    let seed = crate::keyfile::load(&f.key).map_err(anyhow::Error::msg)?;
+    let seed = load_key(&f.key)?;
     let data =
         crate::data::load_party_csv(&f.data, policy.strategy.inputs, policy.strategy.classes)?;
     let tls = client_tls(&f.coordinator, f.ca.as_deref())?;
@@ -330,7 +333,7 @@ pub enum JobCommand {
 }
 
 fn operator_client(c: &JobFlags) -> Result<Client> {
-    let seed = crate::keyfile::load(&c.key).map_err(anyhow::Error::msg)?;
+    let seed = load_key(&c.key)?;
     let tls = client_tls(&c.coordinator, c.ca.as_deref())?;
     Ok(Client::new(
         &c.coordinator,
@@ -438,4 +441,16 @@ pub fn job(cmd: JobCommand) -> Result<()> {
             }
         }
     })
+}
+
+/// Reads an identity key file, warning first if others can read it.
+fn load_key(path: &std::path::Path) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+    warn_if_exposed(path);
+    crate::keyfile::load(path).map_err(anyhow::Error::msg)
+}
+
+fn warn_if_exposed(path: &std::path::Path) {
+    if let Some(why) = crate::keyfile::exposure(path) {
+        eprintln!("warning: {why}");
+    }
 }
