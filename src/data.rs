@@ -360,8 +360,46 @@ pub struct Prepared {
     pub name: String,
 }
 
+/// The data sets built into the binary (data/README.md gives their
+/// sources), so that the demo runs from any folder.
+pub const BUNDLED: [(&str, &str); 5] = [
+    ("breast_cancer", include_str!("../data/breast_cancer.csv")),
+    ("caravan", include_str!("../data/caravan.csv")),
+    ("digits", include_str!("../data/digits.csv")),
+    ("mnist1d", include_str!("../data/mnist1d.csv")),
+    ("wine", include_str!("../data/wine.csv")),
+];
+
+/// A bundled data set by name (`digits`), or a CSV file by path
+/// (`my/data.csv`), split and standardised as [`prepare`] does.
+pub fn prepare_named(dataset: &str, seed: u64) -> Result<Prepared, DataError> {
+    let as_path = Path::new(dataset);
+    if as_path.extension().is_none() && as_path.components().count() == 1 {
+        if let Some((name, text)) = BUNDLED.iter().find(|(n, _)| *n == dataset) {
+            let label = PathBuf::from(format!("data/{name}.csv (built in)"));
+            return prepare_loaded(name, parse_csv(&label, text)?, seed);
+        }
+        return Err(DataError {
+            file: as_path.to_path_buf(),
+            line: None,
+            column: None,
+            message: format!(
+                "no such bundled data set; the bundled ones are {}, or give a CSV file's path",
+                BUNDLED.map(|(n, _)| n).join(", ")
+            ),
+        });
+    }
+    prepare(as_path, seed)
+}
+
 pub fn prepare(path: &Path, seed: u64) -> Result<Prepared, DataError> {
-    let loaded = load_csv(path)?;
+    let name = path
+        .file_stem()
+        .map_or("data".into(), |s| s.to_string_lossy().into_owned());
+    prepare_loaded(&name, load_csv(path)?, seed)
+}
+
+fn prepare_loaded(name: &str, loaded: Loaded, seed: u64) -> Result<Prepared, DataError> {
     let (mut train, mut test) = match loaded.test {
         Some(test) => (loaded.train, test),
         None => train_test_split(&loaded.train, 0.2, seed),
@@ -369,10 +407,11 @@ pub fn prepare(path: &Path, seed: u64) -> Result<Prepared, DataError> {
     let s = Standardizer::fit(&train);
     s.apply(&mut train);
     s.apply(&mut test);
-    let name = path
-        .file_stem()
-        .map_or("data".into(), |s| s.to_string_lossy().into_owned());
-    Ok(Prepared { train, test, name })
+    Ok(Prepared {
+        train,
+        test,
+        name: name.to_string(),
+    })
 }
 
 /// How records are dealt out to parties.

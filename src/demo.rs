@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::audit;
-use crate::data::{partition, prepare, Partition};
+use crate::data::{partition, prepare_named, Partition};
 use crate::dp::plan::PrivacyPlan;
 use crate::job::demo_identity_seed;
 use crate::job::local::{self, LocalJob};
@@ -51,8 +51,9 @@ pub struct DemoConfig {
     pub group_size: Option<u32>,
     /// FedMR: rounds of plain FedAvg before layers are recombined.
     pub warmup_rounds: Option<u32>,
-    /// The policy to run under.
-    pub policy: PathBuf,
+    /// The policy to run under; `None`: the built-in
+    /// `policies/default.toml`.
+    pub policy: Option<PathBuf>,
     /// Override the policy's budget ε (the noise is recalibrated if the
     /// policy calibrates).
     pub epsilon: Option<f64>,
@@ -99,7 +100,7 @@ impl Default for DemoConfig {
             strategy: None,
             group_size: None,
             warmup_rounds: None,
-            policy: PathBuf::from("policies/default.toml"),
+            policy: None,
             epsilon: None,
             rounds: None,
             dropout: 0.05,
@@ -156,15 +157,9 @@ pub struct DemoSummary {
     pub failed_checks: Vec<String>,
 }
 
-/// A bundled data set's file, or the path given.
-pub fn dataset_path(name: &str) -> PathBuf {
-    let p = Path::new(name);
-    if p.extension().is_some() || p.components().count() > 1 {
-        p.to_path_buf()
-    } else {
-        Path::new("data").join(format!("{name}.csv"))
-    }
-}
+/// `policies/default.toml`, built into the binary so that the demo runs
+/// from any folder.
+pub const DEFAULT_POLICY: &str = include_str!("../policies/default.toml");
 
 /// The partition a name and its parameters describe.
 pub fn parse_partition(name: &str, alpha: f64, classes_per_party: usize) -> Result<Partition> {
@@ -192,6 +187,7 @@ pub fn parse_partition(name: &str, alpha: f64, classes_per_party: usize) -> Resu
 /// overrides given on the command line. It is validated like any policy.
 fn adapt_policy(
     f: &DemoConfig,
+    source: &str,
     mut t: toml::Table,
     parties: &[(u32, usize)],
     inputs: usize,
@@ -284,7 +280,7 @@ fn adapt_policy(
         c.insert("phase_timeout_secs".into(), f.phase_timeout.into());
     }
     let adapted = toml::to_string(&t)?;
-    let label = PathBuf::from(format!("{} (adapted for the demo)", f.policy.display()));
+    let label = PathBuf::from(format!("{source} (adapted for the demo)"));
     let policy = Policy::parse(&label, &adapted)?;
     Ok((policy, adapted))
 }
@@ -330,14 +326,22 @@ impl Demo {
         if f.no_dp && !f.allow_no_dp {
             bail!("--no-dp trains without differential privacy; add --allow-no-dp to confirm (the model is never released)");
         }
-        let path = dataset_path(&f.dataset);
-        let data = prepare(&path, f.seed)?;
+        let data = prepare_named(&f.dataset, f.seed)?;
         // The policy file, read once: the demo adapts it to its roster and data.
-        let policy_text = std::fs::read_to_string(&f.policy)
-            .with_context(|| format!("{}: cannot read the policy file", f.policy.display()))?;
-        let policy_table: toml::Table = policy_text.parse().map_err(|e: toml::de::Error| {
-            anyhow::anyhow!("{}: {}", f.policy.display(), e.message())
-        })?;
+        let (source, policy_text) = match &f.policy {
+            Some(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read the policy file", p.display()))?,
+            ),
+            None => (
+                "policies/default.toml (built in)".to_string(),
+                DEFAULT_POLICY.to_string(),
+            ),
+        };
+        let policy_table: toml::Table = policy_text
+            .parse()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{source}: {}", e.message()))?;
         let n_parties = match f.parties {
             Some(n) => n as usize,
             None => policy_table
@@ -363,6 +367,7 @@ impl Demo {
             .collect();
         let (policy, adapted_text) = adapt_policy(
             f,
+            &source,
             policy_table,
             &counts,
             data.train.dim(),

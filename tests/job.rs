@@ -335,3 +335,47 @@ fn fedmr_runs_in_memory_with_one_charge_per_round() {
     let eps = ledger.job_spent("fedmr-job").unwrap();
     assert!(eps > 0.0 && eps <= 8.0 * (1.0 + 1e-9), "{eps}");
 }
+
+/// The bundled data and default policy are in the binary: the demo runs
+/// from a folder that holds neither, and says which it used.
+#[test]
+fn the_demo_runs_from_any_folder() {
+    let dir = common::temp_dir("elsewhere");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shroud"))
+        .current_dir(&dir)
+        .args([
+            "demo",
+            "--in-process",
+            "--dataset",
+            "wine",
+            "--rounds",
+            "2",
+            "--dropout",
+            "0",
+            "--json",
+            "--out",
+            "o",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || err.contains("release blocked"),
+        "{err}"
+    );
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(v["dataset"], "wine");
+    assert!(
+        v["policy"].as_str().unwrap().contains("(built in)"),
+        "{}",
+        v["policy"]
+    );
+    assert!(dir.join("o").join("summary.json").exists());
+    // An unknown name lists the bundled ones.
+    let (code, _, err) = shroud(&["demo", "--dataset", "nope"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("the bundled ones are breast_cancer, caravan, digits"),
+        "{err}"
+    );
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::data::{partition, prepare};
+use crate::data::partition;
 
 #[derive(clap::Args)]
 pub struct SplitFlags {
@@ -33,7 +33,7 @@ pub fn split(f: SplitFlags) -> Result<()> {
     if f.parties < 2 {
         bail!("--parties must be at least 2");
     }
-    let data = prepare(&crate::demo::dataset_path(&f.dataset), f.seed)?;
+    let data = crate::data::prepare_named(&f.dataset, f.seed)?;
     let how = crate::demo::parse_partition(&f.partition, f.alpha, f.classes_per_party)?;
     let parts = partition(
         &data.train.labels,

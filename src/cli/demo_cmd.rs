@@ -37,9 +37,9 @@ pub struct DemoFlags {
     /// FedMR: rounds of plain FedAvg before layers are recombined.
     #[arg(long)]
     warmup_rounds: Option<u32>,
-    /// The policy to run under.
-    #[arg(long, default_value = "policies/default.toml")]
-    policy: PathBuf,
+    /// The policy to run under (default: policies/default.toml, built in).
+    #[arg(long)]
+    policy: Option<PathBuf>,
     /// Override the policy's budget ε (the noise is recalibrated if the
     /// policy calibrates).
     #[arg(long)]
