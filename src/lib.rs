@@ -21,5 +21,6 @@ pub mod policy;
 pub mod release;
 pub mod sampling;
 pub mod secagg_sim;
+pub mod signoff;
 pub mod store;
 pub mod strategy;

@@ -49,6 +49,16 @@ struct RawPolicy {
     strategy: RawStrategy,
     #[serde(default)]
     audit: Option<RawAudit>,
+    #[serde(rename = "reviewer", default)]
+    reviewers: Vec<RawReviewer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReviewer {
+    id: String,
+    name: String,
+    identity_key: String,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +151,8 @@ struct RawAudit {
     canaries: Option<i64>,
     #[serde(default)]
     budget_share: Option<f64>,
+    #[serde(default)]
+    require_sign_off: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -327,6 +339,18 @@ pub struct AuditPolicy {
     /// Share of the job's budget (zCDP ρ) set aside for the noise on the
     /// population attacks' counts.
     pub budget_share: f64,
+    /// A released model is approved only once a listed reviewer has signed
+    /// off its report as accepted (and none has rejected it).
+    pub require_sign_off: bool,
+}
+
+/// A compliance reviewer who may sign off audit reports.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Reviewer {
+    pub id: String,
+    pub name: String,
+    /// Hex of the 32-byte ed25519 public key.
+    pub identity_key: String,
 }
 
 /// A validated policy.
@@ -341,6 +365,7 @@ pub struct Policy {
     pub encoding: Encoding,
     pub strategy: Strategy,
     pub audit: AuditPolicy,
+    pub reviewers: Vec<Reviewer>,
 }
 
 pub const STRATEGIES: &[&str] = &["fedavg", "fedmr"];
@@ -451,6 +476,20 @@ impl Validator<'_> {
             offset += line.len();
         }
         None
+    }
+
+    /// An ed25519 public key in hex, as `shroud keygen` prints it.
+    fn public_key(&self, key: &str, hex: &str) -> Result<(), PolicyError> {
+        let bytes = unhex(hex).filter(|b| b.len() == 32).ok_or_else(|| {
+            self.err(
+                key,
+                "must be 64 hex characters (a 32-byte ed25519 public key, as `shroud keygen` prints)",
+            )
+        })?;
+        let arr: [u8; 32] = bytes.try_into().expect("length checked");
+        shroud_crypto::IdentityPublicKey::from_bytes(&arr)
+            .map(|_| ())
+            .map_err(|_| self.err(key, "is not a valid ed25519 public key"))
     }
 
     fn positive_int(&self, key: &str, v: i64, min: i64, max: i64) -> Result<u64, PolicyError> {
@@ -614,16 +653,7 @@ impl Validator<'_> {
             if p.name.trim().is_empty() {
                 return Err(self.err(&key("name"), "must not be empty"));
             }
-            let bytes = unhex(&p.identity_key).filter(|b| b.len() == 32).ok_or_else(|| {
-                self.err(
-                    &key("identity_key"),
-                    "must be 64 hex characters (a 32-byte ed25519 public key, as `shroud keygen` prints)",
-                )
-            })?;
-            let arr: [u8; 32] = bytes.try_into().expect("length checked");
-            if shroud_crypto::IdentityPublicKey::from_bytes(&arr).is_err() {
-                return Err(self.err(&key("identity_key"), "is not a valid ed25519 public key"));
-            }
+            self.public_key(&key("identity_key"), &p.identity_key)?;
             let records = match p.records {
                 None => None,
                 Some(r) => Some(self.positive_int(&key("records"), r, 1, 1 << 40)?),
@@ -888,6 +918,7 @@ impl Validator<'_> {
             confidence: None,
             canaries: None,
             budget_share: None,
+            require_sign_off: None,
         });
         for (i, name) in a.attacks.iter().enumerate() {
             if !ATTACKS.contains(&name.as_str()) {
@@ -954,6 +985,33 @@ impl Validator<'_> {
             )?,
         };
 
+        // [[reviewer]]
+        let mut reviewers: Vec<Reviewer> = Vec::new();
+        for (i, r) in raw.reviewers.into_iter().enumerate() {
+            let key = |k: &str| format!("reviewer[{i}].{k}");
+            if r.id.trim().is_empty() || r.id.len() > 64 {
+                return Err(self.err(&key("id"), "must be 1 to 64 characters"));
+            }
+            if reviewers.iter().any(|o| o.id == r.id) {
+                return Err(self.err(&key("id"), format!("reviewer `{}` appears twice", r.id)));
+            }
+            if r.name.trim().is_empty() {
+                return Err(self.err(&key("name"), "must not be empty"));
+            }
+            self.public_key(&key("identity_key"), &r.identity_key)?;
+            reviewers.push(Reviewer {
+                id: r.id,
+                name: r.name,
+                identity_key: r.identity_key.to_lowercase(),
+            });
+        }
+        let require_sign_off = a.require_sign_off.unwrap_or(false);
+        if require_sign_off && reviewers.is_empty() {
+            return Err(self.err(
+                "audit.require_sign_off",
+                "needs at least one [[reviewer]] (id, name, identity_key) who may sign off",
+            ));
+        }
         let policy = Policy {
             source: self.path.to_path_buf(),
             hash,
@@ -992,7 +1050,9 @@ impl Validator<'_> {
                 confidence,
                 canaries,
                 budget_share,
+                require_sign_off,
             },
+            reviewers,
         };
         Ok(policy)
     }

@@ -182,6 +182,7 @@ pub fn gate_and_report(
         checks,
         decision,
         log_entry_hash: None,
+        sign_offs: Vec::new(),
     };
     let entry = ledger
         .log_append(LOG_KIND, r.job, &report.content_json())

@@ -233,3 +233,124 @@ fn the_html_report_renders_in_chromium() {
 }
 
 use std::process::Command;
+
+/// A reviewer key made by `shroud keygen`: its file and public key hex.
+fn reviewer_key(dir: &Path, name: &str) -> (String, String) {
+    let path = dir.join(format!("{name}.key"));
+    let (code, out, err) = shroud(&["keygen", "--out", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let hex = out
+        .split("identity_key = \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no key in {out}"))
+        .to_string();
+    (path.display().to_string(), hex)
+}
+
+/// Sign-off: only a listed reviewer with their own key can sign; a signed
+/// report verifies, an altered one does not; approval follows the log, so
+/// a report file that leaves out a rejection is still not approved.
+#[test]
+fn reviewers_sign_off_reports_and_approval_follows_the_log() {
+    let dir = temp_dir("sign-off");
+    let (alice_key, alice_pub) = reviewer_key(&dir, "alice");
+    let (bob_key, bob_pub) = reviewer_key(&dir, "bob");
+    let policy = std::fs::read_to_string("policies/default.toml")
+        .unwrap()
+        .replace("max_auc = 0.6", "max_auc = 0.95\nrequire_sign_off = true")
+        + &format!(
+            "\n[[reviewer]]\nid = \"alice\"\nname = \"Alice Reviewer\"\nidentity_key = \"{alice_pub}\"\n\n\
+             [[reviewer]]\nid = \"bob\"\nname = \"Bob Reviewer\"\nidentity_key = \"{bob_pub}\"\n"
+        );
+    let policy_path = dir.join("policy.toml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let out_dir = dir.join("out");
+    let (code, out, err) = shroud(&[
+        "demo",
+        "--policy",
+        policy_path.to_str().unwrap(),
+        "--in-process",
+        "--rounds",
+        "3",
+        "--dropout",
+        "0",
+        "--json",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v = json(&out);
+    let report = v["report_json"].as_str().unwrap().to_string();
+    let db = v["db"].as_str().unwrap().to_string();
+    let verify = || shroud(&["report", "verify", &report, "--db", &db]);
+    let sign = |key: &str, who: &str, verdict: &str, comment: &str| {
+        shroud(&[
+            "report",
+            "sign",
+            &report,
+            "--db",
+            &db,
+            "--key",
+            key,
+            "--reviewer",
+            who,
+            "--verdict",
+            verdict,
+            "--comment",
+            comment,
+        ])
+    };
+    // Released by the gate, but the policy wants a sign-off first.
+    let (code, out, err) = verify();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("NOT approved: the policy requires a sign-off"),
+        "{out}"
+    );
+    // Someone else's key, or someone not listed, cannot sign.
+    let (code, _, err) = sign(&bob_key, "alice", "accepted", "ok");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not the one the policy lists for reviewer `alice`"),
+        "{err}"
+    );
+    let (code, _, err) = sign(&alice_key, "carol", "accepted", "ok");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("`carol` is not a reviewer the job's policy lists (it lists: alice, bob)"),
+        "{err}"
+    );
+    // Alice accepts: approved, and the report shows it.
+    let (code, out, err) = sign(&alice_key, "alice", "accepted", "checked the audit");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("signed off by alice"), "{out}");
+    let (code, out, err) = verify();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("approved: released by the gate and accepted by alice"),
+        "{out}"
+    );
+    let html = std::fs::read_to_string(Path::new(&report).with_extension("html")).unwrap();
+    assert!(html.contains("checked the audit") && html.contains("accepted"));
+    // An altered sign-off does not verify.
+    let signed = std::fs::read_to_string(&report).unwrap();
+    std::fs::write(&report, signed.replace("checked the audit", "did not look")).unwrap();
+    let (code, _, err) = verify();
+    assert_ne!(code, 0);
+    assert!(err.contains("does not verify"), "{err}");
+    // Bob rejects; a copy of the report without his rejection is still
+    // not approved, because approval is read from the log.
+    std::fs::write(&report, &signed).unwrap();
+    let (code, _, err) = sign(&bob_key, "bob", "rejected", "canary bound too close");
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = verify();
+    assert_eq!(code, 0);
+    assert!(out.contains("NOT approved: rejected by `bob`"), "{out}");
+    std::fs::write(&report, &signed).unwrap();
+    let (code, out, _) = verify();
+    assert_eq!(code, 0);
+    assert!(out.contains("NOT approved: rejected by `bob`"), "{out}");
+    let (code, out, err) = shroud(&["verify-log", "--db", &db]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -273,3 +273,24 @@ fn fedmr_settings_are_checked_against_the_consortium() {
     assert_names(&e, "consortium.threshold", "active mode");
     assert!(parse(&active("4", 4)).is_ok());
 }
+
+#[test]
+fn reviewers_and_the_sign_off_rule_are_checked() {
+    let key = shroud::job::demo_public_key_hex(0);
+    let with = |extra: &str, reviewers: &str| {
+        base().replace("canaries = 200", &format!("canaries = 200\n{extra}")) + reviewers
+    };
+    let alice =
+        format!("\n[[reviewer]]\nid = \"alice\"\nname = \"Alice\"\nidentity_key = \"{key}\"\n");
+    assert!(parse(&with("require_sign_off = true", &alice)).is_ok());
+    let e = refused(&with("require_sign_off = true", ""));
+    assert_names(
+        &e,
+        "audit.require_sign_off",
+        "needs at least one [[reviewer]]",
+    );
+    let e = refused(&with("", &format!("{alice}{alice}")));
+    assert_names(&e, "reviewer[1].id", "appears twice");
+    let e = refused(&with("", &alice.replace(&key, "abcd")));
+    assert_names(&e, "reviewer[0].identity_key", "64 hex characters");
+}

@@ -105,6 +105,58 @@ pub struct AuditReport {
     /// SHA-256 of the log entry that records this report (set once the
     /// entry is appended; excluded from the content it hashes).
     pub log_entry_hash: Option<String>,
+    /// Reviewers' signed verdicts, each also in the log (excluded from the
+    /// content the release entry hashes: they come after it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sign_offs: Vec<SignOff>,
+}
+
+/// A compliance reviewer's dated verdict on a report, signed with the key
+/// the consortium's policy lists for them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SignOff {
+    pub reviewer: String,
+    /// Hex of the reviewer's ed25519 public key.
+    pub public_key: String,
+    pub verdict: Verdict,
+    pub comment: String,
+    /// UTC, RFC 3339.
+    pub signed_at: String,
+    /// The log entry of the release decision this signs off.
+    pub report_entry_hash: String,
+    /// Hex of the ed25519 signature over [`SignOff::canonical`].
+    pub signature: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Accepted,
+    Rejected,
+}
+
+impl SignOff {
+    /// What the signature covers: every field but the signature,
+    /// length-prefixed so that no two sign-offs share a form.
+    pub fn canonical(&self) -> Vec<u8> {
+        let verdict = match self.verdict {
+            Verdict::Accepted => "accepted",
+            Verdict::Rejected => "rejected",
+        };
+        let mut m = Vec::new();
+        for part in [
+            self.reviewer.as_str(),
+            self.public_key.as_str(),
+            verdict,
+            self.comment.as_str(),
+            self.signed_at.as_str(),
+            self.report_entry_hash.as_str(),
+        ] {
+            m.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            m.extend_from_slice(part.as_bytes());
+        }
+        m
+    }
 }
 
 impl AuditReport {
@@ -117,6 +169,7 @@ impl AuditReport {
     pub fn content_json(&self) -> String {
         let mut copy = self.clone();
         copy.log_entry_hash = None;
+        copy.sign_offs.clear();
         serde_json::to_string(&copy).expect("reports serialise")
     }
 
@@ -309,6 +362,36 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
             )?;
         }
         writeln!(w, "</table>")?;
+        writeln!(w, "<h2>Sign-off</h2>")?;
+        if self.sign_offs.is_empty() {
+            writeln!(
+                w,
+                "<p>No reviewer has signed off this report (<code>shroud report sign</code>).</p>"
+            )?;
+        } else {
+            writeln!(
+                w,
+                "<table><tr><th>reviewer</th><th>verdict</th><th>signed (UTC)</th><th>comment</th></tr>"
+            )?;
+            for s in &self.sign_offs {
+                let (cls, txt) = match s.verdict {
+                    Verdict::Accepted => ("pass", "accepted"),
+                    Verdict::Rejected => ("fail", "rejected"),
+                };
+                writeln!(
+                    w,
+                    "<tr><td>{}</td><td class=\"{cls}\">{txt}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&s.reviewer),
+                    esc(&s.signed_at),
+                    esc(&s.comment)
+                )?;
+            }
+            writeln!(
+                w,
+                "</table><p>Each sign-off is signed with the reviewer's key and recorded in the \
+                 hash-chained log; <code>shroud report verify</code> checks both.</p>"
+            )?;
+        }
         writeln!(w, "<h2>Policy</h2><pre>{}</pre>", esc(&self.policy_text))?;
         writeln!(w, "</body></html>")
     }

@@ -95,6 +95,29 @@ impl IdentityPublicKey {
     pub fn verify_request(&self, canonical: &[u8], sig: &Signature) -> bool {
         self.verify(&request_transcript(canonical), sig)
     }
+
+    /// Checks a reviewer's sign-off made by [`IdentityKey::sign_sign_off`].
+    pub fn verify_sign_off(&self, canonical: &[u8], sig: &Signature) -> bool {
+        self.verify(&sign_off_transcript(canonical), sig)
+    }
+}
+
+/// What a reviewer's sign-off of an audit report covers: its own label, so
+/// that no request or protocol signature can pass for one.
+fn sign_off_transcript(canonical: &[u8]) -> Vec<u8> {
+    const LABEL: &[u8] = b"shroud report sign-off v1\0";
+    let mut m = Vec::with_capacity(LABEL.len() + canonical.len());
+    m.extend_from_slice(LABEL);
+    m.extend_from_slice(canonical);
+    m
+}
+
+impl IdentityKey {
+    /// Signs an audit report's sign-off (reviewer, verdict, comment, date,
+    /// the report's log entry) in its canonical form.
+    pub fn sign_sign_off(&self, canonical: &[u8]) -> Signature {
+        self.sign(&sign_off_transcript(canonical))
+    }
 }
 
 impl fmt::Debug for IdentityPublicKey {

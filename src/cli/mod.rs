@@ -88,12 +88,32 @@ enum DataCommand {
 
 #[derive(Subcommand)]
 enum ReportCommand {
-    /// Check a JSON report against the log entry that records it.
+    /// Check a JSON report and its sign-offs against the log, and say
+    /// whether its model is approved.
     Verify {
         file: std::path::PathBuf,
         /// The coordinator's database holding the log.
         #[arg(long)]
         db: std::path::PathBuf,
+    },
+    /// Sign a report off as a reviewer the policy lists: a dated, signed
+    /// verdict appended to the log and to the report (JSON and HTML).
+    Sign {
+        file: std::path::PathBuf,
+        /// The coordinator's database holding the log.
+        #[arg(long)]
+        db: std::path::PathBuf,
+        /// The reviewer's key file (`shroud keygen`).
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// The reviewer's id in the policy's [[reviewer]] list.
+        #[arg(long)]
+        reviewer: String,
+        /// accepted or rejected.
+        #[arg(long, value_parser = ["accepted", "rejected"])]
+        verdict: String,
+        #[arg(long, default_value = "")]
+        comment: String,
     },
 }
 
@@ -314,6 +334,14 @@ pub fn main() -> ExitCode {
         Command::Demo(f) => demo_cmd::run(f),
         Command::Audit { db, job, out } => audit_cmd::rerender(&db, &job, &out),
         Command::Report(ReportCommand::Verify { file, db }) => audit_cmd::verify(&file, &db),
+        Command::Report(ReportCommand::Sign {
+            file,
+            db,
+            key,
+            reviewer,
+            verdict,
+            comment,
+        }) => audit_cmd::sign(&file, &db, &key, &reviewer, &verdict, &comment),
         Command::VerifyLog { db } => audit_cmd::verify_log(&db),
         Command::Policy(PolicyCommand::Check { file, json }) => policy_cmd::check(&file, json),
         Command::Budget(BudgetCommand::Show { db, json }) => budget_cmd::show(&db, json),

@@ -153,6 +153,15 @@ pub fn verify(conn: &Connection) -> Result<Result<usize, Break>, LedgerError> {
 
 /// The log as the ledger's owner reaches it.
 impl PrivacyLedger {
+    /// The store's UTC clock, as log entries are dated.
+    pub fn clock(&self) -> Result<String, LedgerError> {
+        Ok(self
+            .conn
+            .query_row("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", [], |r| {
+                r.get(0)
+            })?)
+    }
+
     /// Appends an entry to the tamper-evident log.
     pub fn log_append(
         &mut self,
