@@ -243,6 +243,8 @@ async fn run_job(
         )
     })
     .map_err(PartyError::Refusing)?;
+    tracing::info!(party = cfg.id, job = %job, epsilon = setup.epsilon, rounds = setup.rounds,
+        "joined job");
     let mut version = u64::MAX;
     let mut last: Option<(u32, u32)> = None;
     loop {
@@ -254,6 +256,7 @@ async fn run_job(
         let st: JobStatus = client.json(&path, job).await?;
         version = st.version;
         if st.state != "running" && st.state != "auditing" {
+            tracing::info!(party = cfg.id, job = %job, state = %st.state, "job ended");
             return Ok(st.state);
         }
         let Some(live) = st.live else { continue };
@@ -265,28 +268,32 @@ async fn run_job(
         let admission = match session.admit(&live) {
             Ok(a) => a,
             Err(refusal) => {
-                eprintln!(
-                    "party {}: refusing round {} task {} of job `{job}`: {refusal}",
-                    cfg.id, live.round, live.task
-                );
+                tracing::warn!(party = cfg.id, job = %job, round = live.round, task = live.task,
+                    reason = %refusal, "refusing a task its own policy does not allow");
                 report.rounds_refused += 1;
                 continue;
             }
         };
         match take_part(cfg, client, &mut session, journal, job, &admission).await {
-            Ok(true) => report.rounds_contributed += 1,
+            Ok(true) => {
+                tracing::info!(party = cfg.id, job = %job, round = live.round, task = live.task,
+                    "contributed");
+                report.rounds_contributed += 1
+            }
             Ok(false) => report.rounds_missed += 1,
             Err(PartyError::Refused { status, body })
                 if status == StatusCode::CONFLICT || status == StatusCode::NOT_FOUND =>
             {
                 // The round moved on (it closed, or the coordinator
                 // restarted and aborted it): wait for the next one.
-                let _ = body;
+                tracing::info!(party = cfg.id, job = %job, round = live.round, task = live.task,
+                    code = %body.error, "the round moved on without this party");
                 report.rounds_missed += 1;
             }
             Err(e @ PartyError::Unreachable(_)) => return Err(e),
             Err(e) => {
-                eprintln!("party {}: round {}: {e}", cfg.id, live.round);
+                tracing::warn!(party = cfg.id, job = %job, round = live.round, task = live.task,
+                    error = %e, "left the round");
                 report.rounds_missed += 1;
             }
         }

@@ -1642,3 +1642,96 @@ async fn an_untrusted_certificate_is_named_at_once() {
     assert!(started.elapsed() < Duration::from_secs(10));
     c.shutdown().await;
 }
+
+/// `serve --log-format json` logs what the operator needs to follow a job:
+/// each line one JSON object, with the job's sums, charges, the gate's
+/// decision and refused requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_coordinator_logs_a_job_as_json_lines() {
+    let dir = temp_dir("net-logs");
+    let (sets, text) = consortium(2, 20.0);
+    let op_seed = serve_dir(&dir, &text);
+    let port = free_port().unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let log = dir.join("serve.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shroud"))
+        .env("RUST_LOG", "info")
+        .arg("serve")
+        .args(["--policy", dir.join("policy.toml").to_str().unwrap()])
+        .args(["--db", dir.join("coordinator.db").to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tls-cert", dir.join("server.crt").to_str().unwrap()])
+        .args(["--tls-key", dir.join("server.key").to_str().unwrap()])
+        .args([
+            "--operator-public-key",
+            dir.join("operator.pub").to_str().unwrap(),
+        ])
+        .args(["--out", dir.join("out").to_str().unwrap()])
+        .args(["--log-format", "json"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
+    let parties = spawn_parties(&url, tls.clone(), &text, &sets, None);
+    let mut op = Client::new(
+        &url,
+        tls.clone(),
+        IdentityKey::from_seed(&op_seed),
+        Signer::Operator,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let _: JobStatus = op
+        .post_json("/v1/jobs", "logged", &serde_json::json!({"job": "logged"}))
+        .await
+        .unwrap();
+    let s = wait_until_done(&mut op, "logged").await;
+    for p in parties {
+        p.await.unwrap().unwrap();
+    }
+    // A request signed by a stranger is refused, and logged with its code.
+    let stranger = IdentityKey::from_seed(&[9u8; 32]);
+    let mut bad = Client::new(
+        &url,
+        tls,
+        stranger,
+        Signer::Operator,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(bad.json::<Vec<JobStatus>>("/v1/jobs", "").await.is_err());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let with = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    };
+    assert_eq!(with("coordinator listening").len(), 1, "{lines:?}");
+    // Two training rounds and the audit's sum, each charged then decoded.
+    assert_eq!(with("charged before decoding").len(), 3, "{lines:?}");
+    let decoded = with("secure sum decoded");
+    assert_eq!(decoded.len(), 3, "{lines:?}");
+    assert!(decoded.iter().all(|l| l["fields"]["job"] == "logged"));
+    let gate = with("release gate decided");
+    assert_eq!(gate.len(), 1);
+    assert_eq!(
+        gate[0]["fields"]["decision"],
+        if s.state == "released" {
+            "release"
+        } else {
+            "block"
+        }
+    );
+    assert!(
+        with("request refused").iter().any(|l| l["level"] == "WARN"),
+        "{lines:?}"
+    );
+}

@@ -106,9 +106,39 @@ pub struct ServeFlags {
     /// released).
     #[arg(long)]
     allow_no_dp: bool,
+    #[command(flatten)]
+    log: LogFlags,
+}
+
+/// How `serve` and `party` log (to standard error).
+#[derive(clap::Args)]
+pub struct LogFlags {
+    /// Log lines as text or as one JSON object each; the level comes from
+    /// RUST_LOG (default info), e.g. RUST_LOG=warn or RUST_LOG=shroud=debug.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+impl LogFlags {
+    /// Installs the process's log subscriber.
+    fn init(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false);
+        // A second subscriber (tests calling twice) is refused harmlessly.
+        let _ = if self.log_format == "json" {
+            builder.json().try_init()
+        } else {
+            builder.try_init()
+        };
+    }
 }
 
 pub fn serve(f: ServeFlags) -> Result<()> {
+    f.log.init();
     let (listen, names) = match (&f.tls_cert, &f.tls_key, f.insecure_http) {
         (Some(c), Some(k), false) => (
             Listen::Tls({
@@ -172,6 +202,7 @@ pub fn serve(f: ServeFlags) -> Result<()> {
         let tls = matches!(listen, Listen::Tls(_));
         tokio::spawn(async move {
             if let Some(addr) = h2.listening().await {
+                tracing::info!(%addr, tls, store = %f.db.display(), "coordinator listening");
                 eprintln!(
                     "shroud coordinator on {}://{addr} (store {}){}",
                     if tls { "https" } else { "http" },
@@ -229,6 +260,8 @@ pub struct PartyFlags {
     /// audit sum. Default: beside the key file, `<key>.journal.json`.
     #[arg(long)]
     journal: Option<PathBuf>,
+    #[command(flatten)]
+    log: LogFlags,
 }
 
 fn client_tls(url: &str, ca: Option<&Path>) -> Result<Option<rustls::ClientConfig>> {
@@ -241,6 +274,7 @@ fn client_tls(url: &str, ca: Option<&Path>) -> Result<Option<rustls::ClientConfi
 }
 
 pub fn party(f: PartyFlags) -> Result<()> {
+    f.log.init();
     let policy = Policy::load(&f.policy)?;
     let seed = load_key(&f.key)?;
     let data =

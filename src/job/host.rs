@@ -103,15 +103,20 @@ impl Host<'_> {
     ) -> Result<(), EngineError> {
         let job = engine.id().to_string();
         match effect {
-            Effect::TaskStarted { round, task } => self.store.begin_round(&job, round, task)?,
+            Effect::TaskStarted { round, task } => {
+                tracing::info!(job = %job, round, task, "secure sum started");
+                self.store.begin_round(&job, round, task)?
+            }
             Effect::PhaseClosed {
                 round,
                 task,
                 next_phase,
                 answered,
-            } => self
-                .store
-                .set_round_phase(&job, round, task, next_phase, &answered)?,
+            } => {
+                tracing::info!(job = %job, round, task, phase = next_phase, answered = answered.len(), "phase closed");
+                self.store
+                    .set_round_phase(&job, round, task, next_phase, &answered)?
+            }
             Effect::Charge {
                 round,
                 task,
@@ -126,6 +131,8 @@ impl Host<'_> {
                     json!({ "round": round, "task": task, "kind": kind.name(), "charge_id": c.id,
                             "rho": c.rho, "epsilon_after": c.epsilon_after }),
                 )?;
+                tracing::info!(job = %job, round, task, kind = kind.name(), rho = c.rho,
+                    epsilon_after = c.epsilon_after, "charged before decoding");
                 failpoint("after-charge");
                 engine.charged(now)?;
             }
@@ -141,6 +148,12 @@ impl Host<'_> {
             } => {
                 self.count(|m| &m.rounds_finished, 1);
                 self.count(|m| &m.dropouts, dropped.len() as u64);
+                tracing::info!(job = %job, round, task, kind = kind.name(),
+                    contributors = contributors.len(), dropped = ?dropped, "secure sum decoded");
+                if !dropped.is_empty() {
+                    tracing::warn!(job = %job, round, task, parties = ?dropped,
+                        "parties dropped out: silent past a phase deadline");
+                }
                 self.store.finish_round(
                     &job,
                     round,
@@ -186,6 +199,8 @@ impl Host<'_> {
                 round_end,
             } => {
                 self.count(|m| &m.rounds_aborted, 1);
+                tracing::warn!(job = %job, round, task, kind = kind.name(), reason = %reason,
+                    dropped = ?dropped, "secure sum aborted; its charge, if reached, stays");
                 self.store.abort_round(
                     &job,
                     round,
@@ -247,9 +262,13 @@ impl Host<'_> {
                         report_html: release.report_html.display().to_string(),
                     },
                 )?;
+                tracing::info!(job = %job, decision = if released { "release" } else { "block" },
+                    report = %release.report_json.display(), "release gate decided");
                 engine.released(released)?;
             }
             Effect::StateChanged { state, reason } => {
+                tracing::info!(job = %job, state = state.name(), reason = reason.as_deref().unwrap_or(""),
+                    "job state changed");
                 self.store
                     .set_job_state(&job, state.name(), reason.as_deref())?;
                 match state {

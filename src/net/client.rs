@@ -147,6 +147,8 @@ impl Client {
                 return Err(ClientError::Unreachable(why));
             }
             self.retries += 1;
+            tracing::info!(path = %path, reason = %why, backoff_ms = backoff.as_millis() as u64,
+                "retrying");
             let jitter = Duration::from_millis(OsRng.next_u64() % 50);
             tokio::time::sleep(backoff + jitter).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -697,6 +697,7 @@ async fn next_message(
 pub struct ApiDoc;
 
 async fn count(State(s): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let mut r = next.run(req).await;
     // The router's own 405 has no body: answer it like every other refusal.
     if r.status() == StatusCode::METHOD_NOT_ALLOWED && r.extensions().get::<Refusal>().is_none() {
@@ -714,6 +715,7 @@ async fn count(State(s): State<AppState>, req: Request, next: axum::middleware::
     Metrics::add(&s.metrics.requests, 1);
     if let Some(Refusal(code)) = r.extensions().get::<Refusal>() {
         s.metrics.refused(code);
+        tracing::warn!(%method, path = %path, status = r.status().as_u16(), code = *code, "request refused");
     }
     r
 }
