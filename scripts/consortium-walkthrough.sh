@@ -2,12 +2,17 @@
 # A consortium from nothing, on one machine: the commands of
 # docs/operations.md run in order, with eight parties on loopback.
 # Usage: scripts/consortium-walkthrough.sh [WORKDIR]   (default: walkthrough/)
+# SHROUD=path uses that binary instead of building a release one; PORT sets
+# the coordinator's port (default 8443). tests/walkthrough.rs runs this.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-cargo build --release --quiet
-SHROUD="$ROOT/target/release/shroud"
+if [ -z "${SHROUD:-}" ]; then
+  cargo build --release --quiet
+  SHROUD="$ROOT/target/release/shroud"
+fi
+PORT="${PORT:-8443}"
 W="${1:-walkthrough}"
 rm -rf "$W"
 mkdir -p "$W"/{keys,tls,data,reports}
@@ -43,7 +48,7 @@ awk -v dir="keys" -v data="data" '
 "$SHROUD" policy check consortium.toml | head -n 12
 
 # 6. The coordinator.
-"$SHROUD" serve --policy consortium.toml --db coordinator.db --listen 127.0.0.1:8443 \
+"$SHROUD" serve --policy consortium.toml --db coordinator.db --listen "127.0.0.1:$PORT" \
   --tls-cert tls/coordinator.crt --tls-key tls/coordinator.key \
   --operator-public-key keys/operator.pub --out reports 2> serve.log &
 SERVE=$!
@@ -53,12 +58,12 @@ sleep 1
 # 7. The parties, each next to its data.
 for i in 0 1 2 3 4 5 6 7; do
   "$SHROUD" party --policy consortium.toml --id "$i" --key "keys/party-$i.key" \
-    --data "data/party-$i.csv" --coordinator https://127.0.0.1:8443 \
+    --data "data/party-$i.csv" --coordinator "https://127.0.0.1:$PORT" \
     --ca tls/coordinator.crt --once > "party-$i.log" 2>&1 &
 done
 
 # 8. A job: started by the operator, watched to the end.
-"$SHROUD" job start --coordinator https://127.0.0.1:8443 --key keys/operator.key \
+"$SHROUD" job start --coordinator "https://127.0.0.1:$PORT" --key keys/operator.key \
   --ca tls/coordinator.crt --job digits-1 --rounds 20 --wait || true
 wait $(jobs -p | grep -v "^$SERVE$") 2>/dev/null || true
 cat party-0.log

@@ -392,14 +392,7 @@ fn print_status(s: &JobStatus, json: bool) -> Result<()> {
         s.rounds
     );
     if let Some(l) = &s.live {
-        println!(
-            "now      round {} task {} ({}), phase {}, cohort of {}",
-            l.round,
-            l.task,
-            l.kind,
-            l.phase,
-            l.cohort.len()
-        );
+        println!("now      {}", progress(s, l));
     }
     match s.epsilon_spent {
         Some(e) => println!(
@@ -421,6 +414,35 @@ fn print_status(s: &JobStatus, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Where a running job stands: the round of how many, the phase, how many
+/// of the cohort answered the phase before, and ε spent so far.
+fn progress(s: &JobStatus, l: &crate::net::api::LiveTask) -> String {
+    let answered = s
+        .history
+        .iter()
+        .find(|r| r.round == l.round && r.task == l.task)
+        .map_or(0, |r| r.survivors.len());
+    let round = if l.kind == "audit" {
+        "the audit's sum".to_string()
+    } else {
+        format!("round {} of {}", l.round, s.rounds)
+    };
+    let spent = s
+        .epsilon_spent
+        .map_or(String::new(), |e| format!("; ε spent {e:.4}"));
+    format!(
+        "{round} (task {}), phase {}: {} of {} parties answered the last phase{spent}",
+        l.task,
+        l.phase,
+        if answered == 0 {
+            l.cohort.len()
+        } else {
+            answered
+        },
+        l.cohort.len()
+    )
+}
+
 pub fn job(cmd: JobCommand) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -436,7 +458,16 @@ pub fn job(cmd: JobCommand) -> Result<()> {
                 let mut c = operator_client(&conn)?;
                 let body = serde_json::json!({ "job": job, "epsilon": epsilon, "rounds": rounds, "seed": seed });
                 let mut s: JobStatus = c.post_json("/v1/jobs", &job, &body).await?;
+                let mut shown = String::new();
                 while wait && (s.state == "running" || s.state == "auditing") {
+                    // Progress on standard error, one line per change.
+                    if let Some(l) = &s.live {
+                        let line = progress(&s, l);
+                        if line != shown {
+                            eprintln!("{line}");
+                            shown = line;
+                        }
+                    }
                     s = c
                         .json(&format!("/v1/jobs/{job}?after={}&wait_ms=10000", s.version), &job)
                         .await?;
