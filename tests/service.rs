@@ -1645,7 +1645,8 @@ async fn an_untrusted_certificate_is_named_at_once() {
 
 /// `serve --log-format json` logs what the operator needs to follow a job:
 /// each line one JSON object, with the job's sums, charges, the gate's
-/// decision and refused requests.
+/// decision and refused requests. With `--metrics-listen` the counters are
+/// scraped from their own address only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_coordinator_logs_a_job_as_json_lines() {
     let dir = temp_dir("net-logs");
@@ -1654,7 +1655,8 @@ async fn the_coordinator_logs_a_job_as_json_lines() {
     let port = free_port().unwrap();
     let url = format!("https://127.0.0.1:{port}");
     let log = dir.join("serve.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shroud"))
+    let metrics_port = free_port().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shroud"))
         .env("RUST_LOG", "info")
         .arg("serve")
         .args(["--policy", dir.join("policy.toml").to_str().unwrap()])
@@ -1668,9 +1670,12 @@ async fn the_coordinator_logs_a_job_as_json_lines() {
         ])
         .args(["--out", dir.join("out").to_str().unwrap()])
         .args(["--log-format", "json"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    // Killed on drop, should the test fail first.
+    let mut server = ServeProcess { child };
     let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
     let parties = spawn_parties(&url, tls.clone(), &text, &sets, None);
     let mut op = Client::new(
@@ -1700,8 +1705,30 @@ async fn the_coordinator_logs_a_job_as_json_lines() {
     )
     .unwrap();
     assert!(bad.json::<Vec<JobStatus>>("/v1/jobs", "").await.is_err());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // --metrics-listen: the counters on their own plain-HTTP address, and
+    // not on the API's.
+    let scraped = reqwest::Client::builder()
+        .use_preconfigured_tls(shroud::net::tls::client_config_trusting_none())
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    let text = scraped.text().await.unwrap();
+    assert!(text.contains("shroud_rounds_finished_total 3"), "{text}");
+    let api = reqwest::Client::builder()
+        .use_preconfigured_tls(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap())
+        .build()
+        .unwrap()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 404);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()

@@ -106,6 +106,10 @@ pub struct ServeFlags {
     /// released).
     #[arg(long)]
     allow_no_dp: bool,
+    /// Serve /metrics (plain HTTP) on this address only, e.g.
+    /// 10.0.0.5:9100, and not on the API's.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     log: LogFlags,
 }
@@ -189,7 +193,18 @@ pub fn serve(f: ServeFlags) -> Result<()> {
         Instant::now(),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let state = AppState::new(engine, operator, names, metrics, limit);
+    let mut state = AppState::new(engine, operator, names, metrics.clone(), limit);
+    // Bound now, so that an address in use is an error at start.
+    let metrics_listener = match f.metrics_listen {
+        Some(addr) => {
+            state = state.with_metrics_elsewhere();
+            Some(
+                std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+            )
+        }
+        None => None,
+    };
     // Engine calls take one lock in turn: a few blocking threads serve
     // them all, and each idle one would keep its own allocator arena.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -220,6 +235,16 @@ pub fn serve(f: ServeFlags) -> Result<()> {
             let _ = tokio::signal::ctrl_c().await;
             h3.graceful_shutdown(Some(Duration::from_secs(5)));
         });
+        if let Some(listener) = metrics_listener {
+            let h4 = handle.clone();
+            tokio::spawn(async move {
+                let addr = listener.local_addr().ok();
+                tracing::info!(addr = ?addr, "metrics listening");
+                if let Err(e) = server::serve_metrics(metrics, listener, h4).await {
+                    tracing::error!(addr = ?addr, error = %e, "metrics listener failed");
+                }
+            });
+        }
         server::serve(state, f.listen, listen, handle).await
     })?;
     Ok(())

@@ -87,6 +87,9 @@ pub struct AppState {
     /// uploads hold no one else's.
     per_signer: Arc<Mutex<std::collections::HashMap<Signer, Arc<tokio::sync::Semaphore>>>>,
     info: Arc<Info>,
+    /// `/metrics` is served on its own address (`serve --metrics-listen`),
+    /// not here.
+    metrics_elsewhere: bool,
 }
 
 /// What anyone may ask a coordinator: which consortium and policy it serves.
@@ -126,7 +129,14 @@ impl AppState {
             bodies: Arc::new(tokio::sync::Semaphore::new(BODIES_IN_FLIGHT)),
             per_signer: Arc::new(Mutex::new(std::collections::HashMap::new())),
             info: Arc::new(info),
+            metrics_elsewhere: false,
         }
+    }
+
+    /// Moves `/metrics` off the API's address: see [`serve_metrics`].
+    pub fn with_metrics_elsewhere(mut self) -> AppState {
+        self.metrics_elsewhere = true;
+        self
     }
 
     /// A body slot for `signer`: its own first, then one of the shared ones.
@@ -504,14 +514,48 @@ async fn info(State(s): State<AppState>) -> Json<Info> {
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text exposition: rounds, dropouts, bytes, refusals.", content_type = "text/plain")))]
 async fn metrics(State(s): State<AppState>) -> Response {
+    if s.metrics_elsewhere {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are served on the coordinator's --metrics-listen address",
+        )
+        .into_response();
+    }
+    render_metrics(&s.metrics)
+}
+
+fn render_metrics(m: &Metrics) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
-        s.metrics.render(),
+        m.render(),
     )
         .into_response()
+}
+
+/// Serves `GET /metrics` alone, over plain HTTP on its own address, for a
+/// scraper on a network the API's clients do not reach.
+pub async fn serve_metrics(
+    metrics: Arc<Metrics>,
+    listener: std::net::TcpListener,
+    handle: axum_server::Handle,
+) -> std::io::Result<()> {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move { render_metrics(&m) }
+        }),
+    );
+    listener.set_nonblocking(true)?;
+    axum_server::from_tcp(listener)
+        .acceptor(LimitedAcceptor::new(64))
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
 }
 
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This document.")))]
