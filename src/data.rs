@@ -95,13 +95,17 @@ pub struct Loaded {
 /// Labels above this are refused as unknown (a corrupt or wrong column).
 pub const MAX_CLASSES: usize = 1000;
 
-pub fn load_csv(path: &Path) -> Result<Loaded, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError {
+fn read_text(path: &Path) -> Result<String, DataError> {
+    std::fs::read_to_string(path).map_err(|e| DataError {
         file: path.to_path_buf(),
         line: None,
         column: None,
         message: format!("cannot read: {e}"),
-    })?;
+    })
+}
+
+pub fn load_csv(path: &Path) -> Result<Loaded, DataError> {
+    let text = read_text(path)?;
     parse_csv(path, &text)
 }
 
@@ -110,12 +114,7 @@ pub fn load_csv(path: &Path) -> Result<Loaded, DataError> {
 /// set, a party may lack classes (label skew is the normal case). Rows
 /// marked `test` are left out.
 pub fn load_party_csv(path: &Path, inputs: usize, classes: usize) -> Result<Dataset, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError {
-        file: path.to_path_buf(),
-        line: None,
-        column: None,
-        message: format!("cannot read: {e}"),
-    })?;
+    let text = read_text(path)?;
     parse_party_csv(path, &text, inputs, classes)
 }
 

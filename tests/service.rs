@@ -427,6 +427,19 @@ fn serve_dir(dir: &Path, text: &str) -> zeroize::Zeroizing<[u8; 32]> {
     shroud::keyfile::load(&dir.join("operator.key")).unwrap()
 }
 
+/// The operator's client for a `shroud serve` child, signing with the key
+/// [`serve_dir`] made.
+fn operator_with(url: &str, tls: Option<rustls::ClientConfig>, seed: &[u8; 32]) -> Client {
+    Client::new(
+        url,
+        tls,
+        IdentityKey::from_seed(seed),
+        Signer::Operator,
+        Duration::from_secs(60),
+    )
+    .unwrap()
+}
+
 /// FedMR's coordinator half lives in the store between rounds: a
 /// coordinator killed after recombination rounds resumes the job from its
 /// saved state, keeps the finished rounds and releases.
@@ -442,14 +455,7 @@ async fn a_fedmr_coordinator_killed_mid_job_resumes_and_releases() {
     let mut server = serve(&dir, port);
     let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
     let parties = spawn_parties(&url, tls.clone(), &text, &shares, None);
-    let mut op = Client::new(
-        &url,
-        tls,
-        IdentityKey::from_seed(&op_seed),
-        Signer::Operator,
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let mut op = operator_with(&url, tls, &op_seed);
     let _: JobStatus = op
         .post_json("/v1/jobs", "fm", &serde_json::json!({"job": "fm"}))
         .await
@@ -549,14 +555,7 @@ async fn a_coordinator_killed_at_any_moment_never_under_charges() {
     let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
     let (tap, seen) = mpsc::channel();
     let parties = spawn_parties(&url, tls.clone(), &text, &sets, Some(tap));
-    let mut op = Client::new(
-        &url,
-        tls,
-        IdentityKey::from_seed(&op_seed),
-        Signer::Operator,
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let mut op = operator_with(&url, tls, &op_seed);
     let _: JobStatus = op
         .post_json("/v1/jobs", "j3", &serde_json::json!({"job": "j3"}))
         .await
@@ -1678,14 +1677,7 @@ async fn the_coordinator_logs_a_job_as_json_lines() {
     let mut server = ServeProcess { child };
     let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
     let parties = spawn_parties(&url, tls.clone(), &text, &sets, None);
-    let mut op = Client::new(
-        &url,
-        tls.clone(),
-        IdentityKey::from_seed(&op_seed),
-        Signer::Operator,
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let mut op = operator_with(&url, tls.clone(), &op_seed);
     let _: JobStatus = op
         .post_json("/v1/jobs", "logged", &serde_json::json!({"job": "logged"}))
         .await

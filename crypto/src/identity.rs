@@ -81,13 +81,18 @@ impl IdentityPublicKey {
     }
 }
 
-/// What a request signature covers: a fixed label, then the canonical form.
-fn request_transcript(canonical: &[u8]) -> Vec<u8> {
-    const LABEL: &[u8] = b"shroud transport request v1\0";
-    let mut m = Vec::with_capacity(LABEL.len() + canonical.len());
-    m.extend_from_slice(LABEL);
+/// A fixed label, then the canonical form: what a signature of one kind
+/// covers, so that no other kind's can pass for it.
+fn labelled(label: &[u8], canonical: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(label.len() + canonical.len());
+    m.extend_from_slice(label);
     m.extend_from_slice(canonical);
     m
+}
+
+/// What a request signature covers.
+fn request_transcript(canonical: &[u8]) -> Vec<u8> {
+    labelled(b"shroud transport request v1\0", canonical)
 }
 
 impl IdentityPublicKey {
@@ -102,14 +107,9 @@ impl IdentityPublicKey {
     }
 }
 
-/// What a reviewer's sign-off of an audit report covers: its own label, so
-/// that no request or protocol signature can pass for one.
+/// What a reviewer's sign-off of an audit report covers.
 fn sign_off_transcript(canonical: &[u8]) -> Vec<u8> {
-    const LABEL: &[u8] = b"shroud report sign-off v1\0";
-    let mut m = Vec::with_capacity(LABEL.len() + canonical.len());
-    m.extend_from_slice(LABEL);
-    m.extend_from_slice(canonical);
-    m
+    labelled(b"shroud report sign-off v1\0", canonical)
 }
 
 impl IdentityKey {
