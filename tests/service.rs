@@ -139,12 +139,17 @@ fn operator_client(url: &str, tls: Option<rustls::ClientConfig>) -> Client {
 }
 
 async fn wait_until_done(op: &mut Client, job: &str) -> JobStatus {
+    wait_for(op, job, |s| s.state != "running" && s.state != "auditing").await
+}
+
+/// Follows `job`'s status (long-polling) until `done` holds, within 600 s.
+async fn wait_for(op: &mut Client, job: &str, done: impl Fn(&JobStatus) -> bool) -> JobStatus {
     let mut s: JobStatus = op.json(&format!("/v1/jobs/{job}"), job).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    while s.state == "running" || s.state == "auditing" {
+    while !done(&s) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "job did not finish: {s:?}"
+            "job did not get there: {s:?}"
         );
         s = op
             .json(
@@ -461,21 +466,13 @@ async fn a_fedmr_coordinator_killed_mid_job_resumes_and_releases() {
         .await
         .unwrap();
     // Kill it once two recombination rounds (2 and 3) have finished.
-    let mut s: JobStatus = op.json("/v1/jobs/fm", "fm").await.unwrap();
-    while !s
-        .history
-        .iter()
-        .any(|r| r.round == 3 && r.state == "finished")
-    {
+    let s = wait_for(&mut op, "fm", |s| {
         assert!(s.state == "running", "{s:?}");
-        s = op
-            .json(
-                &format!("/v1/jobs/fm?after={}&wait_ms=5000", s.version),
-                "fm",
-            )
-            .await
-            .unwrap();
-    }
+        s.history
+            .iter()
+            .any(|r| r.round == 3 && r.state == "finished")
+    })
+    .await;
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let before: Vec<u32> = s
@@ -574,19 +571,10 @@ async fn a_coordinator_killed_at_any_moment_never_under_charges() {
     // Third life: killed outright while a round is unmasking (charged,
     // unmask requests out); fourth: killed at a random moment.
     server = serve(&dir, port);
-    let mut s: JobStatus = op.json("/v1/jobs/j3", "j3").await.unwrap();
-    loop {
-        if s.live.as_ref().is_some_and(|l| l.phase == "unmasking") {
-            break;
-        }
-        s = op
-            .json(
-                &format!("/v1/jobs/j3?after={}&wait_ms=5000", s.version),
-                "j3",
-            )
-            .await
-            .unwrap();
-    }
+    wait_for(&mut op, "j3", |s| {
+        s.live.as_ref().is_some_and(|l| l.phase == "unmasking")
+    })
+    .await;
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     server = serve(&dir, port);

@@ -75,10 +75,6 @@ pub struct ReleaseRecord {
     pub report_html: String,
 }
 
-pub fn f64s_to_blob(v: &[f64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 pub fn blob_to_f64s(b: &[u8]) -> Result<Vec<f64>, LedgerError> {
     if b.len() % 8 != 0 {
         return Err(LedgerError::Corrupt(format!(
