@@ -2,13 +2,19 @@
 //!
 //! Two audits, neither of which moves a party's records:
 //!
-//! 1. **Canaries** (Steinke, Nasr, Jagielski 2023). Before training the
-//!    coordinator derives `m` canary records from a secret seed — random
-//!    inputs with random labels, the hardest case to learn without
-//!    memorising — flips a fair coin for each, and the job inserts the "in"
-//!    canaries into the parties' training data. After training it scores
-//!    every canary (negative loss) and turns guesses on the most confident
-//!    ones into an ε lower bound.
+//! 1. **Gradient canaries** (the white-box one-run audit of Steinke, Nasr
+//!    and Jagielski 2023). Before training the coordinator flips a fair
+//!    coin for each of `m` canaries from a secret seed and deals the "in"
+//!    ones to the parties. Every training sum carries `m` extra
+//!    coordinates, one per canary; a party adds each of its "in" canaries
+//!    as one more record — a vector of the task's clip norm in the canary's
+//!    own coordinate — through the same clipping, rounding, noise and
+//!    secure sum as its real records (sampled at the same rate). The
+//!    coordinator adds up each canary's coordinate over the rounds and
+//!    turns guesses on those scores into an ε lower bound. A canary is
+//!    exactly as private as a record, costs no real record and leaves the
+//!    model untouched; `audit.canaries = "auto"` sizes `m` so that the
+//!    bound could reach the policy's ε.
 //! 2. **Population audit on real records.** Before training each party
 //!    splits an audit sample of its records into members and non-members by
 //!    coin flip; non-members are held out of training. After training each
@@ -19,7 +25,7 @@
 
 use std::collections::BTreeMap;
 
-use rand_chacha::rand_core::{OsRng, RngCore, SeedableRng};
+use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde_json::json;
 use shroud_audit::canary::{self, CanaryAudit};
@@ -34,7 +40,7 @@ use sha2::{Digest, Sha256};
 use crate::data::Dataset;
 use crate::model::{matrix, train_central, Mlp};
 use crate::policy::Policy;
-use crate::sampling::{fair_coin, standard_normal};
+use crate::sampling::fair_coin;
 
 /// Score bins per histogram. The counts carry DP noise, and a point of the
 /// ROC sums the bins above a threshold (the totals sum them all), so its
@@ -51,12 +57,11 @@ pub const AUDIT_SAMPLE_CAP: usize = 64;
 /// Reference models each party trains at home for LiRA and RMIA.
 pub const REFERENCE_MODELS: usize = 4;
 
-#[derive(Clone, Debug)]
+/// One gradient canary: whether it is trained on, and by which party.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Canary {
-    pub features: Vec<f64>,
-    pub label: usize,
     pub included: bool,
-    /// The party whose training data carries it, when included.
+    /// The party that adds it, when included.
     pub party: u32,
 }
 
@@ -74,10 +79,12 @@ pub struct PartySample {
     pub scored_non_members: Vec<usize>,
 }
 
-/// Everything decided before training.
+/// What the coordinator's audit works from after training.
 pub struct AuditSetup {
     pub canaries: Vec<Canary>,
-    pub samples: Vec<PartySample>,
+    /// Each canary's coordinate summed over the training sums, in clip
+    /// norms (see [`score_canaries`]).
+    pub canary_scores: Vec<f64>,
     /// The secret canary seed, disclosed in the report after training.
     pub canary_seed: u64,
     /// The seed of the audit samples when one party drew them all (the
@@ -85,25 +92,35 @@ pub struct AuditSetup {
     pub sample_seed: Option<u64>,
 }
 
-/// Draws `m` canaries from a secret seed: standard-normal inputs in the
-/// standardised feature space, uniform labels, a fair inclusion coin each,
+/// Draws `m` canaries from a secret seed: a fair inclusion coin each,
 /// dealt round-robin to `parties`.
-pub fn draw_canaries(
-    seed: u64,
-    m: usize,
-    dim: usize,
-    classes: usize,
-    parties: &[u32],
-) -> Vec<Canary> {
+pub fn draw_canaries(seed: u64, m: usize, parties: &[u32]) -> Vec<Canary> {
     let mut crng = ChaCha20Rng::seed_from_u64(seed);
     (0..m)
         .map(|i| Canary {
-            features: (0..dim).map(|_| standard_normal(&mut crng)).collect(),
-            label: (crng.next_u64() % classes.max(1) as u64) as usize,
             included: fair_coin(&mut crng),
             party: parties[i % parties.len()],
         })
         .collect()
+}
+
+/// The vector one canary adds to a training sum of `dimension` model
+/// coordinates and `canaries` canary coordinates: the task's clip norm in
+/// the canary's own coordinate, the largest contribution a record may make.
+pub fn canary_vector(index: usize, dimension: usize, canaries: usize, clip_norm: f64) -> Vec<f64> {
+    let mut v = vec![0.0; dimension + canaries];
+    v[dimension + index] = clip_norm;
+    v
+}
+
+/// Adds one decoded training sum's canary coordinates to the scores, in
+/// units of the task's clip norm (an "in" canary adds about 1 per sum it
+/// was sampled into).
+pub fn score_canaries(scores: &mut [f64], canary_block: &[f64], clip_norm: f64) {
+    scores
+        .iter_mut()
+        .zip(canary_block)
+        .for_each(|(s, y)| *s += y / clip_norm);
 }
 
 /// One party's audit sample, drawn record by record: each record's fate
@@ -194,50 +211,11 @@ pub fn histogram_shape(policy: &Policy) -> AuditShape {
     }
 }
 
-/// What a party trains on: its records without the audit non-members, plus
-/// the "in" canaries dealt to it.
-pub fn training_set(d: &Dataset, sample: &PartySample, canaries: &[Canary]) -> Dataset {
+/// What a party trains on: its records without the audit non-members.
+pub fn training_set(d: &Dataset, sample: &PartySample) -> Dataset {
     let held_out: std::collections::BTreeSet<usize> = sample.non_members.iter().copied().collect();
     let keep: Vec<usize> = (0..d.len()).filter(|i| !held_out.contains(i)).collect();
-    let mut t = d.subset(&keep);
-    for c in canaries
-        .iter()
-        .filter(|c| c.included && c.party == sample.party)
-    {
-        t.features.push(c.features.clone());
-        t.labels.push(c.label);
-    }
-    t
-}
-
-/// Draws the canaries and the audit samples. `parties` holds each party's
-/// records; the returned training sets drop the audit non-members and add
-/// the "in" canaries.
-pub fn prepare(
-    parties: &[(u32, &Dataset)],
-    canaries: usize,
-    sample_seed: u64,
-) -> (AuditSetup, Vec<Dataset>) {
-    let canary_seed = OsRng.next_u64();
-    let (dim, classes) = (parties[0].1.dim(), parties[0].1.classes);
-    let ids: Vec<u32> = parties.iter().map(|p| p.0).collect();
-    let list = draw_canaries(canary_seed, canaries, dim, classes, &ids);
-    let mut samples = Vec::new();
-    let mut training = Vec::new();
-    for &(id, d) in parties {
-        let sample = draw_sample(id, d, &sample_secret(sample_seed, id));
-        training.push(training_set(d, &sample, &list));
-        samples.push(sample);
-    }
-    (
-        AuditSetup {
-            canaries: list,
-            samples,
-            canary_seed,
-            sample_seed: Some(sample_seed),
-        },
-        training,
-    )
+    d.subset(&keep)
 }
 
 /// Fixed score ranges for the bins, per attack; scores outside fall into
@@ -515,7 +493,6 @@ impl SummedCounts {
 /// Coordinator side: the consortium-wide ROC of every attack from the
 /// summed counts, and the canary audit from the canaries it drew.
 pub fn findings(
-    model: &Mlp,
     setup: &AuditSetup,
     summed: &SummedCounts,
     policy: &Policy,
@@ -527,13 +504,14 @@ pub fn findings(
     for (k, a) in attacks.iter().enumerate() {
         let base = 2 * BINS * k;
         let edges = lower_edges(a);
-        let analysis = NoisyCounts {
+        let counts = NoisyCounts {
             members: &summed.counts[base..base + BINS],
             non_members: &summed.counts[base + BINS..base + 2 * BINS],
             lower_edges: &edges,
             noise_std: summed.noise_std[k],
-        }
-        .analyse(delta, confidence);
+        };
+        let analysis = counts.analyse(delta, confidence);
+        let perfect = counts.perfect(delta, confidence);
         let parameters = match a.as_str() {
             "loss" => {
                 json!({"score": "-ln(cross-entropy loss)", "threshold": "every bin edge", "bins": BINS, "sample_seed": setup.sample_seed})
@@ -545,53 +523,45 @@ pub fn findings(
                 json!({"variant": "offline", "reference_models_per_party": REFERENCE_MODELS, "gamma": 1.0, "population": "the party's held-out audit non-members, leave-one-out", "bins": BINS, "sample_seed": setup.sample_seed})
             }
         };
-        results.push(noisy_attack_result(
+        let mut result = noisy_attack_result(
             a,
             parameters,
             &analysis,
+            &perfect,
             summed.noise_std[k],
             policy,
-        ));
+        );
+        result.histogram = Some(shroud_audit::report::ScoreHistogram {
+            lower_edges: edges.clone(),
+            members: counts.members.to_vec(),
+            non_members: counts.non_members.to_vec(),
+        });
+        results.push(result);
     }
     let canary = if setup.canaries.is_empty() {
         None
     } else {
-        let d = Dataset {
-            features: setup.canaries.iter().map(|c| c.features.clone()).collect(),
-            labels: setup.canaries.iter().map(|c| c.label).collect(),
-            classes: model.sizes().last().copied().unwrap_or(2),
-            feature_names: (0..model.sizes()[0]).map(|i| format!("x{i}")).collect(),
-        };
-        let x = matrix(&d, None);
-        let l = model.losses(x.view(), &d.labels);
-        let scores: Vec<f64> = l.iter().map(|v| -v).collect();
+        let scores = &setup.canary_scores;
         let included: Vec<bool> = setup.canaries.iter().map(|c| c.included).collect();
         // The canaries as one more attack: their own ROC and bounds.
-        let (ins, outs): (Vec<f64>, Vec<f64>) = {
-            let ins = scores
+        let pick = |want: bool| -> Vec<f64> {
+            scores
                 .iter()
                 .zip(&included)
-                .filter(|(_, &b)| b)
+                .filter(|(_, &b)| b == want)
                 .map(|(s, _)| *s)
-                .collect();
-            let outs = scores
-                .iter()
-                .zip(&included)
-                .filter(|(_, &b)| !b)
-                .map(|(s, _)| *s)
-                .collect();
-            (ins, outs)
+                .collect()
         };
-        let roc = Roc::from_scores(&ins, &outs);
+        let roc = Roc::from_scores(&pick(true), &pick(false));
         results.push(attack_result(
             "canary",
-            json!({"canaries": setup.canaries.len(), "inputs": "standard normal in the standardised feature space", "labels": "uniform at random", "inclusion": "fair coin each", "score": "-(cross-entropy loss)", "canary_seed": setup.canary_seed}),
+            json!({"canaries": setup.canaries.len(), "kind": "white-box gradient canaries: one coordinate each, appended to every training sum", "contribution": "the task's clip norm in the canary's coordinate, as one more record (sampled, rounded and noised like one)", "inclusion": "fair coin each", "score": "the canary's coordinate summed over the decoded training sums, in clip norms", "guesses": "every canary: the higher half in, the lower half out", "canary_seed": setup.canary_seed}),
             &roc,
             delta,
             confidence,
             policy,
         ));
-        Some(canary::audit(&scores, &included, confidence))
+        Some(canary::audit(scores, &included, delta, confidence))
     };
     Findings {
         attacks: results,
@@ -617,6 +587,7 @@ fn noisy_attack_result(
     attack: &str,
     parameters: serde_json::Value,
     a: &shroud_audit::noisy::NoisyAnalysis,
+    perfect: &shroud_audit::noisy::NoisyAnalysis,
     noise_std: f64,
     policy: &Policy,
 ) -> AttackResult {
@@ -629,6 +600,7 @@ fn noisy_attack_result(
                 tpr: a.roc.tpr_at_fpr(fpr),
                 tpr_lower: lo,
                 tpr_upper: hi,
+                tpr_lower_ceiling: Some(perfect.tpr_bounds_at_fpr(fpr).0),
             }
         })
         .collect();
@@ -640,10 +612,17 @@ fn noisy_attack_result(
         non_members: a.non_members,
         auc: a.roc.auc(),
         auc_lower: Some(a.auc_lower),
+        auc_lower_ceiling: Some(perfect.auc_lower),
         noise_std: Some(noise_std),
         tpr_at_fpr,
         epsilon: a.epsilon,
         roc: thin(&pts, 400),
+        band: a
+            .thresholds
+            .iter()
+            .map(|t| (t.fpr_lower, t.fpr_upper, t.tpr_lower, t.tpr_upper))
+            .collect(),
+        histogram: None,
     }
 }
 
@@ -674,6 +653,7 @@ fn attack_result(
                 tpr: roc.tpr_at_fpr(fpr),
                 tpr_lower: cp_lower(tp, roc.members, alpha),
                 tpr_upper: cp_upper(tp, roc.members, alpha),
+                tpr_lower_ceiling: Some(cp_lower(roc.members, roc.members, alpha)),
             }
         })
         .collect();
@@ -685,9 +665,12 @@ fn attack_result(
         non_members: roc.non_members,
         auc: roc.auc(),
         auc_lower: None,
+        auc_lower_ceiling: None,
         noise_std: None,
         tpr_at_fpr,
         epsilon: eps,
         roc: thin(&pts, 400),
+        band: Vec::new(),
+        histogram: None,
     }
 }

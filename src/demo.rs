@@ -418,7 +418,7 @@ impl Demo {
         for (i, d) in self.party_data.iter().enumerate() {
             let secret = party_secret(&demo_identity_seed(i as u32), "audit sample", &self.job_id);
             let sample = audit::draw_sample(i as u32, d, &secret);
-            let t = audit::training_set(d, &sample, &[]);
+            let t = audit::training_set(d, &sample);
             pooled.features.extend(t.features);
             pooled.labels.extend(t.labels);
         }
@@ -795,5 +795,125 @@ impl DemoJob<'_> {
                 model: release.model_path.as_ref().map(PathBuf::from),
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the demo's job in memory with the parties' randomness given,
+    /// and reads back its report.
+    fn run_with(randomness: InputRandomness, name: &str) -> (JobStatus, AuditReport) {
+        let out = std::env::temp_dir().join(format!("shroud-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let demo = Demo::prepare(DemoConfig {
+            rounds: Some(10),
+            dropout: 0.0,
+            out: out.clone(),
+            transport: Transport::InProcess,
+            ..DemoConfig::default()
+        })
+        .unwrap();
+        let parties = demo
+            .party_data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Member {
+                id: i as u32,
+                identity_seed: demo_identity_seed(i as u32),
+                data: d.clone(),
+            })
+            .collect();
+        let mut ledger = PrivacyLedger::open(&demo.db).unwrap();
+        let status = local::run(
+            LocalJob {
+                policy: &demo.policy,
+                policy_text: &demo.policy_text,
+                request: StartJob {
+                    job: demo.job_id.clone(),
+                    seed: Some(1),
+                    epsilon: None,
+                    rounds: None,
+                },
+                parties,
+                allow_no_dp: false,
+                dropout: 0.0,
+                dropout_seed: 1,
+                randomness,
+                out: &out,
+                tap: None,
+            },
+            &mut ledger,
+            None,
+            &mut |_| {},
+        )
+        .unwrap();
+        let text =
+            std::fs::read_to_string(out.join(&demo.job_id).join("audit-report.json")).unwrap();
+        (status, serde_json::from_str(&text).unwrap())
+    }
+
+    /// The canaries ride the same noise as the records: with every party's
+    /// noise share a tenth of the calibrated σ, the one-run bound exceeds
+    /// the ε the ledger charged and the gate blocks; with the calibrated
+    /// noise the same job passes that check.
+    #[test]
+    fn the_canary_audit_blocks_noise_a_tenth_of_the_calibrated() {
+        let (status, report) = run_with(
+            InputRandomness::WeakNoise {
+                seed: 5,
+                divisor: 10,
+            },
+            "weak-noise",
+        );
+        assert_eq!(status.state, "blocked", "{status:?}");
+        let spent = report.epsilon_spent.unwrap();
+        let canary = report.canary.as_ref().unwrap();
+        assert!(canary.certifiable_max > spent, "{canary:?} vs {spent}");
+        assert!(canary.epsilon_lower_bound > spent, "{canary:?} vs {spent}");
+        let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
+        assert!(
+            failed
+                .iter()
+                .any(|c| c.attack.starts_with("canary") && c.check == "epsilon_lower_bound"),
+            "{failed:?}"
+        );
+
+        let (_, honest) = run_with(InputRandomness::Seeded(5), "honest-noise");
+        let c = honest.canary.as_ref().unwrap();
+        assert!(
+            c.epsilon_lower_bound < honest.epsilon_spent.unwrap(),
+            "{c:?}"
+        );
+        let check = honest
+            .checks
+            .iter()
+            .find(|k| k.attack.starts_with("canary (one-run") && k.check == "epsilon_lower_bound")
+            .unwrap();
+        assert!(check.passed && check.could_fail, "{check:?}");
+    }
+
+    /// The gate decides on confidence bounds, so fresh noise, canaries and
+    /// rounding do not flip its decision: the same job run three times, each
+    /// with fresh randomness from the operating system, is released three
+    /// times, and the population attack's checks keep their margin.
+    #[test]
+    fn one_job_rerun_gets_one_decision() {
+        let decisions: Vec<(String, f64)> = (0..3)
+            .map(|i| {
+                let (status, report) = run_with(InputRandomness::Os, &format!("rerun-{i}"));
+                let auc = report
+                    .checks
+                    .iter()
+                    .find(|c| c.check == "auc_lower_bound")
+                    .map_or(f64::NAN, |c| c.value);
+                (status.state, auc)
+            })
+            .collect();
+        assert!(
+            decisions.iter().all(|(d, _)| d == "released"),
+            "{decisions:?}"
+        );
     }
 }

@@ -148,11 +148,19 @@ struct RawAudit {
     #[serde(default)]
     confidence: Option<f64>,
     #[serde(default)]
-    canaries: Option<i64>,
+    canaries: Option<RawCanaries>,
     #[serde(default)]
     budget_share: Option<f64>,
     #[serde(default)]
     require_sign_off: Option<bool>,
+}
+
+/// `canaries = 2000` or `canaries = "auto"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawCanaries {
+    Count(i64),
+    Word(String),
 }
 
 #[derive(Deserialize)]
@@ -327,6 +335,19 @@ impl Strategy {
     }
 }
 
+/// Most canaries a policy may ask for.
+pub const MAX_CANARIES: u32 = 100_000;
+/// Most canaries `"auto"` picks: each adds a coordinate to every training
+/// sum.
+pub const AUTO_CANARY_CAP: usize = 30_000;
+/// `"auto"` without DP, where no ε is claimed: enough canaries to show
+/// what training without noise gives away (ε ≈ 5.8 at δ = 10⁻⁵ if all are
+/// guessed right).
+pub const UNCLAIMED_CANARIES: u32 = 1_000;
+/// `"auto"` sizes for ε a little above the claim, so that a perfect attack
+/// lands strictly above it.
+pub const CANARY_MARGIN: f64 = 1.01;
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AuditPolicy {
     pub attacks: Vec<String>,
@@ -335,7 +356,12 @@ pub struct AuditPolicy {
     /// `None`: the ε the ledger says was spent.
     pub max_epsilon_lower_bound: Option<f64>,
     pub confidence: f64,
+    /// Gradient canaries for the one-run audit: the policy's count, or the
+    /// count `"auto"` resolved to (see [`AuditPolicy::canaries_auto`]).
     pub canaries: u32,
+    /// `canaries = "auto"`: sized so that the one-run audit can certify the
+    /// policy's ε at its δ and confidence (or as near as any count can).
+    pub canaries_auto: bool,
     /// Share of the job's budget (zCDP ρ) set aside for the noise on the
     /// population attacks' counts.
     pub budget_share: f64,
@@ -971,9 +997,33 @@ impl Validator<'_> {
             }
         };
         let canaries = match a.canaries {
-            None => 0,
-            Some(v) => self.positive_int("audit.canaries", v, 0, 100_000)? as u32,
+            None => Some(0),
+            Some(RawCanaries::Count(v)) => {
+                Some(self.positive_int("audit.canaries", v, 0, MAX_CANARIES as i64)? as u32)
+            }
+            Some(RawCanaries::Word(w)) if w == "auto" => None,
+            Some(RawCanaries::Word(w)) => {
+                return Err(self.err(
+                    "audit.canaries",
+                    format!("must be a count from 0 to {MAX_CANARIES} or \"auto\", got \"{w}\""),
+                ))
+            }
         };
+        let canaries_auto = canaries.is_none();
+        let canaries = canaries.unwrap_or_else(|| {
+            if unit == Unit::None {
+                // Nothing is claimed, so nothing to certify: enough to show
+                // what the model gives away.
+                return UNCLAIMED_CANARIES;
+            }
+            shroud_audit::canary::canaries_to_certify(
+                epsilon * CANARY_MARGIN,
+                delta,
+                confidence,
+                AUTO_CANARY_CAP,
+            )
+            .canaries as u32
+        });
         let budget_share = match a.budget_share {
             None => 0.1,
             Some(v) => self.finite_in(
@@ -1049,6 +1099,7 @@ impl Validator<'_> {
                 max_epsilon_lower_bound,
                 confidence,
                 canaries,
+                canaries_auto,
                 budget_share,
                 require_sign_off,
             },

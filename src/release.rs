@@ -81,40 +81,42 @@ pub fn gate_and_report(
             .max_epsilon_lower_bound
             .unwrap_or(r.epsilon_spent.unwrap_or(0.0)),
     };
-    let mut figures: Vec<AttackFigures<'_>> =
-        r.findings
-            .attacks
-            .iter()
-            .map(|a| {
-                // A few hundred canaries make AUC and TPR too noisy to gate on
-                // directly; canaries are gated through their ε lower bounds,
-                // which account for the sample size. Population attacks come
-                // from DP-noised counts and are gated on their lower confidence
-                // bounds: blocked when the evidence says a limit is exceeded.
-                let population = a.attack != "canary";
-                let tpr = |t: &shroud_audit::report::TprAtFpr| t.tpr_lower;
-                AttackFigures {
-                    attack: &a.attack,
-                    auc: population.then(|| a.auc_lower.unwrap_or(a.auc)),
-                    tpr_at_fpr: limits.max_tpr_at_fpr.filter(|_| population).and_then(
-                        |(fpr, _)| {
-                            a.tpr_at_fpr
-                                .iter()
-                                .find(|t| (t.fpr - fpr).abs() < 1e-12)
-                                .map(tpr)
-                        },
-                    ),
-                    epsilon_lower_bound: a.epsilon.epsilon,
-                    lower_bounds: population,
-                }
-            })
-            .collect();
+    let mut figures: Vec<AttackFigures<'_>> = r
+        .findings
+        .attacks
+        .iter()
+        .map(|a| {
+            // A few hundred canaries make AUC and TPR too noisy to gate on
+            // directly; canaries are gated through their ε lower bounds,
+            // which account for the sample size. Population attacks come
+            // from DP-noised counts and are gated on their lower confidence
+            // bounds: blocked when the evidence says a limit is exceeded.
+            let population = a.attack != "canary";
+            let at_fpr = limits
+                .max_tpr_at_fpr
+                .filter(|_| population)
+                .and_then(|(fpr, _)| a.tpr_at_fpr.iter().find(|t| (t.fpr - fpr).abs() < 1e-12));
+            AttackFigures {
+                attack: &a.attack,
+                auc: population.then(|| a.auc_lower.unwrap_or(a.auc)),
+                tpr_at_fpr: at_fpr.map(|t| t.tpr_lower),
+                epsilon_lower_bound: a.epsilon.epsilon,
+                auc_ceiling: a.auc_lower_ceiling,
+                tpr_ceiling: at_fpr.and_then(|t| t.tpr_lower_ceiling),
+                epsilon_ceiling: Some(a.epsilon.certifiable_max),
+                lower_bounds: population,
+            }
+        })
+        .collect();
     if let Some(c) = &r.findings.canary {
         figures.push(AttackFigures {
             attack: "canary (one-run bound)",
             auc: None,
             tpr_at_fpr: None,
             epsilon_lower_bound: c.epsilon_lower_bound,
+            auc_ceiling: None,
+            tpr_ceiling: None,
+            epsilon_ceiling: Some(c.certifiable_max),
             lower_bounds: false,
         });
     }
@@ -127,6 +129,8 @@ pub fn gate_and_report(
             limit: 0.0,
             passed: false,
             margin: -1.0,
+            ceiling: None,
+            could_fail: true,
         });
         decision = Decision::Block;
     }
@@ -177,6 +181,7 @@ pub fn gate_and_report(
                 .collect(),
         }),
         confidence: p.audit.confidence,
+        rounds: Some(rounds_summary(ledger, r.job, p.privacy.rounds)?),
         attacks: r.findings.attacks,
         canary: r.findings.canary,
         checks,
@@ -205,6 +210,32 @@ pub fn gate_and_report(
         report_html,
         model,
     })
+}
+
+/// Training's sums, aborts and dropouts from the job's round records (the
+/// audit's own sum, after the last round, left out).
+fn rounds_summary(
+    ledger: &PrivacyLedger,
+    job: &str,
+    rounds: u32,
+) -> Result<shroud_audit::report::RoundsSummary, String> {
+    let records = ledger.rounds(job).map_err(|e| e.to_string())?;
+    let training = records.iter().filter(|r| r.round <= rounds);
+    let mut s = shroud_audit::report::RoundsSummary {
+        rounds,
+        ..Default::default()
+    };
+    for r in training {
+        match r.state.as_str() {
+            "finished" => {
+                s.sums_finished += 1;
+                s.dropouts += r.dropped.len() as u32;
+            }
+            "aborted" => s.sums_aborted += 1,
+            _ => {}
+        }
+    }
+    Ok(s)
 }
 
 pub fn write_report(report: &AuditReport, out: &Path) -> Result<(PathBuf, PathBuf), String> {

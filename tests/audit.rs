@@ -211,11 +211,53 @@ fn the_html_report_renders_in_chromium() {
         dom.contains("<svg") && dom.contains("class=\"roc-curve\""),
         "no ROC in the rendered page"
     );
+    for part in [
+        "id=\"roc-log\"",
+        "class=\"dp-bound\"",
+        "class=\"histogram\"",
+        "id=\"reason\"",
+        "DP-noised",
+    ] {
+        assert!(dom.contains(part), "the rendered page lacks {part}");
+    }
+    // At 1280 px the page must not scroll sideways. The report has no
+    // scripts; a copy gets one that writes the page's widths into its title
+    // once laid out, which --dump-dom prints.
+    let probe = dir.join("probe.html");
+    let page = std::fs::read_to_string(&html).unwrap().replace(
+        "</body>",
+        "<script>document.title = 'widths ' + document.documentElement.scrollWidth + ' ' + \
+         document.documentElement.clientWidth;</script></body>",
+    );
+    std::fs::write(&probe, page).unwrap();
+    let laid_out = Command::new(&chromium)
+        .args(base_args)
+        .arg(&profile_arg)
+        .arg("--window-size=1280,900")
+        .arg("--dump-dom")
+        .arg(format!("file://{}", probe.display()))
+        .output()
+        .expect("run chromium");
+    let laid_out = String::from_utf8_lossy(&laid_out.stdout);
+    let widths: Vec<u32> = laid_out
+        .split("<title>widths ")
+        .nth(1)
+        .and_then(|t| t.split('<').next())
+        .expect("the probe ran")
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(
+        widths[0] <= widths[1],
+        "the page scrolls sideways at 1280 px: content {} px wide in {} px",
+        widths[0],
+        widths[1]
+    );
     let status = Command::new(&chromium)
         .args(base_args)
         .arg(&profile_arg)
         .arg(format!("--screenshot={}", shot.display()))
-        .arg("--window-size=1000,1600")
+        .arg("--window-size=1280,1600")
         .arg(&url)
         .output()
         .expect("run chromium");

@@ -18,7 +18,9 @@ fn scheme(dimension: usize, gamma: f64, bits: u8, rotation: bool) -> EncodingSch
     };
     EncodingScheme {
         dimension,
+        plain: 0,
         padded,
+        rotated: padded,
         clip_norm: 1e9,
         gamma,
         bits,
@@ -104,6 +106,36 @@ fn encoding_without_noise_decodes_exactly() {
     let decoded = s.decode(&sum);
     let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
     assert_eq!(decoded, want);
+}
+
+/// A canary lives in its own plain coordinate: a record leaves the plain
+/// block untouched, a canary touches nothing but its coordinate, and both
+/// decode back where they were put.
+#[test]
+fn plain_coordinates_carry_canaries_apart_from_the_rotated_model() {
+    let mut s = scheme(100, 1e-4, 32, true);
+    s.plain = 5;
+    s.padded = s.rotated + 5;
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let record: Vec<f64> = (0..100).map(|i| (i as f64 * 0.11).cos() * 0.01).collect();
+    let mut acc = vec![0i64; s.padded];
+    s.quantize_into(&record, &mut rng, &mut acc).unwrap();
+    assert!(
+        acc[s.rotated..].iter().all(|&v| v == 0),
+        "a record reached the canaries"
+    );
+    let mut canary = vec![0.0; 105];
+    canary[100 + 3] = 0.5;
+    let before = acc.clone();
+    s.quantize_into(&canary, &mut rng, &mut acc).unwrap();
+    let changed: Vec<usize> = (0..acc.len()).filter(|&i| acc[i] != before[i]).collect();
+    assert_eq!(changed, vec![s.rotated + 3]);
+    let back = s.decode(&s.wrap(&acc));
+    assert_eq!(back.len(), 105);
+    assert!((back[103] - 0.5).abs() <= 1e-4, "{}", back[103]);
+    for (a, b) in back[..100].iter().zip(&record) {
+        assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+    }
 }
 
 #[test]

@@ -30,7 +30,9 @@ fn session(state: SessionState) -> PartyRules {
 fn training(round: u32) -> LiveTask {
     let p = policy();
     let plan = PrivacyPlan::for_policy(&p).unwrap();
-    let len = EncodingScheme::from_plan(&plan, rotation_seed(&p, JOB, round, 0)).padded;
+    // The rotated model, then one plain coordinate per audit canary.
+    let len = EncodingScheme::from_plan(&plan, rotation_seed(&p, JOB, round, 0)).padded
+        + p.audit.canaries as usize;
     LiveTask {
         round,
         task: 0,

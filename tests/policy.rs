@@ -278,7 +278,10 @@ fn fedmr_settings_are_checked_against_the_consortium() {
 fn reviewers_and_the_sign_off_rule_are_checked() {
     let key = shroud::job::demo_public_key_hex(0);
     let with = |extra: &str, reviewers: &str| {
-        base().replace("canaries = 200", &format!("canaries = 200\n{extra}")) + reviewers
+        base().replace(
+            "canaries = \"auto\"",
+            &format!("canaries = \"auto\"\n{extra}"),
+        ) + reviewers
     };
     let alice =
         format!("\n[[reviewer]]\nid = \"alice\"\nname = \"Alice\"\nidentity_key = \"{key}\"\n");
@@ -293,4 +296,30 @@ fn reviewers_and_the_sign_off_rule_are_checked() {
     assert_names(&e, "reviewer[1].id", "appears twice");
     let e = refused(&with("", &alice.replace(&key, "abcd")));
     assert_names(&e, "reviewer[0].identity_key", "64 hex characters");
+}
+
+/// `canaries = "auto"` sizes the one-run audit from the policy's ε, δ and
+/// confidence: enough that every guess right certifies more than ε, and no
+/// more than needed; a word other than "auto" is refused where it stands.
+#[test]
+fn auto_canaries_are_sized_to_certify_the_policys_epsilon() {
+    let p = parse(&base()).unwrap();
+    assert!(p.audit.canaries_auto);
+    let m = p.audit.canaries as usize;
+    let reach = |m: usize| shroud_audit::canary::certifiable_max(m, p.privacy.delta, 0.95);
+    assert!(
+        reach(m) > p.privacy.epsilon,
+        "{m} canaries reach {}",
+        reach(m)
+    );
+    assert!(
+        reach(m * 95 / 100) < p.privacy.epsilon * 1.01,
+        "{m} is more than needed"
+    );
+    let e = refused(&base().replace("canaries = \"auto\"", "canaries = \"many\""));
+    assert_eq!(e.key, "audit.canaries");
+    assert!(e.to_string().contains("\"auto\""), "{e}");
+    let fixed = parse(&base().replace("canaries = \"auto\"", "canaries = 300")).unwrap();
+    assert_eq!(fixed.audit.canaries, 300);
+    assert!(!fixed.audit.canaries_auto);
 }

@@ -22,6 +22,18 @@ pub struct GateCheck {
     pub passed: bool,
     /// `limit − value`: how far inside (positive) or beyond (negative).
     pub margin: f64,
+    /// The most this figure could show with these samples and this noise
+    /// (a perfect attack), when known.
+    #[serde(default)]
+    pub ceiling: Option<f64>,
+    /// False when even a perfect attack stays within the limit: the check
+    /// passed because it could not have failed, and proves nothing.
+    #[serde(default = "could_fail_default")]
+    pub could_fail: bool,
+}
+
+fn could_fail_default() -> bool {
+    true
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -38,6 +50,10 @@ pub struct AttackFigures<'a> {
     /// TPR at the policy's FPR, if the attack has a ROC.
     pub tpr_at_fpr: Option<f64>,
     pub epsilon_lower_bound: f64,
+    /// What a perfect attack would show for each figure, when known.
+    pub auc_ceiling: Option<f64>,
+    pub tpr_ceiling: Option<f64>,
+    pub epsilon_ceiling: Option<f64>,
     /// `auc` and `tpr_at_fpr` are lower confidence bounds (figures from
     /// noisy counts), not point estimates: the gate then blocks only when
     /// the evidence says the limit is exceeded at the stated confidence.
@@ -46,7 +62,7 @@ pub struct AttackFigures<'a> {
 
 pub fn evaluate(limits: &GateLimits, figures: &[AttackFigures<'_>]) -> (Vec<GateCheck>, Decision) {
     let mut checks = Vec::new();
-    let mut push = |check: String, attack: &str, value: f64, limit: f64| {
+    let mut push = |check: String, attack: &str, value: f64, limit: f64, ceiling: Option<f64>| {
         checks.push(GateCheck {
             check,
             attack: attack.to_string(),
@@ -54,21 +70,36 @@ pub fn evaluate(limits: &GateLimits, figures: &[AttackFigures<'_>]) -> (Vec<Gate
             limit,
             passed: value <= limit,
             margin: limit - value,
+            ceiling,
+            could_fail: ceiling.map_or(true, |c| c > limit),
         });
     };
     for f in figures {
         let suffix = if f.lower_bounds { "_lower_bound" } else { "" };
         if let Some(auc) = f.auc {
-            push(format!("auc{suffix}"), f.attack, auc, limits.max_auc);
+            push(
+                format!("auc{suffix}"),
+                f.attack,
+                auc,
+                limits.max_auc,
+                f.auc_ceiling,
+            );
         }
         if let (Some(tpr), Some((fpr, max))) = (f.tpr_at_fpr, limits.max_tpr_at_fpr) {
-            push(format!("tpr{suffix}_at_fpr_{fpr}"), f.attack, tpr, max);
+            push(
+                format!("tpr{suffix}_at_fpr_{fpr}"),
+                f.attack,
+                tpr,
+                max,
+                f.tpr_ceiling,
+            );
         }
         push(
             "epsilon_lower_bound".into(),
             f.attack,
             f.epsilon_lower_bound,
             limits.max_epsilon_lower_bound,
+            f.epsilon_ceiling,
         );
     }
     let decision = if checks.iter().all(|c| c.passed) {

@@ -78,6 +78,29 @@ fn clamp_count(x: f64) -> u64 {
 }
 
 impl NoisyCounts<'_> {
+    /// The analysis a perfect attack would get with these sample sizes and
+    /// this noise: every member in the top bin, every non-member in the
+    /// bottom one, noise-free counts. Its bounds are the most the audit
+    /// could show, so a limit at or above them is one the check cannot
+    /// exceed.
+    pub fn perfect(&self, delta: f64, confidence: f64) -> NoisyAnalysis {
+        let bins = self.members.len();
+        let total = |v: &[i64]| v.iter().map(|&c| c.max(0)).sum::<i64>();
+        let mut members = vec![0i64; bins];
+        let mut non_members = vec![0i64; bins];
+        if bins > 0 {
+            members[bins - 1] = total(self.members);
+            non_members[0] = total(self.non_members);
+        }
+        NoisyCounts {
+            members: &members,
+            non_members: &non_members,
+            lower_edges: self.lower_edges,
+            noise_std: self.noise_std,
+        }
+        .analyse(delta, confidence)
+    }
+
     pub fn analyse(&self, delta: f64, confidence: f64) -> NoisyAnalysis {
         assert_eq!(self.members.len(), self.non_members.len());
         assert_eq!(self.members.len(), self.lower_edges.len());

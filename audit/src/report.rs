@@ -28,6 +28,10 @@ pub struct TprAtFpr {
     pub tpr: f64,
     pub tpr_lower: f64,
     pub tpr_upper: f64,
+    /// The lower bound a perfect attack would reach here (the most this
+    /// figure could show with these samples and this noise).
+    #[serde(default)]
+    pub tpr_lower_ceiling: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -42,6 +46,9 @@ pub struct AttackResult {
     /// Lower confidence bound on the AUC, for attacks on noisy counts.
     #[serde(default)]
     pub auc_lower: Option<f64>,
+    /// The AUC lower bound a perfect attack would reach.
+    #[serde(default)]
+    pub auc_lower_ceiling: Option<f64>,
     /// The std of the DP noise on each count the attack's figures come
     /// from (summed over parties); `None` for exact scores.
     #[serde(default)]
@@ -50,6 +57,34 @@ pub struct AttackResult {
     pub epsilon: EpsilonBound,
     /// (fpr, tpr) points, thinned for plotting.
     pub roc: Vec<(f64, f64)>,
+    /// Confidence box at each threshold: (FPR lower, FPR upper, TPR lower,
+    /// TPR upper); empty for exact scores.
+    #[serde(default)]
+    pub band: Vec<(f64, f64, f64, f64)>,
+    /// The attack's scores as binned (noisy) counts, members and
+    /// non-members apart; `None` for exact scores.
+    #[serde(default)]
+    pub histogram: Option<ScoreHistogram>,
+}
+
+/// Binned scores of one attack: each bin's lower edge and its counts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScoreHistogram {
+    pub lower_edges: Vec<f64>,
+    pub members: Vec<i64>,
+    pub non_members: Vec<i64>,
+}
+
+/// How training went, from the job's round records.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RoundsSummary {
+    pub rounds: u32,
+    /// Secure sums of training that finished, and that aborted (an aborted
+    /// sum still costs its charge once its inputs were in).
+    pub sums_finished: u32,
+    pub sums_aborted: u32,
+    /// Party dropouts survived across the finished sums.
+    pub dropouts: u32,
 }
 
 /// The noise on one attack's counts.
@@ -98,6 +133,9 @@ pub struct AuditReport {
     #[serde(default)]
     pub audit_release: Option<AuditRelease>,
     pub confidence: f64,
+    /// Training rounds, sums and dropouts; `None` in reports written before.
+    #[serde(default)]
+    pub rounds: Option<RoundsSummary>,
     pub attacks: Vec<AttackResult>,
     pub canary: Option<CanaryAudit>,
     pub checks: Vec<GateCheck>,
@@ -184,7 +222,10 @@ impl AuditReport {
 <html lang="en"><head><meta charset="utf-8">
 <title>Shroud audit report — {job}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 62em; color: #222; }}
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 62em; padding: 0 1em; color: #222; }}
+td, th {{ overflow-wrap: anywhere; }} svg {{ max-width: 100%; height: auto; }}
+.figs {{ display: flex; flex-wrap: wrap; gap: 1em; }} .note {{ color: #555; font-size: .92em; }}
+.flag {{ color: #8a5a00; font-weight: bold; }} abbr, [title] {{ text-decoration: underline dotted; cursor: help; }}
 h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }}
 table {{ border-collapse: collapse; margin: .5em 0; }} td, th {{ border: 1px solid #ccc; padding: .25em .6em; text-align: left; }}
 .decision {{ font-size: 1.6em; font-weight: bold; padding: .4em .8em; display: inline-block; }}
@@ -195,12 +236,18 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
 <h1>Shroud membership-inference audit</h1>
 <p>Job <code>{job}</code> of consortium <code>{consortium}</code>, {created}.</p>
 <p id="decision" class="decision {dclass}">Decision: {dtext}</p>
+<p id="reason">{reason}</p>
+<p class="note">Every count in this report that comes from the parties' records — the attacks' score
+histograms and everything computed from them — is itself differentially private: each party noised its
+counts before the secure sum, and that release is charged to the budget below. Hover over a heading or
+a column for what it means.</p>
 "#,
             job = esc(&self.job),
             consortium = esc(&self.consortium),
             created = esc(&self.created_at),
             dclass = decision.1,
             dtext = decision.0,
+            reason = esc(&self.reason()),
         )?;
         writeln!(w, "<h2>Model and policy</h2><table>")?;
         row(
@@ -265,6 +312,21 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
         }
         writeln!(w, "</table>")?;
 
+        if let Some(r) = &self.rounds {
+            writeln!(
+                w,
+                "<h2 title=\"From the job's round records in the coordinator's store\">Training</h2><table>"
+            )?;
+            row(&mut w, "rounds", &r.rounds.to_string())?;
+            row(
+                &mut w,
+                "secure sums finished / aborted",
+                &format!("{} / {}", r.sums_finished, r.sums_aborted),
+            )?;
+            row(&mut w, "party dropouts survived", &r.dropouts.to_string())?;
+            writeln!(w, "</table>")?;
+        }
+
         writeln!(w, "<h2>Cohort</h2><table><tr><th>party</th><th>name</th><th>records</th><th>audit members</th><th>audit non-members</th></tr>")?;
         for c in &self.cohort {
             writeln!(
@@ -281,8 +343,19 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
         }
         writeln!(w, "</table>")?;
 
-        writeln!(w, "<h2>ROC (log-log)</h2>")?;
-        self.write_svg(&mut w)?;
+        writeln!(
+            w,
+            "<h2 title=\"How often an attack flags a member (true-positive rate) against how often it \
+             wrongly flags a non-member (false-positive rate), over every threshold\">ROC curves</h2>\
+             <p class=\"note\">Shaded: the confidence boxes of the attacks on noisy counts. Dashed grey: \
+             chance. Red dotted: the most any attack can reach under the ε spent, \
+             TPR = e<sup>ε</sup>·FPR + δ; a curve above it (beyond its box) would contradict the claim.</p>\
+             <div class=\"figs\">"
+        )?;
+        self.write_roc_svg(&mut w, false)?;
+        self.write_roc_svg(&mut w, true)?;
+        writeln!(w, "</div>")?;
+        self.write_histograms(&mut w)?;
 
         writeln!(
             w,
@@ -290,7 +363,7 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
              the ε bounds are Bonferroni-corrected over the thresholds tried).</p>",
             self.confidence
         )?;
-        writeln!(w, "<table><tr><th>attack</th><th>members / non-members</th><th>AUC</th><th>TPR at FPR (interval)</th><th>ε lower bound</th><th>largest certifiable ε</th><th>parameters</th></tr>")?;
+        writeln!(w, "<table><tr><th>attack</th><th title=\"Audit records trained on / held out (noisy totals for attacks on noisy counts)\">members / non-members</th><th title=\"Area under the ROC: 0.5 is chance, 1 a perfect attack\">AUC</th><th title=\"Share of members flagged when this share of non-members is flagged, with its confidence interval\">TPR at FPR (interval)</th><th title=\"The ε this attack proves, at the stated confidence\">ε lower bound</th><th title=\"The most a perfect attack could prove with these samples: a bound that could never exceed the limit proves nothing\">largest certifiable ε</th></tr>")?;
         for a in &self.attacks {
             let tprs: Vec<String> = a
                 .tpr_at_fpr
@@ -307,7 +380,7 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
                 .collect();
             writeln!(
                 w,
-                "<tr><td>{}</td><td>{} / {}</td><td>{:.4}</td><td>{}</td><td>{:.4}</td><td>{:.3}</td><td><code>{}</code></td></tr>",
+                "<tr><td>{}</td><td>{} / {}</td><td>{:.4}</td><td>{}</td><td>{:.4}</td><td>{:.3}</td></tr>",
                 esc(&a.attack),
                 a.members,
                 a.non_members,
@@ -315,10 +388,37 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
                 tprs.join("<br>"),
                 a.epsilon.epsilon,
                 a.epsilon.certifiable_max,
-                esc(&a.parameters.to_string())
             )?;
         }
         writeln!(w, "</table>")?;
+        writeln!(
+            w,
+            "<h2 title=\"How each attack was run: enough to reproduce it\">Attack parameters</h2>"
+        )?;
+        for a in &self.attacks {
+            writeln!(
+                w,
+                "<table class=\"params\"><tr><th colspan=\"2\">{}</th></tr>",
+                esc(&a.attack)
+            )?;
+            match &a.parameters {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        let v = match v {
+                            serde_json::Value::String(t) => t.clone(),
+                            other => other.to_string(),
+                        };
+                        writeln!(w, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v))?;
+                    }
+                }
+                other => writeln!(
+                    w,
+                    "<tr><td colspan=\"2\">{}</td></tr>",
+                    esc(&other.to_string())
+                )?,
+            }
+            writeln!(w, "</table>")?;
+        }
         if let Some(c) = &self.canary {
             writeln!(w, "<h2>Canary audit (one training run)</h2><table>")?;
             row(
@@ -341,27 +441,46 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
                 "largest certifiable ε",
                 &format!("{:.3}", c.certifiable_max),
             )?;
-            writeln!(w, "</table>")?;
+            row(&mut w, "δ of the bound", &format!("{}", c.delta))?;
+            writeln!(
+                w,
+                "</table><p class=\"note\">Gradient canaries ride every training sum as records of \
+                 their own; the bound is Steinke, Nasr and Jagielski's (2023) with its δ term, at \
+                 confidence {}. If the largest certifiable ε does not exceed the ε spent, this check \
+                 could not have failed.</p>",
+                c.confidence
+            )?;
         }
 
-        writeln!(w, "<h2>Release gate</h2><table id=\"checks\"><tr><th>check</th><th>attack</th><th>value</th><th>limit</th><th>margin</th><th>result</th></tr>")?;
+        writeln!(w, "<h2 title=\"Each figure against the policy's limit; figures from noisy counts are lower confidence bounds, so a check fails only when the evidence says the limit is exceeded\">Release gate</h2><table id=\"checks\"><tr><th>check</th><th>attack</th><th>value</th><th>limit</th><th>margin</th><th title=\"What a perfect attack would show with these samples and this noise\">ceiling</th><th>result</th></tr>")?;
         for c in &self.checks {
-            let (cls, txt) = if c.passed {
-                ("pass", "pass")
-            } else {
-                ("fail", "FAIL")
+            let (cls, txt) = match (c.passed, c.could_fail) {
+                (false, _) => ("fail", "FAIL"),
+                (true, true) => ("pass", "pass"),
+                (true, false) => ("flag", "pass — could not have failed"),
             };
             writeln!(
                 w,
-                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:+.4}</td><td class=\"{cls}\">{txt}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:+.4}</td><td>{}</td><td class=\"{cls}\">{txt}</td></tr>",
                 esc(&c.check),
                 esc(&c.attack),
                 c.value,
                 c.limit,
-                c.margin
+                c.margin,
+                c.ceiling.map_or("-".to_string(), |v| format!("{v:.4}")),
             )?;
         }
         writeln!(w, "</table>")?;
+        let blind = self.checks.iter().filter(|c| !c.could_fail).count();
+        if blind > 0 {
+            writeln!(
+                w,
+                "<p class=\"flag\">{blind} of {} checks could not have failed: even a perfect attack \
+                 would stay within their limits with these samples and this noise. They pass \
+                 without evidence; weigh the others.</p>",
+                self.checks.len()
+            )?;
+        }
         writeln!(w, "<h2>Sign-off</h2>")?;
         if self.sign_offs.is_empty() {
             writeln!(
@@ -396,19 +515,64 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
         writeln!(w, "</body></html>")
     }
 
-    fn write_svg<W: Write>(&self, w: &mut W) -> io::Result<()> {
-        const W: f64 = 480.0;
-        const H: f64 = 480.0;
+    /// The decision's reason in one sentence.
+    pub fn reason(&self) -> String {
+        let failed: Vec<&GateCheck> = self.checks.iter().filter(|c| !c.passed).collect();
+        match failed.first() {
+            Some(c) => format!(
+                "Blocked because {} of the {} attack is {:.4}, beyond the policy's limit {:.4}{}.",
+                c.check.replace('_', " "),
+                c.attack,
+                c.value,
+                c.limit,
+                match failed.len() {
+                    1 => String::new(),
+                    n => format!(
+                        " (and {} more check{} failed)",
+                        n - 1,
+                        if n == 2 { "" } else { "s" }
+                    ),
+                }
+            ),
+            None => {
+                let blind = self.checks.iter().filter(|c| !c.could_fail).count();
+                format!(
+                    "Released because all {} gate checks passed{}.",
+                    self.checks.len(),
+                    match blind {
+                        0 => String::new(),
+                        n => format!(
+                            "; {n} of them could not have failed with these samples and this noise"
+                        ),
+                    }
+                )
+            }
+        }
+    }
+
+    /// One ROC plot: linear axes, or log-log down to 10⁻⁴.
+    fn write_roc_svg<W: Write>(&self, w: &mut W, log: bool) -> io::Result<()> {
+        const W: f64 = 420.0;
+        const H: f64 = 420.0;
         const PAD: f64 = 50.0;
         const LO: f64 = 1e-4;
-        let x =
-            |fpr: f64| PAD + (fpr.max(LO).log10() - LO.log10()) / (-LO.log10()) * (W - 2.0 * PAD);
-        let y = |tpr: f64| {
-            H - PAD - (tpr.max(LO).log10() - LO.log10()) / (-LO.log10()) * (H - 2.0 * PAD)
+        let scale = |v: f64| {
+            if log {
+                (v.max(LO).log10() - LO.log10()) / (-LO.log10())
+            } else {
+                v.clamp(0.0, 1.0)
+            }
+        };
+        let x = |fpr: f64| PAD + scale(fpr) * (W - 2.0 * PAD);
+        let y = |tpr: f64| H - PAD - scale(tpr) * (H - 2.0 * PAD);
+        let (id, label) = if log {
+            ("roc-log", "ROC curves on log-log axes")
+        } else {
+            ("roc", "ROC curves on linear axes")
         };
         writeln!(
             w,
-            r#"<svg id="roc" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="ROC curve on log-log axes">"#
+            r#"<svg id="{id}" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="{label}"><title>{label}</title>"#
         )?;
         writeln!(
             w,
@@ -416,8 +580,12 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
             W - 2.0 * PAD,
             H - 2.0 * PAD
         )?;
-        for k in 0..=4 {
-            let v = 10f64.powi(-k);
+        let ticks: Vec<f64> = if log {
+            (0..=4).map(|k| 10f64.powi(-k)).collect()
+        } else {
+            (0..=4).map(|k| f64::from(k) / 4.0).collect()
+        };
+        for v in ticks {
             writeln!(
                 w,
                 r##"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">{v}</text><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{v}</text>"##,
@@ -429,39 +597,73 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
         }
         writeln!(
             w,
-            r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">false-positive rate</text>"#,
+            r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">false-positive rate{}</text>"#,
             W / 2.0,
-            H - 10.0
+            H - 10.0,
+            if log { " (log)" } else { "" }
         )?;
         writeln!(
             w,
-            r#"<text x="14" y="{}" font-size="12" text-anchor="middle" transform="rotate(-90 14 {})">true-positive rate</text>"#,
+            r#"<text x="14" y="{}" font-size="12" text-anchor="middle" transform="rotate(-90 14 {})">true-positive rate{}</text>"#,
             H / 2.0,
-            H / 2.0
+            H / 2.0,
+            if log { " (log)" } else { "" }
         )?;
-        // Chance: TPR = FPR.
+        // Sampled finely on log axes, where the curves live at small FPR.
+        let grid: Vec<f64> = (0..=200)
+            .map(|i| {
+                let t = f64::from(i) / 200.0;
+                if log {
+                    10f64.powf(LO.log10() * (1.0 - t))
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let line = |f: &dyn Fn(f64) -> f64| -> String {
+            grid.iter()
+                .map(|&v| format!("{:.1},{:.1}", x(v), y(f(v).min(1.0))))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         writeln!(
             w,
-            r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#aaa" stroke-dasharray="4 3"/>"##,
-            x(LO),
-            y(LO),
-            x(1.0),
-            y(1.0)
+            r##"<polyline fill="none" stroke="#aaa" stroke-dasharray="4 3" points="{}"><title>chance: TPR = FPR</title></polyline>"##,
+            line(&|v| v)
         )?;
+        if let Some(eps) = self.epsilon_spent {
+            let delta = self.delta;
+            writeln!(
+                w,
+                r##"<polyline class="dp-bound" fill="none" stroke="#c00" stroke-width="1.5" stroke-dasharray="2 3" points="{}"><title>DP bound at ε = {eps:.3}, δ = {delta}: TPR ≤ e^ε·FPR + δ</title></polyline>"##,
+                line(&|v| eps.exp() * v + delta)
+            )?;
+        }
         let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
         for (i, a) in self.attacks.iter().enumerate() {
+            let c = colours[i % colours.len()];
+            for &(f_lo, f_hi, t_lo, t_hi) in &a.band {
+                writeln!(
+                    w,
+                    r#"<rect class="roc-band" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{c}" fill-opacity="0.08"/>"#,
+                    x(f_lo),
+                    y(t_hi),
+                    (x(f_hi) - x(f_lo)).max(0.5),
+                    (y(t_lo) - y(t_hi)).max(0.5)
+                )?;
+            }
             let pts: Vec<String> = a
                 .roc
                 .iter()
-                .filter(|(f, t)| *f > 0.0 || *t > 0.0)
+                .filter(|(f, t)| !log || *f > 0.0 || *t > 0.0)
                 .map(|(f, t)| format!("{:.1},{:.1}", x(*f), y(*t)))
                 .collect();
-            let c = colours[i % colours.len()];
             writeln!(
                 w,
-                r#"<polyline class="roc-curve" data-attack="{}" fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
-                esc(&a.attack),
-                pts.join(" ")
+                r#"<polyline class="roc-curve" data-attack="{a}" fill="none" stroke="{c}" stroke-width="2" points="{}"><title>{a}: AUC {auc:.3}</title></polyline>"#,
+                pts.join(" "),
+                a = esc(&a.attack),
+                auc = a.auc,
             )?;
             writeln!(
                 w,
@@ -473,6 +675,76 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
             )?;
         }
         writeln!(w, "</svg>")
+    }
+
+    /// Members' and non-members' score histograms of every attack on
+    /// counts: the noisy counts as summed, clamped at zero for drawing.
+    fn write_histograms<W: Write>(&self, w: &mut W) -> io::Result<()> {
+        let with: Vec<(&AttackResult, &ScoreHistogram)> = self
+            .attacks
+            .iter()
+            .filter_map(|a| a.histogram.as_ref().map(|h| (a, h)))
+            .collect();
+        if with.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            w,
+            "<h2 title=\"How the attack's scores of members (trained on) and non-members (held out) \
+             are spread: the further apart, the more the model gives away\">Score histograms</h2>\
+             <p class=\"note\">Blue: members; orange: non-members. Noisy counts (negative ones drawn \
+             as zero); the higher the score, the more the attack believes a record was trained on.</p>\
+             <div class=\"figs\">"
+        )?;
+        const W: f64 = 420.0;
+        const H: f64 = 220.0;
+        const PAD: f64 = 40.0;
+        for (a, h) in with {
+            let bins = h.members.len().max(1);
+            let top = h
+                .members
+                .iter()
+                .chain(&h.non_members)
+                .copied()
+                .max()
+                .unwrap_or(1)
+                .max(1) as f64;
+            let bw = (W - 2.0 * PAD) / bins as f64;
+            writeln!(
+                w,
+                r#"<svg class="histogram" data-attack="{a}" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="{a} score histogram"><title>{a}: score histogram</title>"#,
+                a = esc(&a.attack)
+            )?;
+            for (k, (m, n)) in h.members.iter().zip(&h.non_members).enumerate() {
+                for (j, (v, colour, who)) in
+                    [(m, "#1f77b4", "members"), (n, "#ff7f0e", "non-members")]
+                        .into_iter()
+                        .enumerate()
+                {
+                    let hgt = (*v).max(0) as f64 / top * (H - 2.0 * PAD);
+                    writeln!(
+                        w,
+                        r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}" fill-opacity="0.8"><title>{who}, score ≥ {:.2}: {v} (noisy)</title></rect>"#,
+                        PAD + bw * k as f64 + j as f64 * bw / 2.0,
+                        H - PAD - hgt,
+                        bw / 2.0,
+                        hgt,
+                        h.lower_edges.get(k).copied().unwrap_or(0.0),
+                    )?;
+                }
+            }
+            writeln!(
+                w,
+                r##"<line x1="{PAD}" y1="{y}" x2="{x2}" y2="{y}" stroke="#888"/><text x="{}" y="{}" font-size="12" text-anchor="middle">{} score</text><text x="{PAD}" y="{}" font-size="11">{top:.0}</text></svg>"##,
+                W / 2.0,
+                H - 10.0,
+                esc(&a.attack),
+                PAD - 6.0,
+                y = H - PAD,
+                x2 = W - PAD,
+            )?;
+        }
+        writeln!(w, "</div>")
     }
 }
 

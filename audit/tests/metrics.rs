@@ -1,6 +1,6 @@
 //! Metrics against hand-computed values.
 
-use shroud_audit::canary::{audit, epsilon_from_guesses};
+use shroud_audit::canary::{audit, epsilon_lower_bound};
 use shroud_audit::epsilon::Direction;
 use shroud_audit::epsilon::{epsilon_at, lower_bound};
 use shroud_audit::gate::{evaluate, AttackFigures, Decision, GateLimits};
@@ -115,24 +115,26 @@ fn lower_bound_pays_for_the_thresholds_tried() {
 
 #[test]
 fn canary_bounds() {
-    // All of 100 guesses right.
-    let e = epsilon_from_guesses(100, 100, 0.05);
+    // All of 100 guesses right, pure ε (δ = 0):
     // P[Bin(100, p) = 100] = p^100 = 0.05 → p = 0.05^{1/100}.
+    let e = epsilon_lower_bound(100, 100, 100, 0.0, 0.95);
     let p = 0.05f64.powf(0.01);
     assert!(close(e, (p / (1.0 - p)).ln(), 1e-6), "{e}");
+    // The δ term only takes away.
+    assert!(epsilon_lower_bound(100, 100, 100, 1e-5, 0.95) < e);
     // Half right is chance: nothing certified.
-    assert_eq!(epsilon_from_guesses(100, 50, 0.05), 0.0);
+    assert_eq!(epsilon_lower_bound(100, 100, 50, 1e-5, 0.95), 0.0);
     // A perfect attack on 400 canaries.
     let included: Vec<bool> = (0..400).map(|i| i % 2 == 0).collect();
     let scores: Vec<f64> = included
         .iter()
         .map(|&b| if b { 1.0 } else { 0.0 })
         .collect();
-    let a = audit(&scores, &included, 0.95);
+    let a = audit(&scores, &included, 1e-5, 0.95);
     assert_eq!(a.correct, a.guesses);
     assert!(a.epsilon_lower_bound > 1.0);
     let blind: Vec<f64> = (0..400).map(|i| ((i * 7919) % 400) as f64).collect();
-    assert!(audit(&blind, &included, 0.95).epsilon_lower_bound < 0.5);
+    assert!(audit(&blind, &included, 1e-5, 0.95).epsilon_lower_bound < 0.5);
 }
 
 #[test]
@@ -147,11 +149,18 @@ fn gate_blocks_on_any_breach_and_names_it() {
         auc: Some(0.52),
         tpr_at_fpr: Some(0.012),
         epsilon_lower_bound: 0.1,
+        auc_ceiling: Some(0.9),
+        tpr_ceiling: None,
+        // Even a perfect attack would certify only 1.5 < 2: this check
+        // cannot fail and is flagged.
+        epsilon_ceiling: Some(1.5),
         lower_bounds: true,
     }];
     let (checks, d) = evaluate(&limits, &ok);
     assert_eq!(d, Decision::Release);
     assert_eq!(checks.len(), 3);
+    assert!(checks[0].could_fail && checks[1].could_fail);
+    assert!(!checks[2].could_fail);
     // Figures from noisy counts are named as the bounds they are.
     assert_eq!(checks[0].check, "auc_lower_bound");
     assert_eq!(checks[1].check, "tpr_lower_bound_at_fpr_0.01");
@@ -161,6 +170,9 @@ fn gate_blocks_on_any_breach_and_names_it() {
             auc: Some(0.52),
             tpr_at_fpr: Some(0.012),
             epsilon_lower_bound: 0.1,
+            auc_ceiling: None,
+            tpr_ceiling: None,
+            epsilon_ceiling: None,
             lower_bounds: true,
         },
         AttackFigures {
@@ -168,6 +180,9 @@ fn gate_blocks_on_any_breach_and_names_it() {
             auc: None,
             tpr_at_fpr: None,
             epsilon_lower_bound: 2.5,
+            auc_ceiling: None,
+            tpr_ceiling: None,
+            epsilon_ceiling: Some(6.0),
             lower_bounds: false,
         },
     ];

@@ -194,7 +194,9 @@ fn party_task(len: usize, sigma: u64, neighbors: usize) -> Result<PartyTask> {
     let b = rounded_sensitivity(clip / gamma, padded);
     let scheme = EncodingScheme {
         dimension: len,
+        plain: 0,
         padded,
+        rotated: padded,
         clip_norm: clip,
         gamma,
         bits: 32,

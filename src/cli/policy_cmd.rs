@@ -66,10 +66,23 @@ struct CheckReport<'a> {
     epsilon_total: f64,
     epsilon_ideal: f64,
     audit: Option<&'a crate::dp::plan::AuditPlan>,
+    canaries: CanaryCheck,
     no_dp: bool,
     strategy: StrategyKind,
     /// The tasks of each kind of round, drawn for a job named "example".
     rounds_shown: Vec<RoundShown>,
+}
+
+/// What the one-run canary audit can show under this policy.
+#[derive(Serialize)]
+struct CanaryCheck {
+    count: u32,
+    auto: bool,
+    /// The largest ε every canary guessed right would certify.
+    certifiable_max: f64,
+    /// Whether that exceeds the policy's ε: only then can the check
+    /// "empirical ε ≤ ε spent" fail.
+    can_fail: bool,
 }
 
 pub fn check(file: &Path, json: bool) -> Result<()> {
@@ -156,6 +169,20 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
         epsilon_total: plan.epsilon_total,
         epsilon_ideal: plan.epsilon_ideal,
         audit: plan.audit.as_ref(),
+        canaries: {
+            let a = &policy.audit;
+            let certifiable_max = shroud_audit::canary::certifiable_max(
+                a.canaries as usize,
+                policy.privacy.delta,
+                a.confidence,
+            );
+            CanaryCheck {
+                count: a.canaries,
+                auto: a.canaries_auto,
+                certifiable_max,
+                can_fail: certifiable_max > policy.privacy.epsilon,
+            }
+        },
         no_dp: policy.privacy.unit == Unit::None,
         strategy: s.kind,
         rounds_shown,
@@ -263,6 +290,38 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
             }
         }
         None => println!("audit       no population attack: nothing summed, nothing charged"),
+    }
+    let c = &r.canaries;
+    if c.count == 0 {
+        println!(
+            "canaries    none: the one-run audit does not run (set audit.canaries = \"auto\")"
+        );
+    } else {
+        println!(
+            "canaries    {} gradient canaries ({}): one coordinate each in every training sum; \
+             every guess right would certify ε = {:.2} at δ = {}",
+            c.count,
+            if c.auto { "auto" } else { "set by the policy" },
+            c.certifiable_max,
+            r.delta,
+        );
+        if c.can_fail {
+            println!(
+                "            above the claimed ε {}: the check \"empirical ε ≤ ε spent\" can fail",
+                r.epsilon_budget
+            );
+        } else {
+            println!(
+                "  warning   that does not exceed the claimed ε {}: the canary check cannot fail{}",
+                r.epsilon_budget,
+                if c.auto {
+                    " — no count can, at this δ and confidence (the bound's δ term); \
+                     a smaller δ or a lower confidence would let it"
+                } else {
+                    " — use audit.canaries = \"auto\""
+                }
+            );
+        }
     }
     println!(
         "ε total     {:.4} of budget {}, rounds and audit (ideal continuous Gaussian, rounds only, \

@@ -6,6 +6,12 @@
 //! randomized rounding to integers → add the party's discrete Gaussian noise
 //! share → wrap to `[0, 2^bits)`. Coordinator: unwrap to signed → times γ →
 //! inverse rotation.
+//!
+//! A task may carry `plain` coordinates after the model's: the audit's
+//! canaries, one coordinate each, neither rotated nor padded. A record has
+//! nothing there and a canary nothing in the model's coordinates, so each
+//! is rounded only where it is non-zero (a zero rounds to zero), which
+//! keeps a record's cost independent of the number of canaries.
 
 use rand_core::{CryptoRng, RngCore};
 
@@ -16,9 +22,15 @@ use super::rotation;
 /// Everything both sides need to encode and decode one task of one round.
 #[derive(Clone, Debug)]
 pub struct EncodingScheme {
+    /// Model coordinates (rotated).
     pub dimension: usize,
-    /// Length on the wire: `dimension`, or the next power of two if rotated.
+    /// Coordinates after them, carried as they are (the canaries).
+    pub plain: usize,
+    /// Length on the wire: `dimension` (or the next power of two if
+    /// rotated) plus `plain`.
     pub padded: usize,
+    /// The rotated block's length on the wire.
+    pub rotated: usize,
     pub clip_norm: f64,
     pub gamma: f64,
     pub bits: u8,
@@ -61,7 +73,7 @@ impl std::error::Error for EncodeError {}
 impl EncodingScheme {
     /// The whole-model task of a plan.
     pub fn from_plan(plan: &PrivacyPlan, rotation_seed: Option<[u8; 32]>) -> Self {
-        Self::for_task(plan, plan.dimension, plan.clip_norm, rotation_seed)
+        Self::for_task(plan, plan.dimension, 0, plan.clip_norm, rotation_seed)
     }
 
     /// One task of `dimension` values clipped to `clip_norm`, on the plan's
@@ -69,18 +81,22 @@ impl EncodingScheme {
     pub fn for_task(
         plan: &PrivacyPlan,
         dimension: usize,
+        plain: usize,
         clip_norm: f64,
         rotation_seed: Option<[u8; 32]>,
     ) -> Self {
-        let padded = if rotation_seed.is_some() {
+        let rotated = if rotation_seed.is_some() {
             rotation::padded_len(dimension)
         } else {
             dimension
         };
+        let padded = rotated + plain;
         let b = rounded_sensitivity(clip_norm / plan.gamma, padded);
         EncodingScheme {
             dimension,
+            plain,
             padded,
+            rotated,
             clip_norm,
             gamma: plan.gamma,
             bits: plan.bits,
@@ -99,35 +115,84 @@ impl EncodingScheme {
 
     /// Rotates (if configured), clips and scales one contribution, then
     /// rounds it to integers. The result's norm is at most the sensitivity.
+    /// `x` holds the model's coordinates, optionally followed by the plain
+    /// ones (zero when absent).
     pub fn quantize<R: RngCore + CryptoRng>(
         &self,
         x: &[f64],
         rng: &mut R,
     ) -> Result<Vec<i64>, EncodeError> {
-        if x.len() != self.dimension {
+        let mut out = vec![0i64; self.padded];
+        self.quantize_into(x, rng, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`EncodingScheme::quantize`], added into `acc` (of the wire length):
+    /// only the blocks where `x` is non-zero are rounded and touched.
+    pub fn quantize_into<R: RngCore + CryptoRng>(
+        &self,
+        x: &[f64],
+        rng: &mut R,
+        acc: &mut [i64],
+    ) -> Result<(), EncodeError> {
+        if x.len() != self.dimension && x.len() != self.dimension + self.plain {
             return Err(EncodeError::WrongDimension {
                 expected: self.dimension,
                 got: x.len(),
             });
         }
+        assert_eq!(acc.len(), self.padded, "an accumulator of the wire length");
         if let Some(index) = x.iter().position(|v| !v.is_finite()) {
             return Err(EncodeError::NonFinite { index });
         }
+        let (head, tail) = x.split_at(self.dimension.min(x.len()));
+        let norm = x.iter().map(|a| a * a).sum::<f64>().sqrt();
+        // Clipping and scaling as one factor (the rotation keeps norms).
+        let factor = if norm > self.clip_norm {
+            self.clip_norm / norm
+        } else {
+            1.0
+        } / self.gamma;
         // The update and every copy of it are wiped once done with.
-        let mut v = zeroize::Zeroizing::new(match self.rotation_seed {
-            Some(seed) => rotation::rotate(x, seed),
-            None => x.to_vec(),
-        });
-        clip(&mut v, self.clip_norm);
-        v.iter_mut().for_each(|a| *a /= self.gamma);
+        let head_scaled: Option<zeroize::Zeroizing<Vec<f64>>> =
+            head.iter().any(|&v| v != 0.0).then(|| {
+                let mut v = zeroize::Zeroizing::new(match self.rotation_seed {
+                    Some(seed) => rotation::rotate(head, seed),
+                    None => head.to_vec(),
+                });
+                v.iter_mut().for_each(|a| *a *= factor);
+                v
+            });
+        let tail_scaled: Vec<(usize, f64)> = tail
+            .iter()
+            .enumerate()
+            .filter(|(_, &v)| v != 0.0)
+            .map(|(i, &v)| (i, v * factor))
+            .collect();
         // Conditional randomized rounding: unbiased per coordinate; redrawn
         // until the norm meets the bound (each draw succeeds with
         // probability at least 1 − β ≈ 0.39).
         for _ in 0..200 {
-            let mut r = randomized_round(&v, rng);
-            let norm_sq: f64 = r.iter().map(|&a| (a as f64) * (a as f64)).sum();
+            let mut r = match &head_scaled {
+                Some(v) => randomized_round(v, rng),
+                None => Vec::new(),
+            };
+            let t: Vec<(usize, i64)> = tail_scaled
+                .iter()
+                .map(|&(i, a)| (i, round_one(a, rng)))
+                .collect();
+            let norm_sq: f64 = r
+                .iter()
+                .chain(t.iter().map(|(_, a)| a))
+                .map(|&a| (a as f64) * (a as f64))
+                .sum();
             if norm_sq <= self.rounding_bound_sq {
-                return Ok(r);
+                acc[..r.len()].iter_mut().zip(&r).for_each(|(a, b)| *a += b);
+                for (i, a) in t {
+                    acc[self.rotated + i] += a;
+                }
+                zeroize::Zeroize::zeroize(&mut r);
+                return Ok(());
             }
             zeroize::Zeroize::zeroize(&mut r);
         }
@@ -163,14 +228,13 @@ impl EncodingScheme {
                 s as f64 * self.gamma
             })
             .collect();
-        match self.rotation_seed {
-            Some(seed) => rotation::unrotate(&signed, seed, self.dimension),
-            None => {
-                let mut s = signed;
-                s.truncate(self.dimension);
-                s
-            }
-        }
+        let (head, tail) = signed.split_at(self.rotated);
+        let mut out = match self.rotation_seed {
+            Some(seed) => rotation::unrotate(head, seed, self.dimension),
+            None => head[..self.dimension].to_vec(),
+        };
+        out.extend_from_slice(tail);
+        out
     }
 }
 
@@ -186,13 +250,13 @@ pub fn clip(v: &mut [f64], c: f64) {
 /// Rounds each coordinate up with probability equal to its fractional part,
 /// so `E[round(x)] = x`.
 pub fn randomized_round<R: RngCore>(v: &[f64], rng: &mut R) -> Vec<i64> {
-    v.iter()
-        .map(|&a| {
-            let fl = a.floor();
-            let frac = a - fl;
-            // 53 random bits give a uniform double in [0, 1).
-            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            fl as i64 + i64::from(u < frac)
-        })
-        .collect()
+    v.iter().map(|&a| round_one(a, rng)).collect()
+}
+
+fn round_one<R: RngCore>(a: f64, rng: &mut R) -> i64 {
+    let fl = a.floor();
+    let frac = a - fl;
+    // 53 random bits give a uniform double in [0, 1).
+    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    fl as i64 + i64::from(u < frac)
 }

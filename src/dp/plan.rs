@@ -144,6 +144,8 @@ pub struct PrivacyPlan {
 
 struct Shape {
     dimension: usize,
+    /// Plain coordinates every training task carries after the model's.
+    canaries: usize,
     /// Coordinates one party puts into one round's secure sums, after
     /// padding: the `d` of the round's privacy bound.
     padded: usize,
@@ -162,15 +164,17 @@ fn shape(policy: &Policy) -> Shape {
     let rotation = policy.encoding.rotation == Rotation::Hadamard;
     let pad = |d: usize| if rotation { padded_len(d) } else { d };
     // A task of d of the model's D parameters is clipped to c·√(d/D), so a
-    // party's tasks in one round together stay within c. The round is
-    // bounded by its costliest shape: the most padded coordinates.
+    // party's tasks in one round together stay within c. Every task also
+    // carries one coordinate per audit canary. The round is bounded by its
+    // costliest shape: the most padded coordinates.
+    let canaries = policy.audit.canaries as usize;
     let tasks: Vec<(f64, usize)> = policy
         .strategy
         .round_shapes()
         .into_iter()
         .map(|dims| {
             dims.iter()
-                .map(|&d| ((d as f64 / dimension as f64).sqrt(), pad(d)))
+                .map(|&d| ((d as f64 / dimension as f64).sqrt(), pad(d) + canaries))
                 .collect::<Vec<_>>()
         })
         .max_by_key(|t| t.iter().map(|(_, p)| p).sum::<usize>())
@@ -195,6 +199,7 @@ fn shape(policy: &Policy) -> Shape {
     };
     Shape {
         dimension,
+        canaries,
         padded,
         tasks,
         parties,
@@ -225,12 +230,14 @@ fn coordinate_bound(policy: &Policy, s: &Shape, z: f64, gamma: f64) -> f64 {
         // proxy ‖x‖²/d: the task with the largest clip per coordinate.
         s.tasks
             .iter()
-            .map(|&(share, p)| c * share * t / (p as f64).sqrt())
+            .map(|&(share, p)| c * share * t / ((p - s.canaries) as f64).sqrt())
             .fold(0.0, f64::max)
     } else {
         c
     };
-    let signal = s.contributions * (per_coord_signal + 1.0);
+    // A canary's coordinate (not rotated) holds one canary at most.
+    let canary_signal = if s.canaries > 0 { c + 1.0 } else { 0.0 };
+    let signal = (s.contributions * (per_coord_signal + 1.0)).max(canary_signal);
     let noise = if policy.privacy.unit == Unit::None {
         0.0
     } else {

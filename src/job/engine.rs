@@ -23,12 +23,12 @@ use shroud_audit::report::CohortEntry;
 use shroud_crypto::{Coordinator, Error as ProtocolError, Event, IdentityPublicKey, PartyId};
 
 use super::task::{TaskKind, AUDIT_BITS};
-use super::{protocol_round, rotation_seed};
+use super::{protocol_round, training_scheme};
 use crate::audit::{self, AuditSetup, Canary, Findings};
 use crate::dp::encode::EncodingScheme;
 use crate::dp::plan::{PrivacyPlan, RoundCharge};
 use crate::model::Mlp;
-use crate::net::api::{CanaryRecord, LiveTask, PartySetup};
+use crate::net::api::{LiveTask, PartySetup};
 use crate::policy::{Policy, Unit};
 use crate::store::ledger::ChargeKind;
 use crate::strategy::{round_plan, CoordinatorHalf, RoundPlan, TaskResult, TaskSpec};
@@ -81,6 +81,8 @@ impl JobState {
 pub struct RoundEnd {
     pub round: u32,
     pub strategy_state: Vec<u8>,
+    /// The audit canaries' scores so far (see [`audit::score_canaries`]).
+    pub canary_scores: Vec<f64>,
     /// The parameters of the model the job would release now.
     pub model: Vec<f64>,
 }
@@ -241,6 +243,8 @@ pub struct JobEngine {
     next_round: u32,
     canaries: Vec<Canary>,
     canary_seed: u64,
+    /// Each canary's coordinate summed over the decoded training sums.
+    canary_scores: Vec<f64>,
     live: Option<Live>,
     /// Training rounds whose charge is recorded: a round is charged once,
     /// by its first task to reach the charge point.
@@ -266,10 +270,9 @@ impl JobEngine {
         let canaries = audit::draw_canaries(
             setup.canary_seed,
             setup.policy.audit.canaries as usize,
-            setup.policy.strategy.inputs,
-            setup.policy.strategy.classes,
             &ids,
         );
+        let canary_scores = vec![0.0; canaries.len()];
         JobEngine {
             id: setup.job,
             roster: setup.policy.roster_keys(),
@@ -281,6 +284,7 @@ impl JobEngine {
             next_round: next_round.max(1),
             canaries,
             canary_seed: setup.canary_seed,
+            canary_scores,
             live: None,
             charged_rounds: BTreeSet::new(),
             audit_attempts: 0,
@@ -350,11 +354,9 @@ impl JobEngine {
             canaries: self
                 .canaries
                 .iter()
-                .filter(|c| c.included && c.party == party)
-                .map(|c| CanaryRecord {
-                    features: c.features.clone(),
-                    label: c.label,
-                })
+                .enumerate()
+                .filter(|(_, c)| c.included && c.party == party)
+                .map(|(i, _)| i as u32)
                 .collect(),
         }
     }
@@ -459,6 +461,24 @@ impl JobEngine {
     }
 
     /// After a restart: audit sums already tried (each aborted).
+    /// Restores the canaries' scores saved with the last finished round.
+    pub fn restore_canary_scores(&mut self, scores: &[f64]) -> Result<(), EngineError> {
+        if !scores.is_empty() && scores.len() != self.canaries.len() {
+            return Err(EngineError::new(
+                ErrorKind::Internal,
+                format!(
+                    "the store holds {} canary scores, the policy has {} canaries",
+                    scores.len(),
+                    self.canaries.len()
+                ),
+            ));
+        }
+        if !scores.is_empty() {
+            self.canary_scores = scores.to_vec();
+        }
+        Ok(())
+    }
+
     pub fn set_audit_attempts(&mut self, attempts: u32) {
         self.audit_attempts = attempts;
     }
@@ -606,12 +626,7 @@ impl JobEngine {
         let task = plan.tasks[index].clone();
         let (scheme, bits, len) = match kind {
             TaskKind::Training => {
-                let scheme = EncodingScheme::for_task(
-                    &self.plan,
-                    task.dimension,
-                    task.clip_norm,
-                    rotation_seed(&self.policy, &self.id, round, task.id),
-                );
+                let scheme = training_scheme(&self.policy, &self.plan, &self.id, round, &task);
                 let len = scheme.padded;
                 (Some(scheme), self.plan.bits, len)
             }
@@ -757,6 +772,7 @@ impl JobEngine {
         Some(RoundEnd {
             round: live.round,
             strategy_state: self.strategy.save(),
+            canary_scores: self.canary_scores.clone(),
             model: self.strategy.release_model().to_flat(),
         })
     }
@@ -791,11 +807,19 @@ impl JobEngine {
             return Ok(());
         }
         let records = self.records(&contributors);
-        let sum = live
+        let mut sum = live
             .scheme
             .as_ref()
             .expect("a training task has a scheme")
             .decode(&agg.sum);
+        // The canaries' coordinates follow the model's: scored, then cut off.
+        let dimension = live.task().dimension;
+        audit::score_canaries(
+            &mut self.canary_scores,
+            &sum[dimension..],
+            live.task().clip_norm,
+        );
+        sum.truncate(dimension);
         self.strategy.absorb(
             live.round,
             TaskResult {
@@ -886,7 +910,7 @@ impl JobEngine {
     fn finish_audit(&mut self, summed: &[u32], contributors: usize) {
         let setup = AuditSetup {
             canaries: self.canaries.clone(),
-            samples: Vec::new(),
+            canary_scores: self.canary_scores.clone(),
             canary_seed: self.canary_seed,
             sample_seed: None,
         };
@@ -903,13 +927,7 @@ impl JobEngine {
             contributors,
             attacks,
         );
-        let findings = audit::findings(
-            &model,
-            &setup,
-            &counts,
-            &self.policy,
-            self.policy.privacy.delta,
-        );
+        let findings = audit::findings(&setup, &counts, &self.policy, self.policy.privacy.delta);
         let cohort = self
             .policy
             .parties

@@ -21,7 +21,7 @@ use crate::net::api::StartJob;
 use crate::net::metrics::Metrics;
 use crate::policy::{Policy, Unit};
 use crate::release::{gate_and_report, ReleaseInputs};
-use crate::store::service::{JobRunRecord, ReleaseRecord};
+use crate::store::service::{JobRunRecord, ReleaseRecord, SavedRound};
 use crate::store::{LedgerError, PrivacyLedger};
 use crate::strategy::{coordinator_half, fedavg::FedAvg, round_plan};
 
@@ -160,7 +160,10 @@ impl Host<'_> {
                     task,
                     &contributors,
                     &dropped,
-                    round_end.as_ref().map(|r| r.strategy_state.as_slice()),
+                    round_end.as_ref().map(|r| SavedRound {
+                        strategy_state: &r.strategy_state,
+                        canary_scores: &r.canary_scores,
+                    }),
                 )?;
                 let spent = match engine.policy().privacy.unit {
                     Unit::None => None,
@@ -207,7 +210,10 @@ impl Host<'_> {
                     task,
                     &reason,
                     &dropped,
-                    round_end.as_ref().map(|r| r.strategy_state.as_slice()),
+                    round_end.as_ref().map(|r| SavedRound {
+                        strategy_state: &r.strategy_state,
+                        canary_scores: &r.canary_scores,
+                    }),
                 )?;
                 self.log(
                     "round-aborted",
@@ -430,6 +436,7 @@ pub fn create_job(
         seed,
         canary_seed,
         strategy_state: strategy.save(),
+        canary_scores: Vec::new(),
         reason: None,
     })?;
     let tasks = round_plan(&job_policy, &req.job, 1).tasks.len();
@@ -530,6 +537,9 @@ pub fn resume_job(
         state,
     );
     engine.set_audit_attempts(audit_attempts);
+    if let Err(e) = engine.restore_canary_scores(&rec.canary_scores) {
+        return fail(store, format!("the job cannot resume: {e}"));
+    }
     Ok(Some(engine))
 }
 

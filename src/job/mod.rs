@@ -121,3 +121,22 @@ pub fn rotation_seed(policy: &Policy, job: &str, round: u32, task: u32) -> Optio
     (policy.encoding.rotation == Rotation::Hadamard)
         .then(|| public_seed("rotation", job, round, task))
 }
+
+/// How a training task's vector is encoded: the strategy's slice of the
+/// model, rotated by the task's public seed, followed by one plain
+/// coordinate per audit canary.
+pub fn training_scheme(
+    policy: &Policy,
+    plan: &crate::dp::plan::PrivacyPlan,
+    job: &str,
+    round: u32,
+    spec: &crate::strategy::TaskSpec,
+) -> crate::dp::encode::EncodingScheme {
+    crate::dp::encode::EncodingScheme::for_task(
+        plan,
+        spec.dimension,
+        policy.audit.canaries as usize,
+        spec.clip_norm,
+        rotation_seed(policy, job, round, spec.id),
+    )
+}

@@ -33,9 +33,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use shroud_crypto::{IdentityPublicKey, PartyId, Round};
 
-use crate::dp::encode::EncodingScheme;
 use crate::dp::plan::PrivacyPlan;
-use crate::job::{protocol_round, rotation_seed};
+use crate::job::{protocol_round, training_scheme};
 use crate::net::api::LiveTask;
 use crate::policy::Policy;
 use crate::strategy::round_plan;
@@ -262,12 +261,7 @@ impl PartyRules {
                         return Err(Refusal::NotAfterLast { round, task, last });
                     }
                 }
-                let scheme = EncodingScheme::for_task(
-                    &self.plan,
-                    spec.dimension,
-                    spec.clip_norm,
-                    rotation_seed(&self.policy, &self.job, round, task),
-                );
+                let scheme = training_scheme(&self.policy, &self.plan, &self.job, round, spec);
                 (scheme.padded, self.plan.bits)
             }
             TaskKind::Audit => {
@@ -343,7 +337,7 @@ use shroud_crypto::session::SessionId;
 use shroud_crypto::{IdentityKey, Party};
 use zeroize::Zeroizing;
 
-use crate::audit::{self, Canary, PartySample};
+use crate::audit::{self, PartySample};
 use crate::data::Dataset;
 use crate::dp::gaussian::NoiseSeed;
 use crate::dp::noise::DiscreteGaussianShare;
@@ -393,6 +387,11 @@ pub enum InputRandomness {
     /// so that two runs of a job produce the same inputs.
     #[doc(hidden)]
     Seeded(u64),
+    /// The library's own tests only (absent from every other build):
+    /// seeded as `Seeded`, with the party's noise share `divisor` times too
+    /// small — broken noise, for the audit to catch.
+    #[cfg(test)]
+    WeakNoise { seed: u64, divisor: u32 },
 }
 
 impl InputRandomness {
@@ -409,6 +408,10 @@ impl InputRandomness {
                 "test rounding",
                 &format!("{label}/{s}"),
             )),
+            #[cfg(test)]
+            InputRandomness::WeakNoise { seed, .. } => {
+                InputRandomness::Seeded(seed).rounding_rng(label)
+            }
         }
     }
 
@@ -421,6 +424,10 @@ impl InputRandomness {
                 "test noise",
                 &format!("{label}/{s}"),
             )),
+            #[cfg(test)]
+            InputRandomness::WeakNoise { seed, .. } => {
+                InputRandomness::Seeded(seed).noise_seed(label)
+            }
         }
     }
 }
@@ -447,9 +454,10 @@ pub struct PartySession {
     rules: PartyRules,
     member: Member,
     half: Box<dyn PartyHalf>,
-    /// The records it trains on: its data less its audit non-members, with
-    /// the canaries the coordinator asked it to include.
+    /// The records it trains on: its data less its audit non-members.
     training: Dataset,
+    /// The audit canaries it adds to every training sum (indices).
+    canaries: Vec<usize>,
     sample: PartySample,
     noise: Option<DiscreteGaussianShare>,
     audit_seed: u64,
@@ -523,40 +531,30 @@ impl PartySession {
                 setup.noise_std_per_party, plan.noise_std_per_party
             ));
         }
-        let (dim, classes) = (policy.strategy.inputs, policy.strategy.classes);
+        let dim = policy.strategy.inputs;
         if member.data.dim() != dim {
             return Err(format!(
                 "the data has {} features, the policy's model {dim}",
                 member.data.dim()
             ));
         }
-        let mut canaries = Vec::new();
-        for c in &setup.canaries {
-            if c.features.len() != dim
-                || c.label >= classes
-                || !c.features.iter().all(|x| x.is_finite())
-            {
-                return Err("the coordinator sent a canary that does not fit the model \
-                            (length, label or non-finite values)"
-                    .into());
-            }
-            canaries.push(Canary {
-                features: c.features.clone(),
-                label: c.label,
-                included: true,
-                party: member.id,
-            });
-        }
+        let canaries = own_canaries(&setup.canaries, policy.audit.canaries, member.id, &policy)?;
         let sample_secret = party_secret(&member.identity_seed, "audit sample", job);
         let sample = audit::draw_sample(member.id, &member.data, &sample_secret);
-        let training = audit::training_set(&member.data, &sample, &canaries);
+        let training = audit::training_set(&member.data, &sample);
         let audit_seed = u64::from_le_bytes(
             party_secret(&member.identity_seed, "audit reference", job)[..8]
                 .try_into()
                 .expect("8 bytes"),
         );
+        let noise_std = plan.noise_std_per_party;
+        #[cfg(test)]
+        let noise_std = match randomness {
+            InputRandomness::WeakNoise { divisor, .. } => (noise_std / f64::from(divisor)).round(),
+            _ => noise_std,
+        };
         let noise = (policy.privacy.unit != Unit::None)
-            .then(|| DiscreteGaussianShare::new(plan.noise_std_per_party))
+            .then(|| DiscreteGaussianShare::new(noise_std))
             .transpose()
             .map_err(|e| e.to_string())?;
         let half = party_half(&policy, home).map_err(|e| {
@@ -570,6 +568,7 @@ impl PartySession {
             rules: PartyRules::new(member.id, job, policy, plan, state),
             member,
             training,
+            canaries,
             sample,
             noise,
             audit_seed,
@@ -666,12 +665,8 @@ impl PartySession {
             .into_iter()
             .find(|t| t.id == a.task)
             .ok_or("the task left the plan")?;
-        let scheme = EncodingScheme::for_task(
-            plan,
-            spec.dimension,
-            spec.clip_norm,
-            rotation_seed(policy, job, a.round, a.task),
-        );
+        let scheme = training_scheme(policy, plan, job, a.round, &spec);
+        let m = policy.audit.canaries as usize;
         let sample_seed = party_secret(
             &self.member.identity_seed,
             "round sample",
@@ -682,26 +677,38 @@ impl PartySession {
         let noise_seed = self.randomness.noise_seed(&label);
         let enc = |e: crate::dp::encode::EncodeError| format!("encoding failed: {e}");
         // The update, its quantized form and the sum are wiped once used.
-        let mut acc: Zeroizing<Vec<i64>> =
-            match self
-                .half
-                .contribute(a.round, &spec, &self.training, &sample_seed)
-            {
-                Contribution::PerRecord(mut list) => {
-                    let mut acc = Zeroizing::new(vec![0i64; scheme.padded]);
-                    for g in list.iter_mut() {
-                        let q = Zeroizing::new(scheme.quantize(g, &mut rng).map_err(enc)?);
-                        g.zeroize();
-                        acc.iter_mut().zip(q.iter()).for_each(|(a, b)| *a += b);
-                    }
-                    acc
+        let mut acc: Zeroizing<Vec<i64>> = Zeroizing::new(vec![0i64; scheme.padded]);
+        match self
+            .half
+            .contribute(a.round, &spec, &self.training, &sample_seed)
+        {
+            Contribution::PerRecord(mut list) => {
+                for g in list.iter_mut() {
+                    let q = scheme.quantize_into(g, &mut rng, &mut acc).map_err(enc);
+                    g.zeroize();
+                    q?;
                 }
-                Contribution::Whole(mut v) => {
-                    let q = scheme.quantize(&v, &mut rng).map_err(enc);
-                    v.zeroize();
-                    Zeroizing::new(q?)
-                }
-            };
+            }
+            Contribution::Whole(mut v) => {
+                let q = scheme.quantize_into(&v, &mut rng, &mut acc).map_err(enc);
+                v.zeroize();
+                q?;
+            }
+        }
+        // Each of its canaries as one more record, sampled at the records'
+        // rate by a secret of its own.
+        let canary_secret = party_secret(
+            &self.member.identity_seed,
+            "canary sample",
+            &format!("{job}/{}/{}", a.round, a.task),
+        );
+        let mut canary_rng = ChaCha20Rng::from_seed(*canary_secret);
+        for &i in &self.canaries {
+            if crate::sampling::bernoulli(&mut canary_rng, policy.privacy.sampling_rate) {
+                let v = audit::canary_vector(i, spec.dimension, m, spec.clip_norm);
+                scheme.quantize_into(&v, &mut rng, &mut acc).map_err(enc)?;
+            }
+        }
         if let Some(n) = &self.noise {
             n.add_to_with_seed(&mut acc, &noise_seed)
                 .map_err(|e| e.to_string())?;
@@ -742,4 +749,27 @@ impl PartySession {
     pub fn leave(&mut self) {
         self.taking = None;
     }
+}
+
+/// The canaries the coordinator deals this party, checked against the
+/// public dealing rule: `m` of them, round-robin over the roster in order,
+/// each once. Canaries carry no data, but a coordinator could otherwise
+/// load one party with all of them.
+fn own_canaries(dealt: &[u32], m: u32, party: u32, policy: &Policy) -> Result<Vec<usize>, String> {
+    let roster: Vec<u32> = policy.parties.iter().map(|p| p.id).collect();
+    let position = roster
+        .iter()
+        .position(|&p| p == party)
+        .ok_or("this party is not on the policy's roster")?;
+    let mut last: Option<u32> = None;
+    for &i in dealt {
+        if i >= m || last.is_some_and(|l| i <= l) || i as usize % roster.len() != position {
+            return Err(format!(
+                "the coordinator dealt canary {i}, which is not this party's: the policy's {m} \
+                 canaries are dealt round-robin over the roster, each once, in order"
+            ));
+        }
+        last = Some(i);
+    }
+    Ok(dealt.iter().map(|&i| i as usize).collect())
 }

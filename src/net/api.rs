@@ -63,13 +63,6 @@ pub struct JobStatus {
     pub version: u64,
 }
 
-/// A canary a party adds to its training data.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct CanaryRecord {
-    pub features: Vec<f64>,
-    pub label: usize,
-}
-
 /// What a party needs before its first round.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PartySetup {
@@ -78,8 +71,9 @@ pub struct PartySetup {
     pub epsilon: f64,
     pub rounds: u32,
     pub noise_std_per_party: f64,
-    /// The "in" canaries dealt to this party (audit).
-    pub canaries: Vec<CanaryRecord>,
+    /// The "in" audit canaries dealt to this party, by index (ascending):
+    /// it adds each to every training sum as one more record.
+    pub canaries: Vec<u32>,
 }
 
 /// Every error answer.

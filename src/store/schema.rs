@@ -89,6 +89,7 @@ CREATE TABLE IF NOT EXISTS job_runs (
     params      BLOB NOT NULL,
     velocity    BLOB NOT NULL,
     strategy_state BLOB,
+    canary_scores BLOB,
     reason      TEXT,
     created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
@@ -135,11 +136,13 @@ fn add_charge_kind(conn: &Connection) -> Result<(), LedgerError> {
 /// Brings a store written before strategies kept their own state up to
 /// date.
 fn add_strategy_state(conn: &Connection) -> Result<(), LedgerError> {
-    let has: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('job_runs') WHERE name = 'strategy_state'")?
-        .exists([])?;
-    if !has {
-        conn.execute_batch("ALTER TABLE job_runs ADD COLUMN strategy_state BLOB;")?;
+    for column in ["strategy_state", "canary_scores"] {
+        let has: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('job_runs') WHERE name = ?1")?
+            .exists([column])?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE job_runs ADD COLUMN {column} BLOB;"))?;
+        }
     }
     Ok(())
 }

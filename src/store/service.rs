@@ -31,7 +31,28 @@ pub struct JobRunRecord {
     pub canary_seed: u64,
     /// The strategy's coordinator state at the end of the last round.
     pub strategy_state: Vec<u8>,
+    /// The audit canaries' scores at the end of the last round.
+    pub canary_scores: Vec<f64>,
     pub reason: Option<String>,
+}
+
+/// What a round's last task leaves for a restart: the strategy's state and
+/// the canaries' scores.
+#[derive(Clone, Copy, Debug)]
+pub struct SavedRound<'a> {
+    pub strategy_state: &'a [u8],
+    pub canary_scores: &'a [f64],
+}
+
+fn scores_to_bytes(scores: &[f64]) -> Vec<u8> {
+    scores.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn scores_from_bytes(bytes: &[u8]) -> Vec<f64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
 }
 
 /// A job as read back, with what a store written before strategies kept
@@ -147,7 +168,8 @@ impl PrivacyLedger {
             .conn
             .query_row(
                 "SELECT job, consortium, policy_hash, state, rounds, next_round, seed, canary_seed,
-                        params, velocity, reason, epsilon, strategy_state FROM job_runs WHERE job = ?1",
+                        params, velocity, reason, epsilon, strategy_state, canary_scores
+                 FROM job_runs WHERE job = ?1",
                 params![job],
                 |r| {
                     Ok((
@@ -161,6 +183,9 @@ impl PrivacyLedger {
                             seed: r.get::<_, i64>(6)? as u64,
                             canary_seed: r.get::<_, i64>(7)? as u64,
                             strategy_state: r.get::<_, Option<Vec<u8>>>(12)?.unwrap_or_default(),
+                            canary_scores: scores_from_bytes(
+                                &r.get::<_, Option<Vec<u8>>>(13)?.unwrap_or_default(),
+                            ),
                             reason: r.get(10)?,
                             epsilon: r.get(11)?,
                         },
@@ -273,7 +298,7 @@ impl PrivacyLedger {
         task: u32,
         survivors: &[u32],
         dropped: &[u32],
-        strategy_state: Option<&[u8]>,
+        saved: Option<SavedRound<'_>>,
     ) -> Result<(), LedgerError> {
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -287,7 +312,7 @@ impl PrivacyLedger {
              WHERE id = (SELECT charge_id FROM rounds WHERE job = ?1 AND round = ?2 AND task = ?3)",
             params![job, round, task],
         )?;
-        save_state(&tx, job, strategy_state)?;
+        save_state(&tx, job, saved)?;
         tx.commit()?;
         Ok(())
     }
@@ -301,7 +326,7 @@ impl PrivacyLedger {
         task: u32,
         reason: &str,
         dropped: &[u32],
-        strategy_state: Option<&[u8]>,
+        saved: Option<SavedRound<'_>>,
     ) -> Result<(), LedgerError> {
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -310,7 +335,7 @@ impl PrivacyLedger {
              WHERE job = ?1 AND round = ?2 AND task = ?3 AND state = 'running'",
             params![job, round, task, reason, ids_json(dropped)],
         )?;
-        save_state(&tx, job, strategy_state)?;
+        save_state(&tx, job, saved)?;
         tx.commit()?;
         Ok(())
     }
@@ -381,12 +406,20 @@ impl PrivacyLedger {
     }
 }
 
-fn save_state(tx: &Transaction<'_>, job: &str, state: Option<&[u8]>) -> rusqlite::Result<()> {
-    if let Some(state) = state {
+fn save_state(
+    tx: &Transaction<'_>,
+    job: &str,
+    saved: Option<SavedRound<'_>>,
+) -> rusqlite::Result<()> {
+    if let Some(saved) = saved {
         tx.execute(
-            "UPDATE job_runs SET strategy_state = ?2,
+            "UPDATE job_runs SET strategy_state = ?2, canary_scores = ?3,
                updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE job = ?1",
-            params![job, state],
+            params![
+                job,
+                saved.strategy_state,
+                scores_to_bytes(saved.canary_scores)
+            ],
         )?;
     }
     Ok(())
