@@ -549,6 +549,20 @@ struct DemoOutcome {
     transport: String,
 }
 
+/// The demo's parties as in-process members: party `i` holds share `i`
+/// under the demo's identity for `i`.
+fn demo_members(party_data: &[crate::data::Dataset]) -> Vec<Member> {
+    party_data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Member {
+            id: i as u32,
+            identity_seed: demo_identity_seed(i as u32),
+            data: d.clone(),
+        })
+        .collect()
+}
+
 struct DemoJob<'a> {
     f: &'a DemoConfig,
     policy: &'a Policy,
@@ -569,16 +583,7 @@ impl DemoJob<'_> {
         let f = self.f;
         let (tx, rx) = std::sync::mpsc::channel();
         let mut ledger = PrivacyLedger::open(db)?;
-        let parties = self
-            .party_data
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Member {
-                id: i as u32,
-                identity_seed: demo_identity_seed(i as u32),
-                data: d.clone(),
-            })
-            .collect();
+        let parties = demo_members(self.party_data);
         let status = local::run(
             LocalJob {
                 policy: self.policy,
@@ -815,16 +820,7 @@ mod tests {
             ..DemoConfig::default()
         })
         .unwrap();
-        let parties = demo
-            .party_data
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Member {
-                id: i as u32,
-                identity_seed: demo_identity_seed(i as u32),
-                data: d.clone(),
-            })
-            .collect();
+        let parties = demo_members(&demo.party_data);
         let mut ledger = PrivacyLedger::open(&demo.db).unwrap();
         let status = local::run(
             LocalJob {
