@@ -104,15 +104,6 @@ pub fn draw_canaries(seed: u64, m: usize, parties: &[u32]) -> Vec<Canary> {
         .collect()
 }
 
-/// The vector one canary adds to a training sum of `dimension` model
-/// coordinates and `canaries` canary coordinates: the task's clip norm in
-/// the canary's own coordinate, the largest contribution a record may make.
-pub fn canary_vector(index: usize, dimension: usize, canaries: usize, clip_norm: f64) -> Vec<f64> {
-    let mut v = vec![0.0; dimension + canaries];
-    v[dimension + index] = clip_norm;
-    v
-}
-
 /// Adds one decoded training sum's canary coordinates to the scores, in
 /// units of the task's clip norm (an "in" canary adds about 1 per sum it
 /// was sampled into).

@@ -130,6 +130,17 @@ fn plain_coordinates_carry_canaries_apart_from_the_rotated_model() {
     s.quantize_into(&canary, &mut rng, &mut acc).unwrap();
     let changed: Vec<usize> = (0..acc.len()).filter(|&i| acc[i] != before[i]).collect();
     assert_eq!(changed, vec![s.rotated + 3]);
+    // Given by index, the same canary lands on the same coordinate alone.
+    let mut by_index = before.clone();
+    s.quantize_plain_into(3, 0.5, &mut rng, &mut by_index)
+        .unwrap();
+    let changed: Vec<usize> = (0..acc.len())
+        .filter(|&i| by_index[i] != before[i])
+        .collect();
+    assert_eq!(changed, vec![s.rotated + 3]);
+    assert!(s
+        .quantize_plain_into(5, 0.5, &mut rng, &mut by_index)
+        .is_err());
     let back = s.decode(&s.wrap(&acc));
     assert_eq!(back.len(), 105);
     assert!((back[103] - 0.5).abs() <= 1e-4, "{}", back[103]);

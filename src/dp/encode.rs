@@ -141,18 +141,63 @@ impl EncodingScheme {
                 got: x.len(),
             });
         }
-        assert_eq!(acc.len(), self.padded, "an accumulator of the wire length");
         if let Some(index) = x.iter().position(|v| !v.is_finite()) {
             return Err(EncodeError::NonFinite { index });
         }
         let (head, tail) = x.split_at(self.dimension.min(x.len()));
-        let norm = x.iter().map(|a| a * a).sum::<f64>().sqrt();
+        let tail: Vec<(usize, f64)> = tail
+            .iter()
+            .enumerate()
+            .filter(|(_, &v)| v != 0.0)
+            .map(|(i, &v)| (i, v))
+            .collect();
+        self.quantize_parts(head, &tail, rng, acc)
+    }
+
+    /// A contribution of `value` in plain coordinate `index` and nothing
+    /// else (an audit canary), added into `acc` like
+    /// [`EncodingScheme::quantize_into`] would, without spelling out the
+    /// zeros.
+    pub fn quantize_plain_into<R: RngCore + CryptoRng>(
+        &self,
+        index: usize,
+        value: f64,
+        rng: &mut R,
+        acc: &mut [i64],
+    ) -> Result<(), EncodeError> {
+        if index >= self.plain {
+            return Err(EncodeError::WrongDimension {
+                expected: self.dimension + self.plain,
+                got: self.dimension + index + 1,
+            });
+        }
+        if !value.is_finite() {
+            return Err(EncodeError::NonFinite {
+                index: self.dimension + index,
+            });
+        }
+        self.quantize_parts(&[], &[(index, value)], rng, acc)
+    }
+
+    /// Clips, scales, rotates and rounds a contribution given as its model
+    /// coordinates (`head`; empty or all zero: untouched) and its non-zero
+    /// plain coordinates (`tail`, by index), then adds it into `acc`.
+    fn quantize_parts<R: RngCore + CryptoRng>(
+        &self,
+        head: &[f64],
+        tail: &[(usize, f64)],
+        rng: &mut R,
+        acc: &mut [i64],
+    ) -> Result<(), EncodeError> {
+        assert_eq!(acc.len(), self.padded, "an accumulator of the wire length");
+        let norm = head
+            .iter()
+            .chain(tail.iter().map(|(_, v)| v))
+            .map(|a| a * a)
+            .sum::<f64>()
+            .sqrt();
         // Clipping and scaling as one factor (the rotation keeps norms).
-        let factor = if norm > self.clip_norm {
-            self.clip_norm / norm
-        } else {
-            1.0
-        } / self.gamma;
+        let factor = clip_factor(norm, self.clip_norm) / self.gamma;
         // The update and every copy of it are wiped once done with.
         let head_scaled: Option<zeroize::Zeroizing<Vec<f64>>> =
             head.iter().any(|&v| v != 0.0).then(|| {
@@ -163,12 +208,6 @@ impl EncodingScheme {
                 v.iter_mut().for_each(|a| *a *= factor);
                 v
             });
-        let tail_scaled: Vec<(usize, f64)> = tail
-            .iter()
-            .enumerate()
-            .filter(|(_, &v)| v != 0.0)
-            .map(|(i, &v)| (i, v * factor))
-            .collect();
         // Conditional randomized rounding: unbiased per coordinate; redrawn
         // until the norm meets the bound (each draw succeeds with
         // probability at least 1 − β ≈ 0.39).
@@ -177,9 +216,9 @@ impl EncodingScheme {
                 Some(v) => randomized_round(v, rng),
                 None => Vec::new(),
             };
-            let t: Vec<(usize, i64)> = tail_scaled
+            let t: Vec<(usize, i64)> = tail
                 .iter()
-                .map(|&(i, a)| (i, round_one(a, rng)))
+                .map(|&(i, a)| (i, round_one(a * factor, rng)))
                 .collect();
             let norm_sq: f64 = r
                 .iter()
@@ -241,9 +280,18 @@ impl EncodingScheme {
 /// Scales `v` down so that its L2 norm is at most `c`.
 pub fn clip(v: &mut [f64], c: f64) {
     let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
-    if norm > c {
-        let s = c / norm;
+    let s = clip_factor(norm, c);
+    if s < 1.0 {
         v.iter_mut().for_each(|a| *a *= s);
+    }
+}
+
+/// What a vector of L2 norm `norm` is multiplied by to clip it to `c`.
+fn clip_factor(norm: f64, c: f64) -> f64 {
+    if norm > c {
+        c / norm
+    } else {
+        1.0
     }
 }
 

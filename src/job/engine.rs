@@ -460,7 +460,6 @@ impl JobEngine {
         self.confirm_unmask(now)
     }
 
-    /// After a restart: audit sums already tried (each aborted).
     /// Restores the canaries' scores saved with the last finished round.
     pub fn restore_canary_scores(&mut self, scores: &[f64]) -> Result<(), EngineError> {
         if !scores.is_empty() && scores.len() != self.canaries.len() {
@@ -479,6 +478,7 @@ impl JobEngine {
         Ok(())
     }
 
+    /// After a restart: audit sums already tried (each aborted).
     pub fn set_audit_attempts(&mut self, attempts: u32) {
         self.audit_attempts = attempts;
     }

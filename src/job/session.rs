@@ -395,39 +395,41 @@ pub enum InputRandomness {
 }
 
 impl InputRandomness {
+    /// The test seed, if the randomness is seeded (`None`: the OS's).
+    fn test_seed(self) -> Option<u64> {
+        match self {
+            InputRandomness::Os => None,
+            InputRandomness::Seeded(s) => Some(s),
+            #[cfg(test)]
+            InputRandomness::WeakNoise { seed, .. } => Some(seed),
+        }
+    }
+
     /// The generator for randomized rounding of the input `label` names.
     fn rounding_rng(self, label: &str) -> ChaCha20Rng {
-        match self {
-            InputRandomness::Os => {
+        match self.test_seed() {
+            None => {
                 let mut seed = Zeroizing::new([0u8; 32]);
                 OsRng.fill_bytes(seed.as_mut());
                 ChaCha20Rng::from_seed(*seed)
             }
-            InputRandomness::Seeded(s) => ChaCha20Rng::from_seed(*party_secret(
+            Some(s) => ChaCha20Rng::from_seed(*party_secret(
                 &[7; 32],
                 "test rounding",
                 &format!("{label}/{s}"),
             )),
-            #[cfg(test)]
-            InputRandomness::WeakNoise { seed, .. } => {
-                InputRandomness::Seeded(seed).rounding_rng(label)
-            }
         }
     }
 
     /// The key of the noise on the input `label` names.
     fn noise_seed(self, label: &str) -> NoiseSeed {
-        match self {
-            InputRandomness::Os => NoiseSeed::from_os(),
-            InputRandomness::Seeded(s) => NoiseSeed::for_testing(*party_secret(
+        match self.test_seed() {
+            None => NoiseSeed::from_os(),
+            Some(s) => NoiseSeed::for_testing(*party_secret(
                 &[7; 32],
                 "test noise",
                 &format!("{label}/{s}"),
             )),
-            #[cfg(test)]
-            InputRandomness::WeakNoise { seed, .. } => {
-                InputRandomness::Seeded(seed).noise_seed(label)
-            }
         }
     }
 }
@@ -666,7 +668,6 @@ impl PartySession {
             .find(|t| t.id == a.task)
             .ok_or("the task left the plan")?;
         let scheme = training_scheme(policy, plan, job, a.round, &spec);
-        let m = policy.audit.canaries as usize;
         let sample_seed = party_secret(
             &self.member.identity_seed,
             "round sample",
@@ -705,8 +706,9 @@ impl PartySession {
         let mut canary_rng = ChaCha20Rng::from_seed(*canary_secret);
         for &i in &self.canaries {
             if crate::sampling::bernoulli(&mut canary_rng, policy.privacy.sampling_rate) {
-                let v = audit::canary_vector(i, spec.dimension, m, spec.clip_norm);
-                scheme.quantize_into(&v, &mut rng, &mut acc).map_err(enc)?;
+                scheme
+                    .quantize_plain_into(i, spec.clip_norm, &mut rng, &mut acc)
+                    .map_err(enc)?;
             }
         }
         if let Some(n) = &self.noise {
