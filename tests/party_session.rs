@@ -286,3 +286,54 @@ fn the_protocol_round_refuses_a_cohort_below_the_threshold() {
     let err = shroud::job::protocol_round(&p, JOB, 1, 0, &cohort, 20, 16).unwrap_err();
     assert!(err.to_string().contains("needs at least 6"), "{err}");
 }
+
+/// A lying coordinator may deal a party canaries that are not its own under
+/// the public round-robin rule — another party's, one twice, or one past the
+/// policy's count — to load it with work or skew the audit: the party
+/// refuses to join, saying why. Its own canaries are accepted.
+#[test]
+fn canaries_dealt_against_the_rule_are_refused() {
+    use shroud::data::Dataset;
+    use shroud::job::demo_identity_seed;
+    use shroud::job::session::{InputRandomness, Member, PartySession};
+    use shroud::net::api::PartySetup;
+
+    let p = policy();
+    let plan = PrivacyPlan::for_policy(&p).unwrap();
+    let m = p.audit.canaries;
+    let join = |canaries: Vec<u32>| {
+        let member = Member {
+            id: ME,
+            identity_seed: demo_identity_seed(ME),
+            data: Dataset {
+                features: vec![vec![0.0; p.strategy.inputs]; 4],
+                labels: vec![0, 1, 2, 3],
+                classes: p.strategy.classes,
+                feature_names: (0..p.strategy.inputs).map(|i| format!("x{i}")).collect(),
+            },
+        };
+        let setup = PartySetup {
+            job: JOB.into(),
+            policy_hash: p.hash.clone(),
+            epsilon: p.privacy.epsilon,
+            rounds: p.privacy.rounds,
+            noise_std_per_party: plan.noise_std_per_party,
+            canaries,
+        };
+        PartySession::join(
+            member,
+            &p,
+            &setup,
+            SessionState::default(),
+            None,
+            InputRandomness::Os,
+        )
+        .map(|_| ())
+    };
+    // Eight parties: party 3 holds canaries 3, 11, 19, …
+    join(vec![ME, ME + 8, ME + 16]).expect("its own canaries are accepted");
+    for bad in [vec![ME + 1], vec![ME, ME], vec![ME + 8, ME], vec![m + ME]] {
+        let err = join(bad.clone()).expect_err("a canary against the rule");
+        assert!(err.contains("not this party's"), "{bad:?}: {err}");
+    }
+}
