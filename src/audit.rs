@@ -22,6 +22,13 @@
 //!    contributes only counts per score bin, members and non-members apart,
 //!    through secure aggregation. The coordinator turns the summed counts
 //!    into the consortium-wide ROC.
+//!
+//! The same secure sum carries the released model's utility: each party
+//! counts the members and non-members of its audit sample (a larger cap)
+//! that the model classifies right and wrong. Non-members are records no
+//! party trained on, so their accuracy is a test accuracy on the
+//! consortium's own data; the member accuracy beside it gives the
+//! train/test gap — without a test set ever leaving a party.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +40,7 @@ use shroud_audit::epsilon::lower_bound;
 use shroud_audit::noisy::NoisyCounts;
 use shroud_audit::report::{thin, AttackResult, TprAtFpr};
 use shroud_audit::stats::{cp_lower, cp_upper};
+use shroud_audit::utility::{Utility, UTILITY_COUNTS};
 use shroud_audit::Roc;
 
 use sha2::{Digest, Sha256};
@@ -54,6 +62,11 @@ pub const AUDIT_FRACTION: f64 = 0.3;
 /// far one record can move the counts of the attacks whose scores depend on
 /// a party's other records.
 pub const AUDIT_SAMPLE_CAP: usize = 64;
+/// At most this many sample records of one party are counted for the
+/// model's utility (again those with the smallest draws; the scored ones
+/// are among them). Accuracy needs no scores from other records, so a
+/// larger cap costs no more sensitivity than the loss attack's.
+pub const UTILITY_SAMPLE_CAP: usize = 256;
 /// Reference models each party trains at home for LiRA and RMIA.
 pub const REFERENCE_MODELS: usize = 4;
 
@@ -77,6 +90,10 @@ pub struct PartySample {
     /// [`AUDIT_SAMPLE_CAP`] sample records with the smallest draws.
     pub scored_members: Vec<usize>,
     pub scored_non_members: Vec<usize>,
+    /// The members and non-members counted for utility: the
+    /// [`UTILITY_SAMPLE_CAP`] sample records with the smallest draws.
+    pub utility_members: Vec<usize>,
+    pub utility_non_members: Vec<usize>,
 }
 
 /// What the coordinator's audit works from after training.
@@ -144,6 +161,8 @@ pub fn draw_sample(party: u32, d: &Dataset, secret: &[u8; 32]) -> PartySample {
     let members = pick(&|x| x.2, &drawn);
     let non_members = pick(&|x| !x.2, &drawn);
     drawn.sort_unstable();
+    drawn.truncate(UTILITY_SAMPLE_CAP);
+    let (utility_members, utility_non_members) = (pick(&|x| x.2, &drawn), pick(&|x| !x.2, &drawn));
     drawn.truncate(AUDIT_SAMPLE_CAP);
     PartySample {
         party,
@@ -151,6 +170,8 @@ pub fn draw_sample(party: u32, d: &Dataset, secret: &[u8; 32]) -> PartySample {
         non_members,
         scored_members: pick(&|x| x.2, &drawn),
         scored_non_members: pick(&|x| !x.2, &drawn),
+        utility_members,
+        utility_non_members,
     }
 }
 
@@ -164,42 +185,72 @@ pub fn sample_secret(seed: u64, party: u32) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// What the audit's histograms are, what the privacy plan sizes their noise by.
-pub struct AuditShape {
-    /// (attack, L2 sensitivity to one unit of privacy) per population attack.
-    pub sensitivities: Vec<(String, f64)>,
-    /// Counts per attack (both histograms).
-    pub width_per_attack: usize,
+/// One block of counts in the audit's secure sum.
+pub struct CountBlock {
+    /// The population attack whose histograms it holds, or [`UTILITY`].
+    pub name: String,
+    /// L2 sensitivity of the block to one unit of privacy, in counts.
+    pub sensitivity: f64,
+    /// Counts in the block.
+    pub width: usize,
 }
 
-/// The audit histograms' L2 sensitivity per population attack, to one
-/// unit of privacy, and their width: what the privacy plan sizes the
-/// counts' noise by.
+/// The name of the utility block.
+pub const UTILITY: &str = "utility";
+
+/// The blocks of the audit's secure sum, in order — one per population
+/// attack (both histograms), then the utility counts — with their L2
+/// sensitivity to one unit of privacy: what the privacy plan sizes each
+/// block's noise by.
 ///
 /// - Record unit. A record enters its own bin (and, the sample being capped,
-///   may push one other scored record out): √2 for the loss attack, whose
-///   scores depend on nothing but the model and the record. LiRA's reference
-///   models train on the party's other records and RMIA compares each
-///   record with the party's held-out non-members, so one record can move
-///   every scored record of its party to another bin: √2·(cap + 1).
-/// - Party unit. A party's histograms hold at most `cap` records: `cap`.
-pub fn histogram_shape(policy: &Policy) -> AuditShape {
+///   may push one other counted record out): √2 for the loss attack and
+///   for utility, whose counts depend on nothing but the model and the
+///   record. LiRA's reference models train on the party's other records and
+///   RMIA compares each record with the party's held-out non-members, so
+///   one record can move every scored record of its party to another bin:
+///   √2·(cap + 1).
+/// - Party unit. A party's block holds at most `cap` records: `cap` (L2 of
+///   counts summing to at most `cap`).
+pub fn count_blocks(policy: &Policy) -> Vec<CountBlock> {
+    let party_unit = policy.privacy.unit == crate::policy::Unit::Party;
     let cap = AUDIT_SAMPLE_CAP as f64;
-    let sensitivities = population_attacks(policy)
+    let mut blocks: Vec<CountBlock> = population_attacks(policy)
         .into_iter()
         .map(|a| {
-            let s = match (policy.privacy.unit, a.as_str()) {
-                (crate::policy::Unit::Party, _) => cap,
+            let sensitivity = match (party_unit, a.as_str()) {
+                (true, _) => cap,
                 (_, "loss") => std::f64::consts::SQRT_2,
                 _ => std::f64::consts::SQRT_2 * (cap + 1.0),
             };
-            (a, s)
+            CountBlock {
+                name: a,
+                sensitivity,
+                width: 2 * BINS,
+            }
         })
         .collect();
-    AuditShape {
-        sensitivities,
-        width_per_attack: 2 * BINS,
-    }
+    blocks.push(CountBlock {
+        name: UTILITY.into(),
+        sensitivity: if party_unit {
+            UTILITY_SAMPLE_CAP as f64
+        } else {
+            std::f64::consts::SQRT_2
+        },
+        width: UTILITY_COUNTS,
+    });
+    blocks
+}
+
+/// Where each block lies in the count vector, for `attacks` population
+/// attacks.
+fn block_ranges(attacks: usize) -> Vec<std::ops::Range<usize>> {
+    let mut ranges: Vec<_> = (0..attacks)
+        .map(|k| 2 * BINS * k..2 * BINS * (k + 1))
+        .collect();
+    let end = 2 * BINS * attacks;
+    ranges.push(end..end + UTILITY_COUNTS);
+    ranges
 }
 
 /// What a party trains on: its records without the audit non-members.
@@ -387,6 +438,9 @@ fn party_scores(
 pub struct Findings {
     pub attacks: Vec<AttackResult>,
     pub canary: Option<CanaryAudit>,
+    /// The released model's accuracy on audit members and non-members;
+    /// `None` when the audit summed nothing.
+    pub utility: Option<Utility>,
 }
 
 /// The attacks scored on real records: the policy's list without "canary".
@@ -401,12 +455,33 @@ pub fn population_attacks(policy: &Policy) -> Vec<String> {
 }
 
 /// Width of the count vector each party contributes.
-pub fn counts_width(attacks: &[String]) -> usize {
-    2 * BINS * attacks.len()
+pub fn counts_width(policy: &Policy) -> usize {
+    count_blocks(policy).iter().map(|b| b.width).sum()
+}
+
+/// Members right, members wrong, non-members right, non-members wrong:
+/// how the released model classifies the party's utility sample.
+pub fn utility_counts(model: &Mlp, d: &Dataset, sample: &PartySample) -> [u32; UTILITY_COUNTS] {
+    let right_wrong = |idx: &[usize]| -> (u32, u32) {
+        if idx.is_empty() {
+            return (0, 0);
+        }
+        let predicted = model.predict(matrix(d, Some(idx)).view());
+        let right = idx
+            .iter()
+            .zip(&predicted)
+            .filter(|(&i, &p)| d.labels[i] == p)
+            .count() as u32;
+        (right, idx.len() as u32 - right)
+    };
+    let (mr, mw) = right_wrong(&sample.utility_members);
+    let (nr, nw) = right_wrong(&sample.utility_non_members);
+    [mr, mw, nr, nw]
 }
 
 /// Party side: scores the party's scored audit records with every attack
-/// and bins the scores, members then non-members per attack.
+/// and bins the scores, members then non-members per attack, then appends
+/// the utility counts.
 pub fn party_counts(
     model: &Mlp,
     d: &Dataset,
@@ -415,23 +490,26 @@ pub fn party_counts(
     seed: u64,
 ) -> Vec<u32> {
     let scores = party_scores(model, d, sample, attacks, seed);
-    let mut counts = vec![0u32; counts_width(attacks)];
-    for (k, a) in attacks.iter().enumerate() {
+    let ranges = block_ranges(attacks.len());
+    let mut counts = vec![0u32; ranges.last().map_or(0, |r| r.end)];
+    for (a, range) in attacks.iter().zip(&ranges) {
         let (m, n) = &scores[a];
-        let base = 2 * BINS * k;
+        let base = range.start;
         m.iter().for_each(|&s| counts[base + bin(a, s)] += 1);
         n.iter().for_each(|&s| counts[base + BINS + bin(a, s)] += 1);
     }
+    let utility = ranges.last().expect("the utility block").clone();
+    counts[utility].copy_from_slice(&utility_counts(model, d, sample));
     counts
 }
 
 /// What a party puts into the audit's secure sum: its counts plus its
-/// discrete Gaussian share of each attack's noise (from the privacy plan),
+/// discrete Gaussian share of each block's noise (from the privacy plan),
 /// wrapped to 32-bit words. Only these noisy words leave the party, and
-/// only inside a secure sum, one noise std per population attack; with
-/// none (no DP) the counts go as they are.
+/// only inside a secure sum, one noise std per block of [`count_blocks`];
+/// with none (no DP) the counts go as they are.
 ///
-/// `noise_seed(k)` keys the noise on attack `k`'s counts: a fresh key from
+/// `noise_seed(k)` keys the noise on block `k`'s counts: a fresh key from
 /// the operating system for each, except in reproducible test runs.
 pub fn party_input(
     counts: &[u32],
@@ -440,9 +518,10 @@ pub fn party_input(
 ) -> Result<Vec<u32>, crate::dp::noise::NoiseError> {
     let mut v: zeroize::Zeroizing<Vec<i64>> =
         zeroize::Zeroizing::new(counts.iter().map(|&c| i64::from(c)).collect());
-    for (k, &std) in noise_stds.iter().enumerate() {
+    let ranges = block_ranges(noise_stds.len().saturating_sub(1));
+    for (k, (&std, range)) in noise_stds.iter().zip(ranges).enumerate() {
         let share = crate::dp::noise::DiscreteGaussianShare::new(std)?;
-        share.add_to_with_seed(&mut v[2 * BINS * k..2 * BINS * (k + 1)], &noise_seed(k))?;
+        share.add_to_with_seed(&mut v[range], &noise_seed(k))?;
     }
     Ok(v.iter().map(|&x| x as u32).collect())
 }
@@ -455,8 +534,8 @@ pub fn decode_counts(summed: &[u32]) -> Vec<i64> {
 /// The audit's decoded sum and the noise each of its counts carries.
 pub struct SummedCounts {
     pub counts: Vec<i64>,
-    /// Per population attack: the std of the noise on each count, summed
-    /// over the parties that contributed (0 without DP).
+    /// Per block of [`count_blocks`]: the std of the noise on each count,
+    /// summed over the parties that contributed (0 without DP).
     pub noise_std: Vec<f64>,
 }
 
@@ -465,12 +544,12 @@ impl SummedCounts {
         summed: &[u32],
         noise_stds: &[f64],
         contributors: usize,
-        attacks: usize,
+        blocks: usize,
     ) -> SummedCounts {
         SummedCounts {
             counts: decode_counts(summed),
             noise_std: if noise_stds.is_empty() {
-                vec![0.0; attacks]
+                vec![0.0; blocks]
             } else {
                 noise_stds
                     .iter()
@@ -529,6 +608,14 @@ pub fn findings(
         });
         results.push(result);
     }
+    let ranges = block_ranges(attacks.len());
+    let utility = summed.counts.get(ranges[attacks.len()].clone()).map(|c| {
+        Utility::from_counts(
+            c.try_into().expect("the utility block's width"),
+            summed.noise_std[attacks.len()],
+            confidence,
+        )
+    });
     let canary = if setup.canaries.is_empty() {
         None
     } else {
@@ -557,6 +644,7 @@ pub fn findings(
     Findings {
         attacks: results,
         canary,
+        utility,
     }
 }
 

@@ -150,6 +150,9 @@ pub struct DemoSummary {
     pub decision: Decision,
     pub auc: f64,
     pub epsilon_lower_bound: f64,
+    /// The audit's own utility figures (from the parties' DP-noised counts
+    /// on their held-out audit records), beside the demo's test set.
+    pub audit_utility: Option<shroud_audit::utility::Utility>,
     pub report_html: String,
     pub report_json: String,
     /// Membership-inference attacks run, the canary audit counted as one.
@@ -505,6 +508,7 @@ impl Demo {
             decision: report.decision,
             auc,
             epsilon_lower_bound,
+            audit_utility: report.utility.clone(),
             report_html: release.report_html.display().to_string(),
             report_json: release.report_json.display().to_string(),
             attacks_and_canaries: report.attacks.len() + usize::from(report.canary.is_some()),
@@ -810,6 +814,16 @@ mod tests {
     /// Runs the demo's job in memory with the parties' randomness given,
     /// and reads back its report.
     fn run_with(randomness: InputRandomness, name: &str) -> (JobStatus, AuditReport) {
+        let (status, report, _) = run_demo_job(randomness, name);
+        (status, report)
+    }
+
+    /// The same, also handing back the demo (its parties' data) and where
+    /// the job wrote its files.
+    fn run_demo_job(
+        randomness: InputRandomness,
+        name: &str,
+    ) -> (JobStatus, AuditReport, (Demo, PathBuf)) {
         let out = std::env::temp_dir().join(format!("shroud-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         let demo = Demo::prepare(DemoConfig {
@@ -845,9 +859,49 @@ mod tests {
             &mut |_| {},
         )
         .unwrap();
-        let text =
-            std::fs::read_to_string(out.join(&demo.job_id).join("audit-report.json")).unwrap();
-        (status, serde_json::from_str(&text).unwrap())
+        let dir = out.join(&demo.job_id);
+        let text = std::fs::read_to_string(dir.join("audit-report.json")).unwrap();
+        (status, serde_json::from_str(&text).unwrap(), (demo, dir))
+    }
+
+    /// The report's utility is the parties' own right/wrong counts on their
+    /// audit samples under the released model, summed with noise: each
+    /// noisy count lies within the noise of the plain sum, and the plain
+    /// accuracies lie inside the report's intervals.
+    #[test]
+    fn the_reported_utility_is_the_parties_counts_under_noise() {
+        let (status, report, (demo, dir)) = run_demo_job(InputRandomness::Seeded(3), "utility");
+        assert_eq!(status.state, "released", "{status:?}");
+        let model = Mlp::load_safetensors(&dir.join("model.safetensors")).unwrap();
+        let mut plain = [0i64; 4];
+        for (i, d) in demo.party_data.iter().enumerate() {
+            let secret = party_secret(&demo_identity_seed(i as u32), "audit sample", &demo.job_id);
+            let sample = audit::draw_sample(i as u32, d, &secret);
+            for (p, c) in plain
+                .iter_mut()
+                .zip(audit::utility_counts(&model, d, &sample))
+            {
+                *p += i64::from(c);
+            }
+        }
+        let u = report.utility.expect("the report's utility");
+        assert!(u.noise_std > 0.0);
+        for (noisy, exact) in u.counts.iter().zip(plain) {
+            assert!(
+                (noisy - exact).abs() as f64 <= 6.0 * u.noise_std,
+                "noisy {:?} against plain {plain:?} (noise std {})",
+                u.counts,
+                u.noise_std
+            );
+        }
+        let rate = |r: i64, w: i64| r as f64 / (r + w) as f64;
+        let (train, test) = (rate(plain[0], plain[1]), rate(plain[2], plain[3]));
+        assert!(u.train.lower <= train && train <= u.train.upper, "{u:?}");
+        assert!(u.test.lower <= test && test <= u.test.upper, "{u:?}");
+        // Held-out audit records are a test set: their plain accuracy is
+        // near the model's on the demo's own test split.
+        let held_out = model.accuracy(&demo.data.test);
+        assert!((test - held_out).abs() < 0.1, "{test} vs {held_out}");
     }
 
     /// The canaries ride the same noise as the records: with every party's

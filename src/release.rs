@@ -171,10 +171,10 @@ pub fn gate_and_report(
             epsilon_alone: a.epsilon_alone,
             budget_share: a.budget_share,
             noise: a
-                .attacks
+                .blocks
                 .iter()
                 .map(|n| shroud_audit::report::CountsNoise {
-                    attack: n.attack.clone(),
+                    block: n.block.clone(),
                     sensitivity: n.sensitivity,
                     noise_std_per_party: n.noise_std_per_party,
                 })
@@ -182,6 +182,7 @@ pub fn gate_and_report(
         }),
         confidence: p.audit.confidence,
         rounds: Some(rounds_summary(ledger, r.job, p.privacy.rounds)?),
+        utility: r.findings.utility,
         attacks: r.findings.attacks,
         canary: r.findings.canary,
         checks,

@@ -216,6 +216,7 @@ fn the_html_report_renders_in_chromium() {
         "class=\"dp-bound\"",
         "class=\"histogram\"",
         "id=\"reason\"",
+        "id=\"utility\"",
         "DP-noised",
     ] {
         assert!(dom.contains(part), "the rendered page lacks {part}");

@@ -53,7 +53,7 @@ fn audit_task(round: u32) -> LiveTask {
         phase: "advertise-keys".into(),
         cohort: (0..8).collect(),
         bits: AUDIT_BITS,
-        len: audit::counts_width(&audit::population_attacks(&p)),
+        len: audit::counts_width(&p),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod noisy;
 pub mod report;
 pub mod roc;
 pub mod stats;
+pub mod utility;
 
 pub use gate::{Decision, GateCheck, GateLimits};
 pub use roc::Roc;

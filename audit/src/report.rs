@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::canary::CanaryAudit;
 use crate::epsilon::EpsilonBound;
 use crate::gate::{Decision, GateCheck};
+use crate::utility::{Accuracy, Utility};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CohortEntry {
@@ -87,11 +88,14 @@ pub struct RoundsSummary {
     pub dropouts: u32,
 }
 
-/// The noise on one attack's counts.
+/// The noise on one block of the audit's counts.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CountsNoise {
-    pub attack: String,
-    /// L2 sensitivity of the attack's histograms to one unit of privacy.
+    /// The population attack whose histograms the block holds, or
+    /// "utility".
+    #[serde(alias = "attack")]
+    pub block: String,
+    /// L2 sensitivity of the block to one unit of privacy.
     pub sensitivity: f64,
     /// Std of each party's discrete Gaussian share on every count.
     pub noise_std_per_party: f64,
@@ -136,6 +140,10 @@ pub struct AuditReport {
     /// Training rounds, sums and dropouts; `None` in reports written before.
     #[serde(default)]
     pub rounds: Option<RoundsSummary>,
+    /// The released model's accuracy on the audit's members and held-out
+    /// non-members, from DP-noised counts; `None` in reports written before.
+    #[serde(default)]
+    pub utility: Option<Utility>,
     pub attacks: Vec<AttackResult>,
     pub canary: Option<CanaryAudit>,
     pub checks: Vec<GateCheck>,
@@ -285,7 +293,7 @@ a column for what it means.</p>
                     .map(|n| {
                         format!(
                             "{}: σ {} per party (sensitivity {:.3})",
-                            n.attack, n.noise_std_per_party, n.sensitivity
+                            n.block, n.noise_std_per_party, n.sensitivity
                         )
                     })
                     .collect();
@@ -325,6 +333,9 @@ a column for what it means.</p>
             )?;
             row(&mut w, "party dropouts survived", &r.dropouts.to_string())?;
             writeln!(w, "</table>")?;
+        }
+        if let Some(u) = &self.utility {
+            self.write_utility(&mut w, u)?;
         }
 
         writeln!(w, "<h2>Cohort</h2><table><tr><th>party</th><th>name</th><th>records</th><th>audit members</th><th>audit non-members</th></tr>")?;
@@ -551,6 +562,53 @@ a column for what it means.</p>
     }
 
     /// One ROC plot: linear axes, or log-log down to 10⁻⁴.
+    fn write_utility<W: Write>(&self, w: &mut W, u: &Utility) -> io::Result<()> {
+        writeln!(
+            w,
+            "<h2 title=\"How well the released model classifies. Each party counted, among its audit \
+             sample, the records the model gets right and wrong; only the DP-noised sum of those \
+             counts left the parties\">Utility</h2>\
+             <p>Intervals hold jointly at confidence {} and include the DP noise (std {:.2} per \
+             count).</p><table id=\"utility\"><tr><th>figure</th><th>estimate</th>\
+             <th>interval</th><th>records</th></tr>",
+            self.confidence, u.noise_std
+        )?;
+        let pct = |x: f64| format!("{:.1} %", 100.0 * x);
+        let acc = |w: &mut W, name: &str, title: &str, a: &Accuracy| {
+            writeln!(
+                w,
+                "<tr><td title=\"{}\">{}</td><td>{}</td><td>{} – {}</td><td>≈ {}</td></tr>",
+                esc(title),
+                name,
+                pct(a.estimate),
+                pct(a.lower),
+                pct(a.upper),
+                a.records
+            )
+        };
+        acc(
+            w,
+            "test accuracy",
+            "On the audit's non-members: records no party trained on",
+            &u.test,
+        )?;
+        acc(
+            w,
+            "train accuracy",
+            "On the audit's members: records the model trained on",
+            &u.train,
+        )?;
+        writeln!(
+            w,
+            "<tr><td title=\"Train minus test accuracy: how much better the model does on records \
+             it saw; a large gap is what membership inference feeds on\">train/test gap</td>\
+             <td>{:+.1} pt</td><td>{:+.1} – {:+.1} pt</td><td></td></tr></table>",
+            100.0 * u.gap,
+            100.0 * u.gap_lower,
+            100.0 * u.gap_upper
+        )
+    }
+
     fn write_roc_svg<W: Write>(&self, w: &mut W, log: bool) -> io::Result<()> {
         const W: f64 = 420.0;
         const H: f64 = 420.0;

@@ -176,6 +176,15 @@ fn print_summary(s: &DemoSummary) {
         s.strategy, s.rounds
     );
     println!("test accuracy       {:.2} %", 100.0 * s.accuracy);
+    if let Some(u) = &s.audit_utility {
+        println!(
+            "audited utility     test {:.1} % ({:.1}–{:.1}), train/test gap {:+.1} pt, from the parties' noisy counts",
+            100.0 * u.test.estimate,
+            100.0 * u.test.lower,
+            100.0 * u.test.upper,
+            100.0 * u.gap
+        );
+    }
     match s.epsilon_spent {
         Some(e) => println!(
             "privacy spent       ε = {e:.3} of {} at δ = {} ({}-level, {} accountant)",

@@ -276,20 +276,20 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
     match r.audit {
         Some(a) => {
             println!(
-                "audit       the attacks' counts, noised after the last round: {:.0} % of the budget's ρ, \
+                "audit       the attacks' and the utility's counts, noised after the last round: {:.0} % of the budget's ρ, \
                  ε {:.4} alone, ρ {:.6}",
                 100.0 * a.budget_share,
                 a.epsilon_alone,
                 a.charge.rho
             );
-            for n in &a.attacks {
+            for n in &a.blocks {
                 println!(
                     "            {}: sensitivity {:.3} counts, each party adds std {:.0} per count",
-                    n.attack, n.sensitivity, n.noise_std_per_party
+                    n.block, n.sensitivity, n.noise_std_per_party
                 );
             }
         }
-        None => println!("audit       no population attack: nothing summed, nothing charged"),
+        None => println!("audit       no DP: the attacks' and the utility's counts are summed exact, nothing charged"),
     }
     let c = &r.canaries;
     if c.count == 0 {

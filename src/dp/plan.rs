@@ -66,12 +66,13 @@ impl RoundCharge {
     }
 }
 
-/// One attack's histogram in the audit's secure sum.
+/// One block of counts in the audit's secure sum (see
+/// [`crate::audit::count_blocks`]).
 #[derive(Debug, Clone, Serialize)]
-pub struct AttackNoise {
-    pub attack: String,
-    /// L2 sensitivity of the attack's two histograms (members, non-members)
-    /// to one unit of privacy, in counts.
+pub struct BlockNoise {
+    /// The population attack whose histograms it holds, or "utility".
+    pub block: String,
+    /// L2 sensitivity of the block to one unit of privacy, in counts.
     pub sensitivity: f64,
     /// The std of the discrete Gaussian each party adds to every count.
     pub noise_std_per_party: f64,
@@ -82,7 +83,7 @@ pub struct AttackNoise {
 /// update and charged like one.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditPlan {
-    pub attacks: Vec<AttackNoise>,
+    pub blocks: Vec<BlockNoise>,
     /// Share of the job's budget (in zCDP ρ) set aside for it.
     pub budget_share: f64,
     /// What it costs.
@@ -94,7 +95,7 @@ pub struct AuditPlan {
 impl AuditPlan {
     /// Each population attack's noise std per party, in attack order.
     pub fn noise_stds(&self) -> Vec<f64> {
-        self.attacks.iter().map(|a| a.noise_std_per_party).collect()
+        self.blocks.iter().map(|a| a.noise_std_per_party).collect()
     }
 }
 
@@ -401,34 +402,36 @@ pub fn rho_for_epsilon(epsilon: f64, delta: f64) -> Result<f64, PlanError> {
     })
 }
 
-/// The audit's noise: each attack gets an equal part of the audit's ρ, and
-/// each party's share of an attack's noise is the smallest whole number of
+/// The audit's noise: each block of counts (a population attack's
+/// histograms, the utility counts) gets an equal part of the audit's ρ, and
+/// each party's share of a block's noise is the smallest whole number of
 /// counts whose sum over the honest survivors meets that part.
 fn audit_plan(policy: &Policy, s: &Shape) -> Result<Option<AuditPlan>, PlanError> {
-    let shape = crate::audit::histogram_shape(policy);
-    if policy.privacy.unit == Unit::None || shape.sensitivities.is_empty() {
+    let blocks = crate::audit::count_blocks(policy);
+    if policy.privacy.unit == Unit::None || blocks.is_empty() {
         return Ok(None);
     }
     let share = policy.audit.budget_share;
     let rho_target = share * rho_for_epsilon(policy.privacy.epsilon, policy.privacy.delta)?;
-    let per_attack = rho_target / shape.sensitivities.len() as f64;
-    let mut attacks = Vec::new();
+    let per_block = rho_target / blocks.len() as f64;
+    let mut noise = Vec::new();
     let mut rho = 0.0;
-    for (attack, sensitivity) in shape.sensitivities {
-        let continuous = sensitivity / (2.0 * per_attack).sqrt() / (s.honest as f64).sqrt();
+    for block in blocks {
+        let sensitivity = block.sensitivity;
+        let continuous = sensitivity / (2.0 * per_block).sqrt() / (s.honest as f64).sqrt();
         let mut sigma = continuous.ceil().max(1.0);
-        while ddg_rho(sensitivity, sigma, s.honest, shape.width_per_attack) > per_attack {
+        while ddg_rho(sensitivity, sigma, s.honest, block.width) > per_block {
             sigma += 1.0;
         }
-        rho += ddg_rho(sensitivity, sigma, s.honest, shape.width_per_attack);
-        attacks.push(AttackNoise {
-            attack,
+        rho += ddg_rho(sensitivity, sigma, s.honest, block.width);
+        noise.push(BlockNoise {
+            block: block.name,
             sensitivity,
             noise_std_per_party: sigma,
         });
     }
     Ok(Some(AuditPlan {
-        attacks,
+        blocks: noise,
         budget_share: share,
         epsilon_alone: zcdp_epsilon_of_rho(rho, policy.privacy.delta)?,
         // Every record of the audit sample enters: no sampling.

@@ -593,11 +593,6 @@ impl JobEngine {
                 self.start_task(round, plan, 0, TaskKind::Training, now)
             }
             JobState::Auditing => {
-                let attacks = audit::population_attacks(&self.policy);
-                if attacks.is_empty() {
-                    self.finish_audit(&[], 0);
-                    return Ok(());
-                }
                 let round = self.next_round.max(rounds + 1);
                 let plan = RoundPlan {
                     tasks: vec![TaskSpec {
@@ -605,7 +600,7 @@ impl JobEngine {
                         label: "audit bin counts".into(),
                         cohort: self.roster.keys().copied().collect(),
                         offset: 0,
-                        dimension: audit::counts_width(&attacks),
+                        dimension: audit::counts_width(&self.policy),
                         clip_norm: 0.0,
                     }],
                 };
@@ -915,7 +910,7 @@ impl JobEngine {
             sample_seed: None,
         };
         let model = self.strategy.release_model();
-        let attacks = audit::population_attacks(&self.policy).len();
+        let blocks = audit::count_blocks(&self.policy).len();
         let counts = audit::SummedCounts::new(
             summed,
             &self
@@ -925,7 +920,7 @@ impl JobEngine {
                 .map(|a| a.noise_stds())
                 .unwrap_or_default(),
             contributors,
-            attacks,
+            blocks,
         );
         let findings = audit::findings(&setup, &counts, &self.policy, self.policy.privacy.delta);
         let cohort = self

@@ -182,7 +182,7 @@ impl PartyRules {
         plan: PrivacyPlan,
         state: SessionState,
     ) -> PartyRules {
-        let audit_len = crate::audit::counts_width(&crate::audit::population_attacks(&policy));
+        let audit_len = crate::audit::counts_width(&policy);
         PartyRules {
             me,
             job: job.to_string(),

@@ -42,10 +42,9 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// bigger of a training or audit vector at 4 bytes a word, plus room for
 /// key and share lists.
 pub fn body_limit(policy: &crate::policy::Policy, plan: &crate::dp::plan::PrivacyPlan) -> usize {
-    let attacks = crate::audit::population_attacks(policy);
     let words = plan
         .padded_dimension
-        .max(crate::audit::counts_width(&attacks));
+        .max(crate::audit::counts_width(policy));
     words * 4 + 256 * 1024 + policy.parties.len() * 1024
 }
 
