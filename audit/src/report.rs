@@ -246,7 +246,7 @@ code, pre {{ font-family: ui-monospace, monospace; font-size: .9em; }} pre {{ ba
 <p id="decision" class="decision {dclass}">Decision: {dtext}</p>
 <p id="reason">{reason}</p>
 <p class="note">Every count in this report that comes from the parties' records — the attacks' score
-histograms and everything computed from them — is itself differentially private: each party noised its
+histograms, the utility counts and everything computed from them — is itself differentially private: each party noised its
 counts before the secure sum, and that release is charged to the budget below. Hover over a heading or
 a column for what it means.</p>
 "#,
