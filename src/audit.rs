@@ -47,6 +47,7 @@ use sha2::{Digest, Sha256};
 
 use crate::data::Dataset;
 use crate::model::{matrix, train_central, Mlp};
+use crate::network::Network;
 use crate::policy::Policy;
 use crate::sampling::fair_coin;
 
@@ -289,7 +290,7 @@ fn lower_edges(attack: &str) -> Vec<f64> {
 }
 
 /// Per-record loss of the true class.
-fn losses(model: &Mlp, d: &Dataset, idx: &[usize]) -> Vec<f64> {
+fn losses(model: &Network, d: &Dataset, idx: &[usize]) -> Vec<f64> {
     if idx.is_empty() {
         return Vec::new();
     }
@@ -305,7 +306,7 @@ fn logit_conf(loss: f64) -> f64 {
 
 /// One party's scores for its audit sample, per attack: (members, non-members).
 fn party_scores(
-    model: &Mlp,
+    model: &Network,
     d: &Dataset,
     sample: &PartySample,
     attacks: &[String],
@@ -317,7 +318,10 @@ fn party_scores(
     let need_refs = attacks.iter().any(|a| a == "lira" || a == "rmia");
     // Reference models, trained at home on random halves of the records
     // outside the audit sample: every audit record is "out" for them.
-    let refs: Vec<Mlp> = if need_refs {
+    // Reference models copy a one-stage model's shape (the policy refuses
+    // these attacks for a series network).
+    let ref_sizes = model.as_single().map(Mlp::sizes);
+    let refs: Vec<Network> = if let (true, Some(sizes)) = (need_refs, ref_sizes) {
         let in_sample: std::collections::BTreeSet<usize> = sample
             .members
             .iter()
@@ -333,7 +337,7 @@ fn party_scores(
                     .copied()
                     .filter(|_| fair_coin(&mut rng))
                     .collect();
-                let mut m = Mlp::new(&model.sizes(), seed ^ (k as u64 + 1));
+                let mut m = Mlp::new(&sizes, seed ^ (k as u64 + 1));
                 if !half.is_empty() {
                     train_central(
                         &mut m,
@@ -345,7 +349,7 @@ fn party_scores(
                         seed ^ (k as u64 + 7),
                     );
                 }
-                m
+                Network::single(m)
             })
             .collect()
     } else {
@@ -461,7 +465,7 @@ pub fn counts_width(policy: &Policy) -> usize {
 
 /// Members right, members wrong, non-members right, non-members wrong:
 /// how the released model classifies the party's utility sample.
-pub fn utility_counts(model: &Mlp, d: &Dataset, sample: &PartySample) -> [u32; UTILITY_COUNTS] {
+pub fn utility_counts(model: &Network, d: &Dataset, sample: &PartySample) -> [u32; UTILITY_COUNTS] {
     let right_wrong = |idx: &[usize]| -> (u32, u32) {
         if idx.is_empty() {
             return (0, 0);
@@ -483,7 +487,7 @@ pub fn utility_counts(model: &Mlp, d: &Dataset, sample: &PartySample) -> [u32; U
 /// and bins the scores, members then non-members per attack, then appends
 /// the utility counts.
 pub fn party_counts(
-    model: &Mlp,
+    model: &Network,
     d: &Dataset,
     sample: &PartySample,
     attacks: &[String],

@@ -872,7 +872,8 @@ mod tests {
     fn the_reported_utility_is_the_parties_counts_under_noise() {
         let (status, report, (demo, dir)) = run_demo_job(InputRandomness::Seeded(3), "utility");
         assert_eq!(status.state, "released", "{status:?}");
-        let model = Mlp::load_safetensors(&dir.join("model.safetensors")).unwrap();
+        let model =
+            crate::network::Network::load_safetensors(&dir.join("model.safetensors")).unwrap();
         let mut plain = [0i64; 4];
         for (i, d) in demo.party_data.iter().enumerate() {
             let secret = party_secret(&demo_identity_seed(i as u32), "audit sample", &demo.job_id);

@@ -16,6 +16,7 @@ pub mod keyfile;
 pub mod localnet;
 pub mod model;
 pub mod net;
+pub mod network;
 pub mod party;
 pub mod policy;
 pub mod release;

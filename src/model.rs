@@ -206,21 +206,7 @@ impl Mlp {
     }
 
     pub fn predict(&self, x: ArrayView2<f64>) -> Vec<usize> {
-        self.forward(x)
-            .axis_iter(Axis(0))
-            .map(|r| {
-                r.iter()
-                    .enumerate()
-                    .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
-                        if v > best.1 {
-                            (i, v)
-                        } else {
-                            best
-                        }
-                    })
-                    .0
-            })
-            .collect()
+        argmax_rows(&self.forward(x))
     }
 
     pub fn accuracy(&self, d: &Dataset) -> f64 {
@@ -239,50 +225,53 @@ impl Mlp {
 
     /// Writes the weights as safetensors (f32), PyTorch names and shapes.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), ModelError> {
-        use safetensors::tensor::{Dtype, TensorView};
-        let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        write_tensors(path, self.tensors(""))
+    }
+
+    /// Each layer's weight and bias as named f32 tensors, names prefixed.
+    pub(crate) fn tensors(&self, prefix: &str) -> Vec<NamedTensor> {
+        let to_bytes = |it: &mut dyn Iterator<Item = f64>| -> Vec<u8> {
+            it.flat_map(|v| (v as f32).to_le_bytes()).collect()
+        };
+        let mut out = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
             let idx = 2 * i;
-            let to_bytes = |it: &mut dyn Iterator<Item = f64>| -> Vec<u8> {
-                it.flat_map(|v| (v as f32).to_le_bytes()).collect()
-            };
-            buffers.push((
-                format!("{idx}.weight"),
+            out.push((
+                format!("{prefix}{idx}.weight"),
                 vec![l.w.nrows(), l.w.ncols()],
                 to_bytes(&mut l.w.iter().copied()),
             ));
-            buffers.push((
-                format!("{idx}.bias"),
+            out.push((
+                format!("{prefix}{idx}.bias"),
                 vec![l.b.len()],
                 to_bytes(&mut l.b.iter().copied()),
             ));
         }
-        let views: Vec<(String, TensorView<'_>)> = buffers
-            .iter()
-            .map(|(n, shape, data)| {
-                TensorView::new(Dtype::F32, shape.clone(), data)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| ModelError(e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
-        let mut meta = HashMap::new();
-        meta.insert("format".to_string(), "pt".to_string());
-        let bytes =
-            safetensors::serialize(views, Some(meta)).map_err(|e| ModelError(e.to_string()))?;
-        std::fs::write(path, bytes).map_err(|e| ModelError(format!("{}: {e}", path.display())))
+        out
     }
 
     /// Reads weights written by [`Mlp::save_safetensors`] (or by PyTorch
     /// from an `nn.Sequential` of Linear and ReLU layers).
     pub fn load_safetensors(path: &Path) -> Result<Mlp, ModelError> {
-        use safetensors::tensor::Dtype;
-        let bytes =
-            std::fs::read(path).map_err(|e| ModelError(format!("{}: {e}", path.display())))?;
+        let bytes = read_file(path)?;
         let st =
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ModelError(e.to_string()))?;
+        Mlp::from_tensors(&st, "")?.ok_or_else(|| ModelError("no `0.weight` tensor".into()))
+    }
+
+    /// The layers named `{prefix}0.weight`, `{prefix}0.bias`, `{prefix}2.weight`, …;
+    /// `None` when there is no first layer.
+    pub(crate) fn from_tensors(
+        st: &safetensors::SafeTensors<'_>,
+        prefix: &str,
+    ) -> Result<Option<Mlp>, ModelError> {
+        use safetensors::tensor::Dtype;
         let mut layers = Vec::new();
         for i in 0.. {
-            let (wn, bn) = (format!("{}.weight", 2 * i), format!("{}.bias", 2 * i));
+            let (wn, bn) = (
+                format!("{prefix}{}.weight", 2 * i),
+                format!("{prefix}{}.bias", 2 * i),
+            );
             let Ok(w) = st.tensor(&wn) else { break };
             let b = st
                 .tensor(&bn)
@@ -311,11 +300,62 @@ impl Mlp {
             let b = Array1::from_vec(read(&b)?);
             layers.push(Dense { w, b });
         }
-        if layers.is_empty() {
-            return Err(ModelError("no `0.weight` tensor".into()));
-        }
-        Ok(Mlp { layers })
+        Ok((!layers.is_empty()).then_some(Mlp { layers }))
     }
+}
+
+/// A tensor to write: name, shape, little-endian f32 bytes.
+pub(crate) type NamedTensor = (String, Vec<usize>, Vec<u8>);
+
+/// Writes tensors as one safetensors file (PyTorch format tag).
+pub(crate) fn write_tensors(path: &Path, buffers: Vec<NamedTensor>) -> Result<(), ModelError> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let views: Vec<(String, TensorView<'_>)> = buffers
+        .iter()
+        .map(|(n, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| ModelError(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| ModelError(e.to_string()))?;
+    std::fs::write(path, bytes).map_err(|e| ModelError(format!("{}: {e}", path.display())))
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
+    std::fs::read(path).map_err(|e| ModelError(format!("{}: {e}", path.display())))
+}
+
+/// The index of each row's largest value.
+pub fn argmax_rows(m: &Array2<f64>) -> Vec<usize> {
+    m.axis_iter(Axis(0))
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 {
+                        (i, v)
+                    } else {
+                        best
+                    }
+                })
+                .0
+        })
+        .collect()
+}
+
+/// Row-wise softmax of logits.
+pub fn softmax_rows(logits: &Array2<f64>) -> Array2<f64> {
+    let mut p = logits.clone();
+    for mut row in p.axis_iter_mut(Axis(0)) {
+        let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        row.mapv_inplace(|v| (v - m).exp());
+        let s = row.sum();
+        row.mapv_inplace(|v| v / s);
+    }
+    p
 }
 
 /// `∂loss/∂(layer input)` from `∂loss/∂(layer output)`, through the ReLU

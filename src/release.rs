@@ -9,7 +9,7 @@ use shroud_audit::gate::{evaluate, AttackFigures, Decision, GateCheck, GateLimit
 use shroud_audit::report::{AuditReport, CohortEntry};
 
 use crate::audit::Findings;
-use crate::model::Mlp;
+use crate::network::Network;
 use crate::policy::{hex, Policy, Unit};
 use crate::store::PrivacyLedger;
 
@@ -51,7 +51,7 @@ pub struct ReleaseInputs<'a> {
     pub policy: &'a Policy,
     pub policy_text: String,
     pub job: &'a str,
-    pub model: &'a Mlp,
+    pub model: &'a Network,
     pub findings: Findings,
     /// ε this job spent (its own charges, the audit's included).
     pub epsilon_spent: Option<f64>,

@@ -27,8 +27,8 @@ use super::{protocol_round, training_scheme};
 use crate::audit::{self, AuditSetup, Canary, Findings};
 use crate::dp::encode::EncodingScheme;
 use crate::dp::plan::{PrivacyPlan, RoundCharge};
-use crate::model::Mlp;
 use crate::net::api::{LiveTask, PartySetup};
+use crate::network::Network;
 use crate::policy::{Policy, Unit};
 use crate::store::ledger::ChargeKind;
 use crate::strategy::{round_plan, CoordinatorHalf, RoundPlan, TaskResult, TaskSpec};
@@ -140,7 +140,7 @@ pub enum Effect {
 
 /// Everything the release gate and the report need from the engine.
 pub struct ReleaseRequest {
-    pub model: Mlp,
+    pub model: Network,
     pub findings: Findings,
     pub cohort: Vec<CohortEntry>,
 }
@@ -325,7 +325,7 @@ impl JobEngine {
     }
 
     /// The model the job would release now.
-    pub fn release_model(&self) -> Mlp {
+    pub fn release_model(&self) -> Network {
         self.strategy.release_model()
     }
 

@@ -613,7 +613,7 @@ impl PartySession {
             TaskKind::Audit => {
                 let attacks = audit::population_attacks(self.rules.policy());
                 let counts = audit::party_counts(
-                    self.half.model(),
+                    &self.half.model(),
                     &self.member.data,
                     &self.sample,
                     &attacks,

@@ -11,6 +11,7 @@
 use super::state::{StateReader, StateWriter};
 use super::{CoordinatorHalf, RoundPlan, StateError, TaskResult, TaskSpec};
 use crate::model::{Mlp, Sgd};
+use crate::network::Network;
 use crate::policy::{Policy, Unit};
 
 const TAG: &[u8] = b"fedavg/1";
@@ -134,8 +135,8 @@ impl CoordinatorHalf for FedAvg {
 
     fn end_round(&mut self, _round: u32) {}
 
-    fn release_model(&self) -> Mlp {
-        self.model.clone()
+    fn release_model(&self) -> Network {
+        Network::single(self.model.clone())
     }
 
     fn save(&self) -> Vec<u8> {

@@ -27,6 +27,7 @@ use super::fedavg::ServerStep;
 use super::state::{StateReader, StateWriter};
 use super::{CoordinatorHalf, RoundPlan, StateError, TaskResult, TaskSpec};
 use crate::model::Mlp;
+use crate::network::Network;
 use crate::policy::{Policy, Unit};
 
 const TAG: &[u8] = b"fedmr/1";
@@ -277,10 +278,10 @@ impl CoordinatorHalf for FedMr {
         self.clear_round();
     }
 
-    fn release_model(&self) -> Mlp {
+    fn release_model(&self) -> Network {
         let mut m = Mlp::new(&self.sizes, 0);
         m.set_flat(&self.global).expect("the model's own shape");
-        m
+        Network::single(m)
     }
 
     fn save(&self) -> Vec<u8> {

@@ -128,7 +128,7 @@ impl PartyHalf for LocalTrainer {
         StateWriter::new(TAG).finish()
     }
 
-    fn model(&self) -> &Mlp {
-        &self.model
+    fn model(&self) -> crate::network::Network {
+        crate::network::Network::single(self.model.clone())
     }
 }

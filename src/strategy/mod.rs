@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::data::Dataset;
 use crate::model::{Mlp, ModelError};
+use crate::network::Network;
 use crate::policy::{Policy, StrategyKind};
 pub use local::LocalTrainer;
 pub use state::StateError;
@@ -143,7 +144,7 @@ pub trait CoordinatorHalf: Send {
     fn end_round(&mut self, round: u32);
 
     /// The model the job audits and releases.
-    fn release_model(&self) -> Mlp;
+    fn release_model(&self) -> Network;
 
     /// The state to keep between rounds, as bytes (restored by
     /// [`coordinator_half`]).
@@ -168,7 +169,7 @@ pub trait PartyHalf: Send {
 
     /// The model the party holds (after the audit round's download: the
     /// released model, which it scores its audit sample with).
-    fn model(&self) -> &Mlp;
+    fn model(&self) -> Network;
 
     /// The home state to keep between rounds (a fine-tuned model, pseudo
     /// labels), as bytes the party's journal keeps; restored by
