@@ -44,8 +44,11 @@ pub struct DemoConfig {
     pub alpha: f64,
     /// Classes per party (pathological partition).
     pub classes_per_party: usize,
-    /// Aggregation strategy: fedavg or fedmr (default: the policy's).
+    /// Aggregation strategy: fedavg, fedmr or series (default: the
+    /// policy's).
     pub strategy: Option<String>,
+    /// Series: the number of stages.
+    pub stages: Option<u32>,
     /// FedMR: the least number of parties in a layer's group (the policy's
     /// value if it names FedMR).
     pub group_size: Option<u32>,
@@ -99,6 +102,7 @@ impl Default for DemoConfig {
             classes_per_party: 2,
             strategy: None,
             group_size: None,
+            stages: None,
             warmup_rounds: None,
             policy: None,
             epsilon: None,
@@ -259,6 +263,9 @@ fn adapt_policy(
                 s.remove("group_size");
                 s.remove("warmup_rounds");
             }
+            if kind != "series" {
+                s.remove("stages");
+            }
             s.insert("kind".into(), kind.clone().into());
         }
         if let Some(g) = f.group_size {
@@ -266,6 +273,9 @@ fn adapt_policy(
         }
         if let Some(w) = f.warmup_rounds {
             s.insert("warmup_rounds".into(), i64::from(w).into());
+        }
+        if let Some(k) = f.stages {
+            s.insert("stages".into(), i64::from(k).into());
         }
     }
     if let Some(p) = t.get_mut("privacy").and_then(|p| p.as_table_mut()) {
@@ -740,7 +750,7 @@ impl DemoJob<'_> {
                 status.reason.unwrap_or_default()
             );
         }
-        let mut model = crate::strategy::initial_model(policy, self.f.seed);
+        let mut model = crate::strategy::initial_network(policy, self.f.seed);
         let mut by_round: std::collections::BTreeMap<u32, f64> = Default::default();
         for o in rx.try_iter() {
             if let Some(p) = o.model_after {

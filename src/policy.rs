@@ -132,6 +132,8 @@ struct RawStrategy {
     group_size: Option<i64>,
     #[serde(default)]
     warmup_rounds: Option<i64>,
+    #[serde(default)]
+    stages: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +274,12 @@ pub enum StrategyKind {
         group_size: usize,
         warmup_rounds: u32,
     },
+    /// A series network: `stages` MLPs trained one after another, each for
+    /// an equal share of the rounds and each as FedAvg trains a model (one
+    /// secure sum of the stage over every party per round); stage `k`
+    /// reads the features and the class probabilities of the stages
+    /// already trained, frozen.
+    Series { stages: u32 },
 }
 
 impl StrategyKind {
@@ -279,6 +287,7 @@ impl StrategyKind {
         match self {
             StrategyKind::Fedavg => "fedavg",
             StrategyKind::Fedmr { .. } => "fedmr",
+            StrategyKind::Series { .. } => "series",
         }
     }
 }
@@ -296,7 +305,8 @@ pub struct Strategy {
 }
 
 impl Strategy {
-    /// Layer widths from the inputs to the classes.
+    /// Layer widths from the inputs to the classes (of the first stage, for
+    /// a series).
     pub fn sizes(&self) -> Vec<usize> {
         let mut sizes = vec![self.inputs];
         sizes.extend(&self.hidden);
@@ -304,13 +314,54 @@ impl Strategy {
         sizes
     }
 
-    /// Number of model parameters: the dimension of every update.
+    /// Number of model parameters (of every stage, for a series): the
+    /// length of the parameters the coordinator sends.
     pub fn dimension(&self) -> usize {
-        self.layer_dimensions().iter().sum()
+        self.stage_dimensions().iter().sum()
     }
 
-    /// Parameters of each dense layer (weights and biases), in the order
-    /// they lie in the flat parameter vector.
+    /// Stages of the network: 1 except for a series.
+    pub fn stages(&self) -> usize {
+        match self.kind {
+            StrategyKind::Series { stages } => stages as usize,
+            _ => 1,
+        }
+    }
+
+    /// Parameters of each stage, in the order they lie in the flat vector.
+    pub fn stage_dimensions(&self) -> Vec<usize> {
+        (0..self.stages())
+            .map(|k| {
+                crate::network::series_stage_sizes(self.inputs, &self.hidden, self.classes, k)
+                    .windows(2)
+                    .map(|w| w[0] * w[1] + w[1])
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// Where each stage's parameters start in the flat vector.
+    pub fn stage_offsets(&self) -> Vec<usize> {
+        self.stage_dimensions()
+            .iter()
+            .scan(0, |at, d| {
+                let start = *at;
+                *at += d;
+                Some(start)
+            })
+            .collect()
+    }
+
+    /// The stage a series trains in `round` (1-based) of `rounds`: equal
+    /// runs of rounds, stage after stage (0 for other strategies).
+    pub fn stage_of_round(&self, round: u32, rounds: u32) -> usize {
+        let stages = self.stages() as u32;
+        let per_stage = (rounds / stages).max(1);
+        (round.saturating_sub(1) / per_stage).min(stages - 1) as usize
+    }
+
+    /// Parameters of each dense layer (weights and biases) of the first
+    /// stage, in the order they lie in the flat parameter vector.
     pub fn layer_dimensions(&self) -> Vec<usize> {
         self.sizes()
             .windows(2)
@@ -318,19 +369,30 @@ impl Strategy {
             .collect()
     }
 
-    /// The vectors one party puts into secure sums in one round, by
-    /// dimension, for every kind of round the strategy runs: the privacy
-    /// plan bounds a round by the costliest of them.
-    pub fn round_shapes(&self) -> Vec<Vec<usize>> {
+    /// The vectors one party puts into secure sums in one round, as
+    /// (dimension, share of the clip norm), for every kind of round the
+    /// strategy runs: the privacy plan bounds a round by the costliest of
+    /// them. The shares of one round square-sum to at most 1.
+    pub fn round_shapes(&self) -> Vec<Vec<(usize, f64)>> {
+        let whole = |d: usize| vec![(d, 1.0)];
         match self.kind {
-            StrategyKind::Fedavg => vec![vec![self.dimension()]],
+            StrategyKind::Fedavg => vec![whole(self.dimension())],
             StrategyKind::Fedmr { warmup_rounds, .. } => {
-                let mut shapes = vec![self.layer_dimensions()];
+                // A layer of d of the model's D parameters is clipped to
+                // c·√(d/D).
+                let total = self.dimension() as f64;
+                let mut shapes = vec![self
+                    .layer_dimensions()
+                    .into_iter()
+                    .map(|d| (d, (d as f64 / total).sqrt()))
+                    .collect()];
                 if warmup_rounds > 0 {
-                    shapes.push(vec![self.dimension()]);
+                    shapes.push(whole(self.dimension()));
                 }
                 shapes
             }
+            // One stage per round, with the whole clip norm.
+            StrategyKind::Series { .. } => self.stage_dimensions().into_iter().map(whole).collect(),
         }
     }
 }
@@ -394,7 +456,9 @@ pub struct Policy {
     pub reviewers: Vec<Reviewer>,
 }
 
-pub const STRATEGIES: &[&str] = &["fedavg", "fedmr"];
+pub const STRATEGIES: &[&str] = &["fedavg", "fedmr", "series"];
+/// Most stages a series network may have.
+pub const MAX_STAGES: i64 = 8;
 pub const MODELS: &[&str] = &["softmax", "mlp"];
 pub const ATTACKS: &[&str] = &["loss", "lira", "rmia", "canary"];
 
@@ -850,17 +914,39 @@ impl Validator<'_> {
             None => 1,
             Some(v) => self.positive_int("strategy.local_epochs", v, 1, 1000)? as u32,
         };
-        let kind = match s.kind.as_str() {
-            "fedavg" => {
-                for (key, set) in [
-                    ("strategy.group_size", s.group_size.is_some()),
-                    ("strategy.warmup_rounds", s.warmup_rounds.is_some()),
-                ] {
-                    if set {
-                        return Err(self.err(key, "applies only to kind = \"fedmr\""));
-                    }
+        if s.kind != "series" && s.stages.is_some() {
+            return Err(self.err("strategy.stages", "applies only to kind = \"series\""));
+        }
+        if s.kind != "fedmr" {
+            for (key, set) in [
+                ("strategy.group_size", s.group_size.is_some()),
+                ("strategy.warmup_rounds", s.warmup_rounds.is_some()),
+            ] {
+                if set {
+                    return Err(self.err(key, "applies only to kind = \"fedmr\""));
                 }
-                StrategyKind::Fedavg
+            }
+        }
+        let kind = match s.kind.as_str() {
+            "fedavg" => StrategyKind::Fedavg,
+            "series" => {
+                let Some(k) = s.stages else {
+                    return Err(self.err(
+                        "strategy.stages",
+                        format!("kind = \"series\" needs a number of stages, 2 to {MAX_STAGES}"),
+                    ));
+                };
+                let stages = self.positive_int("strategy.stages", k, 2, MAX_STAGES)? as u32;
+                if rounds % stages != 0 {
+                    return Err(self.err(
+                        "privacy.rounds",
+                        format!(
+                            "{rounds} rounds do not split evenly over {stages} stages; use a \
+                             multiple of {stages} (each stage trains rounds / stages rounds)"
+                        ),
+                    ));
+                }
+                StrategyKind::Series { stages }
             }
             _ => {
                 // A group must be able to run a secure sum on its own (at
@@ -951,6 +1037,17 @@ impl Validator<'_> {
                 return Err(self.err(
                     &format!("audit.attacks[{i}]"),
                     format!("must be one of {ATTACKS:?}, got \"{name}\""),
+                ));
+            }
+            if matches!(strategy.kind, StrategyKind::Series { .. })
+                && matches!(name.as_str(), "lira" | "rmia")
+            {
+                return Err(self.err(
+                    &format!("audit.attacks[{i}]"),
+                    format!(
+                        "\"{name}\" trains reference models of one network's shape; \
+                         kind = \"series\" is audited with \"loss\" and \"canary\""
+                    ),
                 ));
             }
         }

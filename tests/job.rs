@@ -248,16 +248,22 @@ fn party_level_dp_runs_under_its_policy() {
     );
 }
 
-/// FedMR in memory with DP and dropouts: several secure sums per round over
-/// disjoint groups, each exact, and still one charge per round.
-#[test]
-fn fedmr_runs_in_memory_with_one_charge_per_round() {
-    let shares = common::wine_shares(8);
-    let records: Vec<usize> = shares.iter().map(|d| d.len()).collect();
-    let text = common::fedmr_policy_text(&records, 4, 1, 4);
-    let policy = Policy::parse(Path::new("fedmr.toml"), &text).unwrap();
-    let layers = policy.strategy.layer_dimensions().len();
-    let parties = shares
+/// A DP job of eight demo parties holding IID shares of the wine records,
+/// in memory, under the policy `text`: its status, the secure sums the
+/// coordinator decoded (with contributors), every input the parties made,
+/// and the ledger.
+fn run_wine_job(
+    text: &str,
+    job: &str,
+    dropout: f64,
+) -> (
+    shroud::net::api::JobStatus,
+    Vec<shroud::coordinator::ObservedSum>,
+    Vec<shroud::party::ObservedInput>,
+    PrivacyLedger,
+) {
+    let policy = Policy::parse(Path::new("wine.toml"), text).unwrap();
+    let parties = common::wine_shares(8)
         .into_iter()
         .enumerate()
         .map(|(i, data)| Member {
@@ -266,23 +272,23 @@ fn fedmr_runs_in_memory_with_one_charge_per_round() {
             data,
         })
         .collect();
-    let dir = tmp("fedmr");
+    let dir = tmp(job);
     let mut ledger = PrivacyLedger::open(&Path::new(&dir).join("l.db")).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let (tap, seen) = std::sync::mpsc::channel();
     let status = local::run(
         LocalJob {
             policy: &policy,
-            policy_text: &text,
+            policy_text: text,
             request: StartJob {
-                job: "fedmr-job".into(),
+                job: job.into(),
                 seed: Some(3),
                 epsilon: None,
                 rounds: None,
             },
             parties,
             allow_no_dp: false,
-            dropout: 0.05,
+            dropout,
             dropout_seed: 11,
             randomness: InputRandomness::Os,
             out: Path::new(&dir),
@@ -293,19 +299,27 @@ fn fedmr_runs_in_memory_with_one_charge_per_round() {
         &mut |_| {},
     )
     .unwrap();
+    let sums = rx
+        .try_iter()
+        .filter(|s| !s.contributors.is_empty())
+        .collect();
+    (status, sums, inputs_of(seen.try_iter()), ledger)
+}
+
+/// FedMR in memory with DP and dropouts: several secure sums per round over
+/// disjoint groups, each exact, and still one charge per round.
+#[test]
+fn fedmr_runs_in_memory_with_one_charge_per_round() {
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let text = common::fedmr_policy_text(&records, 4, 1, 4);
+    let policy = Policy::parse(Path::new("fedmr.toml"), &text).unwrap();
+    let layers = policy.strategy.layer_dimensions().len();
+    let (status, sums, inputs, ledger) = run_wine_job(&text, "fedmr-job", 0.05);
     assert!(
         status.state == "released" || status.state == "blocked",
         "{status:?}"
     );
-    let sums: Vec<_> = rx.try_iter().collect();
-    check_sums(
-        &sums
-            .iter()
-            .filter(|s| !s.contributors.is_empty())
-            .cloned()
-            .collect::<Vec<_>>(),
-        &inputs_of(seen.try_iter()),
-    );
+    check_sums(&sums, &inputs);
     // Round 1 is the warm-up (one task over all); later rounds have one
     // task per layer and group, each over about half the roster.
     for round in 2..=4 {
@@ -334,6 +348,58 @@ fn fedmr_runs_in_memory_with_one_charge_per_round() {
     assert!(training.len() <= 4 && training.len() >= 3, "{charges:?}");
     let eps = ledger.job_spent("fedmr-job").unwrap();
     assert!(eps > 0.0 && eps <= 8.0 * (1.0 + 1e-9), "{eps}");
+}
+
+/// A series network in memory: each round one exact secure sum of the
+/// round's stage, one charge per round, and the ledger's ε for the job is
+/// what `policy check` predicts for the policy.
+#[test]
+fn series_runs_in_memory_with_exact_sums_and_the_predicted_charges() {
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let text = common::series_policy_text(&records, 2, 4);
+    let policy = Policy::parse(Path::new("series.toml"), &text).unwrap();
+    let (status, sums, inputs, ledger) = run_wine_job(&text, "series-job", 0.0);
+    assert!(
+        status.state == "released" || status.state == "blocked",
+        "{status:?}"
+    );
+    check_sums(&sums, &inputs);
+    // Between two rounds only the stage of the later one moves: stage 0 in
+    // round 2, stage 1 (stage 0 frozen as released) in rounds 3 and 4.
+    let offsets = policy.strategy.stage_offsets();
+    let dims = policy.strategy.stage_dimensions();
+    let after = |round: u32| -> Vec<f64> {
+        let s = sums
+            .iter()
+            .find(|s| s.round == round)
+            .unwrap_or_else(|| panic!("round {round} summed nothing"));
+        s.model_after.clone().expect("the model after the round")
+    };
+    for round in 2..=4u32 {
+        let (before, now) = (after(round - 1), after(round));
+        assert_eq!(now.len(), policy.strategy.dimension());
+        let trained = usize::from(round > 2);
+        for k in 0..2 {
+            let slice = offsets[k]..offsets[k] + dims[k];
+            let moved = before[slice.clone()] != now[slice];
+            assert_eq!(moved, k == trained, "round {round}, stage {k}");
+        }
+    }
+    let charges = ledger.charges(Some("series-job")).unwrap();
+    let training: Vec<u32> = charges
+        .iter()
+        .filter(|c| c.kind == ChargeKind::Training)
+        .map(|c| c.round)
+        .collect();
+    assert_eq!(training, vec![1, 2, 3, 4], "{charges:?}");
+    let spent = ledger.job_spent("series-job").unwrap();
+    let predicted = shroud::dp::plan::PrivacyPlan::for_policy(&policy)
+        .unwrap()
+        .epsilon_total;
+    assert!(
+        (spent - predicted).abs() < 1e-9,
+        "ledger {spent} against policy check {predicted}"
+    );
 }
 
 /// The bundled data and default policy are in the binary: the demo runs

@@ -445,32 +445,39 @@ fn operator_with(url: &str, tls: Option<rustls::ClientConfig>, seed: &[u8; 32]) 
     .unwrap()
 }
 
-/// FedMR's coordinator half lives in the store between rounds: a
-/// coordinator killed after recombination rounds resumes the job from its
-/// saved state, keeps the finished rounds and releases.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_fedmr_coordinator_killed_mid_job_resumes_and_releases() {
-    let dir = temp_dir("net-fedmr-restart");
+/// Kills the coordinator of job `job` under `text` (wine shares, eight
+/// parties) once round `kill_after` has finished, checks that the store
+/// kept the strategy's own state under `tag`, restarts it and checks that
+/// the job resumed from there: the finished rounds stay finished, at least
+/// `finished_at_least` of the `rounds` training rounds finish, no round is
+/// charged twice, and the log verifies.
+async fn killed_mid_job_resumes(
+    name: &str,
+    text: &str,
+    job: &str,
+    tag: &[u8],
+    kill_after: u32,
+    rounds: u32,
+    finished_at_least: usize,
+) {
+    let dir = temp_dir(name);
     let shares = common::wine_shares(8);
-    let records: Vec<usize> = shares.iter().map(|d| d.len()).collect();
-    let text = common::fedmr_policy_text(&records, 4, 1, 6);
-    let op_seed = serve_dir(&dir, &text);
+    let op_seed = serve_dir(&dir, text);
     let port = free_port().unwrap();
     let url = format!("https://127.0.0.1:{port}");
     let mut server = serve(&dir, port);
     let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
-    let parties = spawn_parties(&url, tls.clone(), &text, &shares, None);
+    let parties = spawn_parties(&url, tls.clone(), text, &shares, None);
     let mut op = operator_with(&url, tls, &op_seed);
     let _: JobStatus = op
-        .post_json("/v1/jobs", "fm", &serde_json::json!({"job": "fm"}))
+        .post_json("/v1/jobs", job, &serde_json::json!({ "job": job }))
         .await
         .unwrap();
-    // Kill it once two recombination rounds (2 and 3) have finished.
-    let s = wait_for(&mut op, "fm", |s| {
+    let s = wait_for(&mut op, job, |s| {
         assert!(s.state == "running", "{s:?}");
         s.history
             .iter()
-            .any(|r| r.round == 3 && r.state == "finished")
+            .any(|r| r.round == kill_after && r.state == "finished")
     })
     .await;
     server.child.kill().unwrap();
@@ -481,23 +488,26 @@ async fn a_fedmr_coordinator_killed_mid_job_resumes_and_releases() {
         .filter(|r| r.state == "finished")
         .map(|r| r.round)
         .collect();
-    // What the store kept is FedMR's own state, tagged as such.
+    // What the store kept is the strategy's own state, tagged as such.
     let saved: Vec<u8> = rusqlite::Connection::open(dir.join("coordinator.db"))
         .unwrap()
         .query_row(
-            "SELECT strategy_state FROM job_runs WHERE job = 'fm'",
-            [],
+            "SELECT strategy_state FROM job_runs WHERE job = ?1",
+            [job],
             |r| r.get(0),
         )
         .unwrap();
     // (A length-prefixed tag, then the state.)
+    let end = 8 + tag.len();
     assert!(
-        saved.len() > 15 && saved[..8] == 7u64.to_le_bytes() && &saved[8..15] == b"fedmr/1",
+        saved.len() > end
+            && saved[..8] == (tag.len() as u64).to_le_bytes()
+            && &saved[8..end] == tag,
         "{:?}",
-        &saved[..16.min(saved.len())]
+        &saved[..end.min(saved.len())]
     );
     server = serve(&dir, port);
-    let s = wait_until_done(&mut op, "fm").await;
+    let s = wait_until_done(&mut op, job).await;
     assert_eq!(s.state, "released", "{s:?}");
     for p in parties {
         p.await.unwrap().unwrap();
@@ -512,14 +522,14 @@ async fn a_fedmr_coordinator_killed_mid_job_resumes_and_releases() {
     let finished = s
         .history
         .iter()
-        .filter(|r| r.state == "finished" && r.round <= 6)
+        .filter(|r| r.state == "finished" && r.round <= rounds)
         .count();
-    assert!(finished >= 5, "{:?}", s.history);
+    assert!(finished >= finished_at_least, "{:?}", s.history);
     let ledger = PrivacyLedger::open(&dir.join("coordinator.db")).unwrap();
-    let charges = ledger.charges(Some("fm")).unwrap();
-    let rounds: std::collections::BTreeSet<u32> = charges.iter().map(|c| c.round).collect();
+    let charges = ledger.charges(Some(job)).unwrap();
+    let charged: std::collections::BTreeSet<u32> = charges.iter().map(|c| c.round).collect();
     assert_eq!(
-        rounds.len(),
+        charged.len(),
         charges.len(),
         "a round charged twice: {charges:?}"
     );
@@ -529,6 +539,25 @@ async fn a_fedmr_coordinator_killed_mid_job_resumes_and_releases() {
         dir.join("coordinator.db").to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// FedMR's coordinator half lives in the store between rounds: a
+/// coordinator killed after recombination rounds (2 and 3) resumes the job
+/// from its saved state, keeps the finished rounds and releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fedmr_coordinator_killed_mid_job_resumes_and_releases() {
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let text = common::fedmr_policy_text(&records, 4, 1, 6);
+    killed_mid_job_resumes("net-fedmr-restart", &text, "fm", b"fedmr/1", 3, 6, 5).await;
+}
+
+/// A series killed in its second stage resumes with its first stage as
+/// released and its second stage's progress kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_series_coordinator_killed_mid_stage_resumes_and_releases() {
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let text = common::series_policy_text(&records, 2, 6);
+    killed_mid_job_resumes("net-series-restart", &text, "sr", b"series/1", 4, 6, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -191,3 +191,147 @@ fn a_party_half_restores_only_its_own_state() {
     assert!(shroud::strategy::party_half(&p, Some(&coordinator)).is_err());
     assert!(shroud::strategy::party_half(&p, Some(b"x")).is_err());
 }
+
+fn series_policy(stages: u32, rounds: u32) -> Policy {
+    let text = common::series_policy_text(&[20; 6], stages, rounds);
+    Policy::parse(Path::new("series.toml"), &text).unwrap()
+}
+
+/// Stage k's rounds come after all of stage k−1's, each round one task
+/// over everyone summing exactly the stage's slice with the whole clip norm.
+#[test]
+fn series_stages_train_in_turn_each_with_the_whole_clip_norm() {
+    let p = series_policy(3, 12);
+    let dims = p.strategy.stage_dimensions();
+    // Stage k reads 13 features and k·3 probabilities: 8 hidden, 3 classes.
+    assert_eq!(
+        dims,
+        (0..3)
+            .map(|k| (13 + 3 * k) * 8 + 8 + 8 * 3 + 3)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(p.strategy.dimension(), dims.iter().sum::<usize>());
+    let offsets = p.strategy.stage_offsets();
+    let mut stage_by_round = Vec::new();
+    for round in 1..=12 {
+        let plan = round_plan(&p, "job", round);
+        assert_eq!(plan.tasks.len(), 1);
+        let t = &plan.tasks[0];
+        let k = offsets.iter().position(|&o| o == t.offset).unwrap();
+        assert_eq!(t.dimension, dims[k]);
+        assert_eq!(t.clip_norm, 1.0);
+        assert_eq!(t.cohort, (0..6).collect::<Vec<u32>>());
+        assert_eq!(
+            plan.composition(1.0),
+            Ok(shroud::strategy::Composition::Single)
+        );
+        stage_by_round.push(k);
+    }
+    assert_eq!(stage_by_round, [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]);
+    // The privacy plan bounds a round by the largest stage.
+    let plan = shroud::dp::plan::PrivacyPlan::for_policy(&p).unwrap();
+    assert_eq!(plan.rounds, 12);
+    assert!(plan.epsilon_total <= 8.0);
+}
+
+/// A series policy states its stages, splits its rounds evenly and is
+/// audited only by attacks that need no reference network.
+#[test]
+fn series_policies_are_checked_with_located_errors() {
+    let text = common::series_policy_text(&[20; 6], 3, 12);
+    let err = |t: &str| {
+        Policy::parse(Path::new("s.toml"), t)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(&text.replace("rounds = 12", "rounds = 10")).contains("privacy.rounds"));
+    assert!(err(&text.replace("stages = 3", "stages = 1")).contains("strategy.stages"));
+    assert!(err(&text.replace("stages = 3\n", "")).contains("strategy.stages"));
+    let lira = err(&text.replace("attacks = [\"loss\"]", "attacks = [\"loss\", \"lira\"]"));
+    assert!(lira.contains("audit.attacks[1]"), "{lira}");
+    let fedavg = common::fedmr_policy_text(&[20; 6], 3, 0, 12).replace(
+        "kind = \"fedmr\"\ngroup_size = 3\nwarmup_rounds = 0\n",
+        "kind = \"fedavg\"\nstages = 2\n",
+    );
+    assert!(err(&fedavg).contains("strategy.stages"));
+}
+
+/// Feeds a series half made-up sums for `rounds`.
+fn feed_series(
+    half: &mut dyn shroud::strategy::CoordinatorHalf,
+    p: &Policy,
+    rounds: std::ops::RangeInclusive<u32>,
+) {
+    for round in rounds {
+        feed(half, p, round);
+    }
+}
+
+/// While stage k trains, every earlier stage stays as released and every
+/// later one untouched; a restored half continues identically.
+#[test]
+fn a_series_half_trains_one_stage_at_a_time_and_restores_exactly() {
+    let p = series_policy(3, 6);
+    let offsets = p.strategy.stage_offsets();
+    let dims = p.strategy.stage_dimensions();
+    let stage = |v: &[f64], k: usize| v[offsets[k]..offsets[k] + dims[k]].to_vec();
+    let mut a = coordinator_half(&p, 5, None).unwrap();
+    let start = a.downlink(0);
+    feed_series(a.as_mut(), &p, 1..=2);
+    let after0 = a.downlink(0);
+    assert_ne!(stage(&after0, 0), stage(&start, 0));
+    assert_eq!(stage(&after0, 1), stage(&start, 1), "stage 1 trained early");
+    assert_eq!(stage(&after0, 2), stage(&start, 2), "stage 2 trained early");
+    feed_series(a.as_mut(), &p, 3..=3);
+    let mid1 = a.downlink(0);
+    assert_eq!(
+        stage(&mid1, 0),
+        stage(&after0, 0),
+        "stage 0 moved after release"
+    );
+    assert_ne!(stage(&mid1, 1), stage(&start, 1));
+    assert_eq!(stage(&mid1, 2), stage(&start, 2));
+    let saved = a.save();
+    let mut b = coordinator_half(&p, 99, Some(&saved)).unwrap();
+    feed_series(a.as_mut(), &p, 4..=6);
+    feed_series(b.as_mut(), &p, 4..=6);
+    assert_eq!(a.downlink(0), b.downlink(0));
+    assert_eq!(a.save(), b.save());
+    let released = a.release_model();
+    assert_eq!(released.stages().len(), 3);
+    assert_eq!(released.to_flat(), a.downlink(0));
+    assert_eq!(stage(&released.to_flat(), 1), stage(&a.downlink(0), 1));
+    // Another strategy's bytes are refused.
+    let fedmr = policy(6, 3, 0);
+    assert!(coordinator_half(&fedmr, 5, Some(&saved)).is_err());
+}
+
+/// A party trains the round's stage on its records extended by the
+/// earlier stages' class probabilities: its per-record contributions are
+/// exactly the stage's gradients on that input.
+#[test]
+fn a_series_party_trains_its_stage_on_the_earlier_stages_outputs() {
+    use shroud::model::matrix;
+    use shroud::strategy::{party_half, Contribution};
+    let p = series_policy(2, 4);
+    let data = common::wine_shares(6).remove(0);
+    let network = shroud::strategy::initial_network(&p, 7);
+    let mut half = party_half(&p, None).unwrap();
+    // Round 3 trains stage 1.
+    half.receive(3, &network.to_flat()).unwrap();
+    let task = round_plan(&p, "job", 3).tasks.remove(0);
+    let Contribution::PerRecord(grads) = half.contribute(3, &task, &data, &[4; 32]) else {
+        panic!("record-level contributions");
+    };
+    // Sampling rate 1: every record, in order.
+    assert_eq!(grads.len(), data.len());
+    let x = matrix(&data, None);
+    let input = network.stage_input(x.view(), 1);
+    assert_eq!(input.ncols(), 13 + 3);
+    let want = network.stages()[1].per_example_grads(input.view(), &data.labels);
+    assert_eq!(grads, want);
+    assert_eq!(grads[0].len(), task.dimension);
+    // Stage 0 alone (without the earlier outputs) would give other gradients.
+    let plain = network.stages()[0].per_example_grads(x.view(), &data.labels);
+    assert_ne!(plain[0].len(), grads[0].len());
+}

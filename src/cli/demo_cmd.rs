@@ -27,9 +27,14 @@ pub struct DemoFlags {
     /// Classes per party (pathological partition).
     #[arg(long, default_value_t = 2)]
     classes_per_party: usize,
-    /// Aggregation strategy: fedavg or fedmr (default: the policy's).
+    /// Aggregation strategy: fedavg, fedmr or series (default: the
+    /// policy's).
     #[arg(long)]
     strategy: Option<String>,
+    /// Series: the number of stages (the policy's value if it names a
+    /// series); the rounds must split evenly over them.
+    #[arg(long)]
+    stages: Option<u32>,
     /// FedMR: the least number of parties in a layer's group (the policy's
     /// value if it names FedMR).
     #[arg(long)]
@@ -95,6 +100,7 @@ impl DemoFlags {
             classes_per_party: self.classes_per_party,
             strategy: self.strategy.clone(),
             group_size: self.group_size,
+            stages: self.stages,
             warmup_rounds: self.warmup_rounds,
             policy: self.policy.clone(),
             epsilon: self.epsilon,

@@ -103,10 +103,18 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
             .join("-")
     );
     let mut shown_rounds = vec![1];
-    if let StrategyKind::Fedmr { warmup_rounds, .. } = s.kind {
-        if warmup_rounds > 0 && warmup_rounds < policy.privacy.rounds {
-            shown_rounds.push(warmup_rounds + 1);
+    match s.kind {
+        StrategyKind::Fedmr { warmup_rounds, .. } => {
+            if warmup_rounds > 0 && warmup_rounds < policy.privacy.rounds {
+                shown_rounds.push(warmup_rounds + 1);
+            }
         }
+        StrategyKind::Series { stages } => {
+            // The first round of every stage.
+            let per_stage = policy.privacy.rounds / stages;
+            shown_rounds.extend((1..stages).map(|k| k * per_stage + 1));
+        }
+        StrategyKind::Fedavg => {}
     }
     let rounds_shown = shown_rounds
         .into_iter()
@@ -342,6 +350,12 @@ fn print_rounds(r: &CheckReport<'_>) {
         } => println!(
             "strategy    fedmr: per layer, groups of at least {group_size} drawn afresh each round \
              (public seed of job and round); {warmup_rounds} FedAvg warm-up rounds"
+        ),
+        StrategyKind::Series { stages } => println!(
+            "strategy    series: {stages} stages of {} rounds each, one after another; stage k \
+             reads the features and the class probabilities of stages 0..k-1, frozen; one \
+             secure sum of the stage per round, so ε composes over every stage's rounds",
+            r.rounds / stages
         ),
     }
     for shown in &r.rounds_shown {

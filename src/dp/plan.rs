@@ -164,10 +164,11 @@ fn shape(policy: &Policy) -> Shape {
     let dimension = policy.strategy.dimension();
     let rotation = policy.encoding.rotation == Rotation::Hadamard;
     let pad = |d: usize| if rotation { padded_len(d) } else { d };
-    // A task of d of the model's D parameters is clipped to c·√(d/D), so a
-    // party's tasks in one round together stay within c. Every task also
-    // carries one coordinate per audit canary. The round is bounded by its
-    // costliest shape: the most padded coordinates.
+    // Each task carries its share of the clip norm (a FedMR layer of d of
+    // the model's D parameters is clipped to c·√(d/D)), so a party's tasks
+    // in one round together stay within c. Every task also carries one
+    // coordinate per audit canary. The round is bounded by its costliest
+    // shape: the most padded coordinates.
     let canaries = policy.audit.canaries as usize;
     let tasks: Vec<(f64, usize)> = policy
         .strategy
@@ -175,7 +176,7 @@ fn shape(policy: &Policy) -> Shape {
         .into_iter()
         .map(|dims| {
             dims.iter()
-                .map(|&d| ((d as f64 / dimension as f64).sqrt(), pad(d) + canaries))
+                .map(|&(d, share)| (share, pad(d) + canaries))
                 .collect::<Vec<_>>()
         })
         .max_by_key(|t| t.iter().map(|(_, p)| p).sum::<usize>())

@@ -46,11 +46,16 @@ pub struct ServerStep {
 
 impl ServerStep {
     pub fn new(policy: &Policy) -> ServerStep {
+        ServerStep::with_dimension(policy, policy.strategy.dimension())
+    }
+
+    /// A step on `dimension` parameters (one stage of a series).
+    pub fn with_dimension(policy: &Policy, dimension: usize) -> ServerStep {
         let s = &policy.strategy;
         ServerStep {
             record_level: policy.privacy.unit != Unit::Party,
             sampling_rate: policy.privacy.sampling_rate,
-            sgd: Sgd::new(s.learning_rate, s.momentum, s.dimension()),
+            sgd: Sgd::new(s.learning_rate, s.momentum, dimension),
         }
     }
 

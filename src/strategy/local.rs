@@ -50,16 +50,22 @@ impl LocalTrainer {
         if let Some(bytes) = saved {
             StateReader::new(bytes, TAG)?.end()?;
         }
+        Ok(LocalTrainer::for_sizes(policy, &policy.strategy.sizes()))
+    }
+
+    /// A trainer of a model of layer widths `sizes` (one stage of a
+    /// series), with the policy's unit and optimiser.
+    pub fn for_sizes(policy: &Policy, sizes: &[usize]) -> LocalTrainer {
         let s = &policy.strategy;
-        Ok(LocalTrainer {
-            model: super::initial_model(policy, 0),
+        LocalTrainer {
+            model: Mlp::new(sizes, 0),
             record_level: policy.privacy.unit != Unit::Party,
             sampling_rate: policy.privacy.sampling_rate,
             learning_rate: s.learning_rate,
             momentum: s.momentum,
             local_epochs: s.local_epochs,
             cached: None,
-        })
+        }
     }
 
     fn update(&self, data: &Dataset, sample_seed: &[u8; 32]) -> Update {

@@ -19,6 +19,7 @@
 pub mod fedavg;
 pub mod fedmr;
 mod local;
+pub mod series;
 pub mod state;
 
 use rand_chacha::rand_core::SeedableRng;
@@ -193,6 +194,7 @@ pub fn round_plan(policy: &Policy, job: &str, round: u32) -> RoundPlan {
                 fedmr::plan(policy, job, round, group_size)
             }
         }
+        StrategyKind::Series { .. } => series::plan(policy, round),
     }
 }
 
@@ -208,18 +210,30 @@ pub fn coordinator_half(
         StrategyKind::Fedmr { warmup_rounds, .. } => {
             Box::new(fedmr::FedMr::new(policy, seed, warmup_rounds, saved)?)
         }
+        StrategyKind::Series { .. } => Box::new(series::Series::new(policy, seed, saved)?),
     })
 }
 
 /// The party half for `policy`, fresh or restored from its saved home
 /// state.
 pub fn party_half(policy: &Policy, saved: Option<&[u8]>) -> Result<Box<dyn PartyHalf>, StateError> {
-    Ok(Box::new(LocalTrainer::new(policy, saved)?))
+    Ok(match policy.strategy.kind {
+        StrategyKind::Series { .. } => Box::new(series::SeriesParty::new(policy, saved)?),
+        _ => Box::new(LocalTrainer::new(policy, saved)?),
+    })
 }
 
-/// A fresh model of the policy's shape.
+/// A fresh model of the policy's shape (of its first stage, for a series).
 pub fn initial_model(policy: &Policy, seed: u64) -> Mlp {
     Mlp::new(&policy.strategy.sizes(), seed)
+}
+
+/// A fresh network of the policy's shape: what its coordinator sends.
+pub fn initial_network(policy: &Policy, seed: u64) -> Network {
+    match policy.strategy.kind {
+        StrategyKind::Series { .. } => series::initial_network(policy, seed),
+        _ => Network::single(initial_model(policy, seed)),
+    }
 }
 
 /// Public randomness bound to a job, a round and an index (graph and

@@ -100,6 +100,15 @@ pub fn fedmr_policy_text(records: &[usize], group_size: usize, warmup: u32, roun
     text
 }
 
+/// The same consortium training a series network of `stages` stages over
+/// `rounds` rounds (a multiple of `stages`).
+pub fn series_policy_text(records: &[usize], stages: u32, rounds: u32) -> String {
+    fedmr_policy_text(records, 3, 0, rounds).replace(
+        "kind = \"fedmr\"\ngroup_size = 3\nwarmup_rounds = 0\n",
+        &format!("kind = \"series\"\nstages = {stages}\n"),
+    )
+}
+
 /// `n` equal IID shares of the wine training records.
 pub fn wine_shares(n: usize) -> Vec<shroud::data::Dataset> {
     let data = shroud::data::prepare(std::path::Path::new("data/wine.csv"), 2).unwrap();
