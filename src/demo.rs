@@ -133,6 +133,9 @@ pub struct DemoSummary {
     pub accountant: &'static str,
     pub no_dp: bool,
     pub accuracy: f64,
+    /// Two-class data: precision, recall, F1 and AUC of the final model on
+    /// the test split, the rarer class positive.
+    pub test_metrics: Option<crate::evaluate::BinaryMetrics>,
     pub epsilon_spent: Option<f64>,
     pub epsilon_budget: f64,
     pub delta: f64,
@@ -317,6 +320,8 @@ pub struct CentralResult {
     pub central: bool,
     pub dataset: String,
     pub accuracy: f64,
+    /// As [`DemoSummary::test_metrics`].
+    pub test_metrics: Option<crate::evaluate::BinaryMetrics>,
     pub model: Vec<usize>,
     pub train_records: usize,
 }
@@ -439,10 +444,16 @@ impl Demo {
         let seed = self.cfg.seed;
         let mut model = Mlp::new(&sizes, seed);
         train_central(&mut model, &pooled, 30, 32, 0.05, 0.9, seed);
+        let network = crate::network::Network::single(model);
         CentralResult {
             central: true,
             dataset: self.data.name.clone(),
-            accuracy: model.accuracy(&self.data.test),
+            accuracy: network.accuracy(&self.data.test),
+            test_metrics: crate::evaluate::binary_metrics(
+                &network,
+                &self.data.test,
+                crate::evaluate::minority_class(&self.data.train),
+            ),
             model: sizes,
             train_records: pooled.len(),
         }
@@ -459,6 +470,7 @@ impl Demo {
             policy,
             policy_text: &self.policy_text,
             test: &data.test,
+            positive: crate::evaluate::minority_class(&data.train),
             party_data: &self.party_data,
             job_id: &self.job_id,
         };
@@ -498,6 +510,7 @@ impl Demo {
             accountant: policy.privacy.accountant.name(),
             no_dp: outcome.no_dp,
             accuracy: outcome.accuracy,
+            test_metrics: outcome.test_metrics,
             epsilon_spent: outcome.epsilon_spent,
             epsilon_budget: policy.privacy.epsilon,
             delta: outcome.delta,
@@ -553,6 +566,7 @@ impl DemoSummary {
 /// What the demo reports of a job, however it ran.
 struct DemoOutcome {
     accuracy: f64,
+    test_metrics: Option<crate::evaluate::BinaryMetrics>,
     epsilon_spent: Option<f64>,
     delta: f64,
     rounds_aborted: usize,
@@ -582,6 +596,8 @@ struct DemoJob<'a> {
     policy: &'a Policy,
     policy_text: &'a str,
     test: &'a crate::data::Dataset,
+    /// The positive class of two-class figures.
+    positive: usize,
     party_data: &'a [crate::data::Dataset],
     job_id: &'a str,
 }
@@ -793,6 +809,7 @@ impl DemoJob<'_> {
         }
         let outcome = DemoOutcome {
             accuracy,
+            test_metrics: crate::evaluate::binary_metrics(&model, self.test, self.positive),
             epsilon_spent: match policy.privacy.unit {
                 Unit::None => None,
                 _ => Some(ledger.job_spent(self.job_id)?),

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod coordinator;
 pub mod data;
 pub mod demo;
+pub mod evaluate;
 pub mod dp;
 pub mod job;
 pub mod keyfile;
