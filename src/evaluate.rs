@@ -37,7 +37,13 @@ pub fn binary_metrics(net: &Network, d: &Dataset, positive: usize) -> Option<Bin
     let p = net.probabilities(matrix(d, None).view());
     let scores: Vec<f64> = p.column(positive).to_vec();
     let predicted: Vec<usize> = (0..d.len())
-        .map(|i| if scores[i] >= 0.5 { positive } else { 1 - positive })
+        .map(|i| {
+            if scores[i] >= 0.5 {
+                positive
+            } else {
+                1 - positive
+            }
+        })
         .collect();
     let count = |pred: bool, actual: bool| {
         (0..d.len())
