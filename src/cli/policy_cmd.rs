@@ -93,7 +93,7 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
     let mut widths = vec![s.inputs];
     widths.extend(&s.hidden);
     widths.push(s.classes);
-    let model = format!(
+    let mut model = format!(
         "{} {}",
         s.model,
         widths
@@ -102,6 +102,14 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join("-")
     );
+    if s.stages() > 1 {
+        model += &format!(
+            " × {} stages (stage k reads {} + k·{} inputs)",
+            s.stages(),
+            s.inputs,
+            s.classes
+        );
+    }
     let mut shown_rounds = vec![1];
     match s.kind {
         StrategyKind::Fedmr { warmup_rounds, .. } => {
