@@ -425,6 +425,42 @@ pub enum Partition {
     Pathological { k: usize },
     /// Party sizes from Dirichlet(α) weights, labels IID.
     Quantity { alpha: f64, min_records: usize },
+    /// ModelNet label sets (`crate::modelnet`): `k` classes per party,
+    /// random, diverse or similar over `clusters` clusters of the class
+    /// centroids (0: ⌈√classes⌉, at least `k` for D). Needs the features:
+    /// see [`partition_dataset`].
+    ModelNet {
+        sets: crate::modelnet::LabelSets,
+        k: usize,
+        clusters: usize,
+    },
+}
+
+/// Indices of each party's records of `d`: any [`Partition`], ModelNet
+/// label sets included.
+pub fn partition_dataset(
+    d: &Dataset,
+    parties: usize,
+    how: &Partition,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>, PartitionError> {
+    match *how {
+        Partition::ModelNet { sets, k, clusters } => {
+            let clusters = if clusters == 0 {
+                let root = (d.classes as f64).sqrt().ceil() as usize;
+                let least = if sets == crate::modelnet::LabelSets::Diverse {
+                    k
+                } else {
+                    1
+                };
+                root.max(least).min(d.classes)
+            } else {
+                clusters
+            };
+            Ok(crate::modelnet::partition(d, parties, sets, k, clusters, seed)?.records)
+        }
+        _ => partition(&d.labels, d.classes, parties, how, seed),
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -454,6 +490,11 @@ pub fn partition(
     }
     let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x00d1_5717);
     match *how {
+        Partition::ModelNet { .. } => Err(PartitionError(
+            "ModelNet label sets cluster the class centroids: they need the features \
+             (partition_dataset)"
+                .into(),
+        )),
         Partition::Iid => {
             let idx = shuffled(n, &mut rng);
             Ok((0..parties)

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::audit;
-use crate::data::{partition, prepare_named, Partition};
+use crate::data::{partition_dataset, prepare_named, Partition};
 use crate::dp::plan::PrivacyPlan;
 use crate::job::demo_identity_seed;
 use crate::job::local::{self, LocalJob};
@@ -42,8 +42,10 @@ pub struct DemoConfig {
     pub partition: String,
     /// Dirichlet concentration α (dirichlet and quantity partitions).
     pub alpha: f64,
-    /// Classes per party (pathological partition).
+    /// Classes per party (pathological partition, ModelNet label sets).
     pub classes_per_party: usize,
+    /// Clusters of the class centroids for R, D and S (0: ⌈√classes⌉).
+    pub clusters: usize,
     /// Aggregation strategy: fedavg, fedmr or series (default: the
     /// policy's).
     pub strategy: Option<String>,
@@ -100,6 +102,7 @@ impl Default for DemoConfig {
             partition: "dirichlet".into(),
             alpha: 0.5,
             classes_per_party: 2,
+            clusters: 0,
             strategy: None,
             group_size: None,
             stages: None,
@@ -171,9 +174,24 @@ pub struct DemoSummary {
 /// from any folder.
 pub const DEFAULT_POLICY: &str = include_str!("../policies/default.toml");
 
-/// The partition a name and its parameters describe.
-pub fn parse_partition(name: &str, alpha: f64, classes_per_party: usize) -> Result<Partition> {
+/// The partition a name and its parameters describe (`clusters` for the
+/// ModelNet label sets R, D and S; 0 picks a default).
+pub fn parse_partition(
+    name: &str,
+    alpha: f64,
+    classes_per_party: usize,
+    clusters: usize,
+) -> Result<Partition> {
+    use crate::modelnet::LabelSets;
+    let modelnet = |sets| Partition::ModelNet {
+        sets,
+        k: classes_per_party,
+        clusters,
+    };
     Ok(match name {
+        "R" | "r" => modelnet(LabelSets::Random),
+        "D" | "d" => modelnet(LabelSets::Diverse),
+        "S" | "s" => modelnet(LabelSets::Similar),
         "iid" => Partition::Iid,
         "dirichlet" => Partition::Dirichlet {
             alpha,
@@ -187,7 +205,7 @@ pub fn parse_partition(name: &str, alpha: f64, classes_per_party: usize) -> Resu
             k: classes_per_party,
         },
         other => bail!(
-            "--partition must be one of iid, dirichlet, pathological, quantity; got `{other}`"
+            "--partition must be one of iid, dirichlet, pathological, quantity, R, D, S; got `{other}`"
         ),
     })
 }
@@ -370,14 +388,8 @@ impl Demo {
         if n_parties < 2 {
             bail!("--parties must be at least 2");
         }
-        let how = parse_partition(&f.partition, f.alpha, f.classes_per_party)?;
-        let parts = partition(
-            &data.train.labels,
-            data.train.classes,
-            n_parties,
-            &how,
-            f.seed,
-        )?;
+        let how = parse_partition(&f.partition, f.alpha, f.classes_per_party, f.clusters)?;
+        let parts = partition_dataset(&data.train, n_parties, &how, f.seed)?;
         let counts: Vec<(u32, usize)> = parts
             .iter()
             .enumerate()

@@ -16,6 +16,7 @@ pub mod job;
 pub mod keyfile;
 pub mod localnet;
 pub mod model;
+pub mod modelnet;
 pub mod net;
 pub mod network;
 pub mod party;

@@ -226,3 +226,78 @@ fn a_partys_records_are_checked_against_the_policys_model() {
         "{e}"
     );
 }
+
+/// `shroud data partition --stats` deals the ModelNet label sets and saves
+/// the statistics a benchmark reports; the deal files match them, and an
+/// impossible diverse deal is refused with the reason.
+#[test]
+fn data_partition_reports_and_saves_the_modelnet_statistics() {
+    let dir = std::env::temp_dir().join(format!("shroud-partition-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = dir.to_str().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_shroud"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "data",
+        "partition",
+        "--dataset",
+        "mnist1d",
+        "--parties",
+        "5",
+        "--partition",
+        "D",
+        "--classes-per-party",
+        "3",
+        "--clusters",
+        "4",
+        "--seed",
+        "2",
+        "--stats",
+        "--out",
+        out,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("coverage    1.000"), "{text}");
+    assert!(text.contains("never reaches a coordinator"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("partition-stats.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["coverage"], 1.0);
+    let sets = v["label_sets"].as_array().unwrap();
+    assert_eq!(sets.len(), 5);
+    // Each party's CSV holds exactly the records the statistics count.
+    for (p, set) in sets.iter().enumerate() {
+        assert_eq!(set.as_array().unwrap().len(), 3);
+        let csv = std::fs::read_to_string(dir.join(format!("party-{p}.csv"))).unwrap();
+        assert_eq!(
+            csv.lines().count() - 1,
+            v["sizes"][p].as_u64().unwrap() as usize,
+            "party {p}"
+        );
+    }
+    let graph = v["pairwise_overlap"].as_array().unwrap();
+    assert_eq!(graph.len(), 5);
+    // Two parties cannot hold enough classes of ten.
+    let o = run(&[
+        "data",
+        "partition",
+        "--dataset",
+        "mnist1d",
+        "--parties",
+        "2",
+        "--partition",
+        "D",
+        "--classes-per-party",
+        "3",
+        "--clusters",
+        "4",
+        "--stats",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("every class a holder"));
+}

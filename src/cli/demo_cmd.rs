@@ -24,9 +24,12 @@ pub struct DemoFlags {
     /// Dirichlet concentration α (dirichlet and quantity partitions).
     #[arg(long, default_value_t = 0.5)]
     alpha: f64,
-    /// Classes per party (pathological partition).
+    /// Classes per party (pathological partition, R, D and S).
     #[arg(long, default_value_t = 2)]
     classes_per_party: usize,
+    /// R, D and S: clusters of the class centroids (0: ⌈√classes⌉).
+    #[arg(long, default_value_t = 0)]
+    clusters: usize,
     /// Aggregation strategy: fedavg, fedmr or series (default: the
     /// policy's).
     #[arg(long)]
@@ -98,6 +101,7 @@ impl DemoFlags {
             partition: self.partition.clone(),
             alpha: self.alpha,
             classes_per_party: self.classes_per_party,
+            clusters: self.clusters,
             strategy: self.strategy.clone(),
             group_size: self.group_size,
             stages: self.stages,

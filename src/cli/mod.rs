@@ -84,6 +84,9 @@ enum Command {
 enum DataCommand {
     /// Deal a data set out to parties as standardised CSV files.
     Split(data_cmd::SplitFlags),
+    /// Deal a data set out (IID, Dirichlet, pathological, quantity, or the
+    /// ModelNet label sets R, D, S) and, with --stats, describe the subsets.
+    Partition(data_cmd::SplitFlags),
 }
 
 #[derive(Subcommand)]
@@ -359,6 +362,7 @@ pub fn main() -> ExitCode {
             json,
         }) => bench_service::service(parties, len, rounds, &neighbors, json),
         Command::Data(DataCommand::Split(f)) => data_cmd::split(f),
+        Command::Data(DataCommand::Partition(f)) => data_cmd::partition(f),
         Command::Keygen(f) => service_cmd::keygen(f),
         Command::Serve(f) => service_cmd::serve(f),
         Command::Party(f) => service_cmd::party(f),
