@@ -1,14 +1,14 @@
 //! Test-set figures of a trained network beyond accuracy: for two-class
 //! data, precision, recall, F1 and the ROC AUC of the positive class.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
 use crate::model::matrix;
 use crate::network::Network;
 
 /// Two-class figures, the positive class named.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BinaryMetrics {
     pub positive_class: usize,
     pub precision: f64,

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod compare;
 pub mod coordinator;
 pub mod data;
 pub mod demo;

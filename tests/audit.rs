@@ -169,35 +169,8 @@ fn the_html_report_renders_in_chromium() {
     let html = Path::new(v["report_html"].as_str().unwrap())
         .canonicalize()
         .unwrap();
-    let chromium = std::env::var("SHROUD_CHROMIUM").unwrap_or_else(|_| {
-        ["chromium", "chromium-browser", "google-chrome"]
-            .iter()
-            .find(|c| Command::new(c).arg("--version").output().is_ok())
-            .expect("chromium on PATH")
-            .to_string()
-    });
-    let profile = dir.join("profile");
     let shot = dir.join("report.png");
-    let base_args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ];
-    let profile_arg = format!("--user-data-dir={}", profile.display());
-    let url = format!("file://{}", html.display());
-    let dom = Command::new(&chromium)
-        .args(base_args)
-        .arg(&profile_arg)
-        .arg("--dump-dom")
-        .arg(&url)
-        .output()
-        .expect("run chromium");
-    let dom = String::from_utf8_lossy(&dom.stdout);
+    let dom = common::rendered_dom(&dir, &html, 1280);
     let decision = if v["decision"] == "release" {
         "Decision: RELEASE"
     } else {
@@ -221,52 +194,21 @@ fn the_html_report_renders_in_chromium() {
     ] {
         assert!(dom.contains(part), "the rendered page lacks {part}");
     }
-    // At 1280 px the page must not scroll sideways. The report has no
-    // scripts; a copy gets one that writes the page's widths into its title
-    // once laid out, which --dump-dom prints.
-    let probe = dir.join("probe.html");
-    let page = std::fs::read_to_string(&html).unwrap().replace(
-        "</body>",
-        "<script>document.title = 'widths ' + document.documentElement.scrollWidth + ' ' + \
-         document.documentElement.clientWidth;</script></body>",
-    );
-    std::fs::write(&probe, page).unwrap();
-    let laid_out = Command::new(&chromium)
-        .args(base_args)
-        .arg(&profile_arg)
-        .arg("--window-size=1280,900")
-        .arg("--dump-dom")
-        .arg(format!("file://{}", probe.display()))
-        .output()
-        .expect("run chromium");
-    let laid_out = String::from_utf8_lossy(&laid_out.stdout);
-    let widths: Vec<u32> = laid_out
-        .split("<title>widths ")
-        .nth(1)
-        .and_then(|t| t.split('<').next())
-        .expect("the probe ran")
-        .split(' ')
-        .map(|v| v.parse().unwrap())
-        .collect();
+    // At 1280 px the page must not scroll sideways.
+    let (content, viewport) = common::laid_out_widths(&dir, &html, 1280);
     assert!(
-        widths[0] <= widths[1],
-        "the page scrolls sideways at 1280 px: content {} px wide in {} px",
-        widths[0],
-        widths[1]
+        content <= viewport,
+        "the page scrolls sideways at 1280 px: content {content} px wide in {viewport} px"
     );
-    let status = Command::new(&chromium)
-        .args(base_args)
-        .arg(&profile_arg)
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg("--window-size=1280,1600")
-        .arg(&url)
-        .output()
-        .expect("run chromium");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+    let (ok, _, stderr) = common::run_chromium(
+        &dir,
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1280,1600".into(),
+            format!("file://{}", html.display()),
+        ],
     );
+    assert!(ok, "{stderr}");
     let png = std::fs::read(&shot).expect("screenshot written");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 20_000,
@@ -274,8 +216,6 @@ fn the_html_report_renders_in_chromium() {
         png.len()
     );
 }
-
-use std::process::Command;
 
 /// A reviewer key made by `shroud keygen`: its file and public key hex.
 fn reviewer_key(dir: &Path, name: &str) -> (String, String) {

@@ -13,6 +13,7 @@ mod audit_cmd;
 mod bench_cmd;
 mod bench_service;
 mod budget_cmd;
+mod compare_cmd;
 mod data_cmd;
 mod demo_cmd;
 mod policy_cmd;
@@ -43,6 +44,9 @@ enum Command {
     /// Run a whole consortium job on bundled data in this process: parties,
     /// coordinator, secure aggregation, DP noise and the ledger.
     Demo(demo_cmd::DemoFlags),
+    /// Run strategies × partitions × ε × seeds from a spec in process and
+    /// write one table (CSV, JSON) and one HTML page of plots; resumable.
+    Compare(compare_cmd::CompareFlags),
     /// Re-render the audit report of a job's release decision from the log.
     Audit {
         #[arg(long)]
@@ -335,6 +339,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::SecaggSim(f) => secagg_sim(f),
         Command::Demo(f) => demo_cmd::run(f),
+        Command::Compare(f) => compare_cmd::run(f),
         Command::Audit { db, job, out } => audit_cmd::rerender(&db, &job, &out),
         Command::Report(ReportCommand::Verify { file, db }) => audit_cmd::verify(&file, &db),
         Command::Report(ReportCommand::Sign {

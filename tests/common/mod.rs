@@ -122,3 +122,76 @@ pub fn wine_shares(n: usize) -> Vec<shroud::data::Dataset> {
     .unwrap();
     parts.iter().map(|p| data.train.subset(p)).collect()
 }
+
+/// The headless Chromium to render pages with: `SHROUD_CHROMIUM`, or the
+/// first of the usual names on PATH.
+pub fn chromium() -> String {
+    std::env::var("SHROUD_CHROMIUM").unwrap_or_else(|_| {
+        ["chromium", "chromium-browser", "google-chrome"]
+            .iter()
+            .find(|c| Command::new(c).arg("--version").output().is_ok())
+            .expect("chromium on PATH")
+            .to_string()
+    })
+}
+
+/// Runs headless Chromium with a throwaway profile under `dir` and
+/// `args`, returning its stdout and whether it succeeded.
+pub fn run_chromium(dir: &std::path::Path, args: &[String]) -> (bool, String, String) {
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .args(args)
+        .output()
+        .expect("run chromium");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The page's DOM after layout in a `width`-pixel window.
+pub fn rendered_dom(dir: &std::path::Path, page: &std::path::Path, width: u32) -> String {
+    run_chromium(
+        dir,
+        &[
+            format!("--window-size={width},900"),
+            "--dump-dom".into(),
+            format!("file://{}", page.display()),
+        ],
+    )
+    .1
+}
+
+/// Content width and viewport width of `page` laid out `width` pixels
+/// wide: a copy gets a script that writes both into its title once laid
+/// out (the pages themselves have no scripts).
+pub fn laid_out_widths(dir: &std::path::Path, page: &std::path::Path, width: u32) -> (u32, u32) {
+    let probe = dir.join("probe.html");
+    let html = std::fs::read_to_string(page).unwrap().replace(
+        "</body>",
+        "<script>document.title = 'widths ' + document.documentElement.scrollWidth + ' ' + \
+         document.documentElement.clientWidth;</script></body>",
+    );
+    std::fs::write(&probe, html).unwrap();
+    let dom = rendered_dom(dir, &probe, width);
+    let widths: Vec<u32> = dom
+        .split("<title>widths ")
+        .nth(1)
+        .and_then(|t| t.split('<').next())
+        .expect("the probe ran")
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    (widths[0], widths[1])
+}
