@@ -210,17 +210,7 @@ impl Mlp {
     }
 
     pub fn accuracy(&self, d: &Dataset) -> f64 {
-        if d.is_empty() {
-            return 0.0;
-        }
-        let x = matrix(d, None);
-        let hits = self
-            .predict(x.view())
-            .iter()
-            .zip(&d.labels)
-            .filter(|(p, y)| p == y)
-            .count();
-        hits as f64 / d.len() as f64
+        hit_rate(|x| self.predict(x), d)
     }
 
     /// Writes the weights as safetensors (f32), PyTorch names and shapes.
@@ -326,6 +316,19 @@ pub(crate) fn write_tensors(path: &Path, buffers: Vec<NamedTensor>) -> Result<()
 
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
     std::fs::read(path).map_err(|e| ModelError(format!("{}: {e}", path.display())))
+}
+
+/// The share of `d`'s records whose label `predict` gives (0 for none).
+pub fn hit_rate(predict: impl Fn(ArrayView2<f64>) -> Vec<usize>, d: &Dataset) -> f64 {
+    if d.is_empty() {
+        return 0.0;
+    }
+    let hits = predict(matrix(d, None).view())
+        .iter()
+        .zip(&d.labels)
+        .filter(|(p, y)| p == y)
+        .count();
+    hits as f64 / d.len() as f64
 }
 
 /// The index of each row's largest value.

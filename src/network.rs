@@ -150,16 +150,7 @@ impl Network {
     }
 
     pub fn accuracy(&self, d: &Dataset) -> f64 {
-        if d.is_empty() {
-            return 0.0;
-        }
-        let hits = self
-            .predict(matrix(d, None).view())
-            .iter()
-            .zip(&d.labels)
-            .filter(|(p, y)| p == y)
-            .count();
-        hits as f64 / d.len() as f64
+        crate::model::hit_rate(|x| self.predict(x), d)
     }
 
     /// Safetensors (f32): a one-stage network under its MLP's PyTorch

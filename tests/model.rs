@@ -241,25 +241,27 @@ fn data_partition_reports_and_saves_the_modelnet_statistics() {
             .output()
             .unwrap()
     };
-    let o = run(&[
-        "data",
-        "partition",
-        "--dataset",
-        "mnist1d",
-        "--parties",
-        "5",
-        "--partition",
-        "D",
-        "--classes-per-party",
-        "3",
-        "--clusters",
-        "4",
-        "--seed",
-        "2",
-        "--stats",
-        "--out",
-        out,
-    ]);
+    // D: three classes each over four clusters of the class centroids.
+    let deal = |parties: &str, extra: &[&str]| {
+        let mut args = vec![
+            "data",
+            "partition",
+            "--dataset",
+            "mnist1d",
+            "--parties",
+            parties,
+            "--partition",
+            "D",
+            "--classes-per-party",
+            "3",
+            "--clusters",
+            "4",
+            "--stats",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let o = deal("5", &["--seed", "2", "--out", out]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("coverage    1.000"), "{text}");
@@ -283,21 +285,7 @@ fn data_partition_reports_and_saves_the_modelnet_statistics() {
     let graph = v["pairwise_overlap"].as_array().unwrap();
     assert_eq!(graph.len(), 5);
     // Two parties cannot hold enough classes of ten.
-    let o = run(&[
-        "data",
-        "partition",
-        "--dataset",
-        "mnist1d",
-        "--parties",
-        "2",
-        "--partition",
-        "D",
-        "--classes-per-party",
-        "3",
-        "--clusters",
-        "4",
-        "--stats",
-    ]);
+    let o = deal("2", &[]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("every class a holder"));
 }
