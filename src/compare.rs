@@ -81,7 +81,10 @@ impl StrategySpec {
     /// The name a cell and a plot give it.
     pub fn label(&self) -> String {
         match (self.name.as_str(), self.group_size, self.stages) {
-            ("fedmr", Some(g), _) => format!("fedmr(g={g})"),
+            ("fedmr", Some(g), _) => match self.warmup_rounds {
+                Some(w) if w > 0 => format!("fedmr(g={g},w={w})"),
+                _ => format!("fedmr(g={g})"),
+            },
             ("series", _, Some(s)) => format!("series({s})"),
             _ => self.name.clone(),
         }
@@ -105,9 +108,11 @@ impl PartitionSpec {
     pub fn label(&self) -> String {
         match (self.name.as_str(), self.alpha, self.classes_per_party) {
             ("dirichlet" | "quantity", Some(a), _) => format!("{}(α={a})", self.name),
-            ("pathological" | "R" | "D" | "S" | "r" | "d" | "s", _, Some(k)) => {
-                format!("{}(k={k})", self.name)
-            }
+            ("R" | "D" | "S" | "r" | "d" | "s", _, Some(k)) => match self.clusters {
+                Some(c) if c > 0 => format!("{}(k={k},c={c})", self.name),
+                _ => format!("{}(k={k})", self.name),
+            },
+            ("pathological", _, Some(k)) => format!("{}(k={k})", self.name),
             _ => self.name.clone(),
         }
     }
@@ -154,6 +159,37 @@ pub struct CellResult {
     /// "release" or "block" (every cell without noise is blocked).
     pub decision: String,
     pub wall_seconds: f64,
+    /// Digest of everything the cell ran with (see [`settings_digest`]): a
+    /// kept cell must match it, so changing the spec's rounds, policy or
+    /// data set re-runs cells rather than keeping stale ones.
+    #[serde(default)]
+    pub settings: String,
+}
+
+/// SHA-256 (hex, 16 bytes) of the cell's whole configuration: the spec's
+/// shared settings, the policy file's bytes (or the built-in policy's),
+/// the strategy's and partition's parameters, ε and seed.
+pub fn settings_digest(spec: &CompareSpec, cell: &Cell) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let policy_bytes = match &spec.policy {
+        Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        None => crate::demo::DEFAULT_POLICY.as_bytes().to_vec(),
+    };
+    let doc = serde_json::json!({
+        "dataset": spec.dataset,
+        "parties": spec.parties,
+        "policy_sha256": hex(&Sha256::digest(&policy_bytes)),
+        "rounds": spec.rounds,
+        "strategy": cell.strategy,
+        "partition": cell.partition,
+        "epsilon": cell.epsilon,
+        "seed": cell.seed,
+    });
+    Ok(hex(&Sha256::digest(doc.to_string().as_bytes())[..16]))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Reads and checks a spec.
@@ -312,7 +348,12 @@ pub fn run(
     let mut ran_seconds = Vec::new();
     for cell in &all {
         let id = cell.id();
-        if let Some(r) = finished.iter().find(|r| r.id == id) {
+        let settings = settings_digest(spec, cell)?;
+        if let Some(r) = finished
+            .iter()
+            .rev()
+            .find(|r| r.id == id && r.settings == settings)
+        {
             kept += 1;
             results.push(r.clone());
             on_cell(Progress {
@@ -324,7 +365,8 @@ pub fn run(
             });
             continue;
         }
-        let r = run_cell(spec, cell, out).with_context(|| format!("cell {id}"))?;
+        let mut r = run_cell(spec, cell, out).with_context(|| format!("cell {id}"))?;
+        r.settings = settings;
         append_journal(&journal, &r)?;
         ran_seconds.push(r.wall_seconds);
         results.push(r);
@@ -392,6 +434,7 @@ fn run_cell(spec: &CompareSpec, cell: &Cell, out: &Path) -> Result<CellResult> {
         }
         .into(),
         wall_seconds: started.elapsed().as_secs_f64(),
+        settings: String::new(),
     })
 }
 
@@ -766,6 +809,7 @@ alpha = 0.1
             rounds_aborted: 0,
             decision: "release".into(),
             wall_seconds: 1.0,
+            settings: "s".into(),
         };
         append_journal(&path, &r).unwrap();
         // A kill mid-write leaves half a line.

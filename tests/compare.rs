@@ -87,6 +87,19 @@ fn a_killed_comparison_resumes_and_keeps_its_finished_cells() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(v["cells"].as_array().unwrap().len(), 2);
     assert_eq!(v["aggregates"].as_array().unwrap().len(), 2);
+    // Other settings are other cells: with another number of rounds
+    // nothing is kept, and the table holds the new runs only.
+    std::fs::write(&spec, SPEC.replace("rounds = 2", "rounds = 3")).unwrap();
+    let changed = compare(&spec, &out).output().unwrap();
+    assert!(changed.status.success());
+    assert!(
+        String::from_utf8_lossy(&changed.stdout).contains("(0 kept"),
+        "{}",
+        String::from_utf8_lossy(&changed.stdout)
+    );
+    assert_eq!(journal_lines(&out).len(), 4);
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
 }
 
 /// The page renders in headless Chromium with one panel of plots per
