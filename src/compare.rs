@@ -25,7 +25,8 @@ use crate::demo::{Demo, DemoConfig, Transport};
 pub struct CompareSpec {
     pub dataset: String,
     pub parties: u32,
-    /// The policy every cell adapts (default: the built-in default policy).
+    /// The policy every cell adapts (default: the built-in default
+    /// policy), relative to the working folder like every path.
     #[serde(default)]
     pub policy: Option<PathBuf>,
     /// Override the policy's rounds.
@@ -246,6 +247,17 @@ pub fn parse_spec(path: &Path, text: &str) -> Result<CompareSpec> {
             p.clusters.unwrap_or(0),
         )
         .map_err(|e| at(&format!("partition[{i}].name"), e.to_string()))?;
+    }
+    if let Some(p) = &spec.policy {
+        if !p.is_file() {
+            return Err(at(
+                "policy",
+                format!(
+                    "{} is not a file (paths are relative to the working folder)",
+                    p.display()
+                ),
+            ));
+        }
     }
     let ids = cells(&spec).iter().map(Cell::id).collect::<Vec<_>>();
     let mut unique = ids.clone();

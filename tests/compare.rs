@@ -139,3 +139,13 @@ fn the_comparison_page_renders_its_plots_in_chromium() {
     let (content, viewport) = common::laid_out_widths(&dir, &html, 1280);
     assert!(content <= viewport, "{content} px in {viewport} px");
 }
+
+/// The shipped spec parses: every strategy there is, the five partitions,
+/// four ε settings and three seeds.
+#[test]
+fn the_shipped_spec_lists_every_strategy_on_five_partitions() {
+    let spec = shroud::compare::load_spec(Path::new("specs/mnist1d-heterogeneity.toml")).unwrap();
+    let names: Vec<&str> = spec.strategies.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, shroud::policy::STRATEGIES);
+    assert_eq!(shroud::compare::cells(&spec).len(), 5 * 3 * 4 * 3);
+}
