@@ -39,6 +39,19 @@ impl std::fmt::Display for ModelError {
 
 impl std::error::Error for ModelError {}
 
+impl ModelError {
+    /// `got` parameter values for a model of `want`.
+    pub fn check_length(got: usize, want: usize) -> Result<(), ModelError> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(ModelError(format!(
+                "{got} values for a model of {want} parameters"
+            )))
+        }
+    }
+}
+
 impl Mlp {
     /// `sizes` = [inputs, hidden…, classes]; He initialisation from `seed`.
     pub fn new(sizes: &[usize], seed: u64) -> Mlp {
@@ -184,13 +197,7 @@ impl Mlp {
     }
 
     pub fn set_flat(&mut self, v: &[f64]) -> Result<(), ModelError> {
-        if v.len() != self.dimension() {
-            return Err(ModelError(format!(
-                "{} values for a model of {} parameters",
-                v.len(),
-                self.dimension()
-            )));
-        }
+        ModelError::check_length(v.len(), self.dimension())?;
         let mut at = 0;
         for l in self.layers.iter_mut() {
             for w in l.w.iter_mut() {

@@ -82,13 +82,7 @@ impl Network {
     }
 
     pub fn set_flat(&mut self, v: &[f64]) -> Result<(), ModelError> {
-        if v.len() != self.dimension() {
-            return Err(ModelError(format!(
-                "{} values for a model of {} parameters",
-                v.len(),
-                self.dimension()
-            )));
-        }
+        ModelError::check_length(v.len(), self.dimension())?;
         let offsets = self.stage_offsets();
         for (m, at) in self.stages.iter_mut().zip(offsets) {
             let d = m.dimension();
