@@ -428,39 +428,21 @@ pub enum Partition {
     /// ModelNet label sets (`crate::modelnet`): `k` classes per party,
     /// random, diverse or similar over `clusters` clusters of the class
     /// centroids (0: ⌈√classes⌉, at least `k` for D). Needs the features:
-    /// see [`partition_dataset`].
+    /// see `crate::modelnet::partition_dataset`.
     ModelNet {
-        sets: crate::modelnet::LabelSets,
+        sets: LabelSets,
         k: usize,
         clusters: usize,
     },
 }
 
-/// Indices of each party's records of `d`: any [`Partition`], ModelNet
-/// label sets included.
-pub fn partition_dataset(
-    d: &Dataset,
-    parties: usize,
-    how: &Partition,
-    seed: u64,
-) -> Result<Vec<Vec<usize>>, PartitionError> {
-    match *how {
-        Partition::ModelNet { sets, k, clusters } => {
-            let clusters = if clusters == 0 {
-                let root = (d.classes as f64).sqrt().ceil() as usize;
-                let least = if sets == crate::modelnet::LabelSets::Diverse {
-                    k
-                } else {
-                    1
-                };
-                root.max(least).min(d.classes)
-            } else {
-                clusters
-            };
-            Ok(crate::modelnet::partition(d, parties, sets, k, clusters, seed)?.records)
-        }
-        _ => partition(&d.labels, d.classes, parties, how, seed),
-    }
+/// How ModelNet label sets are drawn from the clustered classes
+/// (`crate::modelnet`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum LabelSets {
+    Random,
+    Diverse,
+    Similar,
 }
 
 #[derive(Debug, PartialEq)]
@@ -492,7 +474,7 @@ pub fn partition(
     match *how {
         Partition::ModelNet { .. } => Err(PartitionError(
             "ModelNet label sets cluster the class centroids: they need the features \
-             (partition_dataset)"
+             (modelnet::partition_dataset)"
                 .into(),
         )),
         Partition::Iid => {

@@ -12,13 +12,14 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::audit;
-use crate::data::{partition_dataset, prepare_named, Partition};
+use crate::data::{prepare_named, Partition};
 use crate::dp::plan::PrivacyPlan;
 use crate::job::demo_identity_seed;
 use crate::job::local::{self, LocalJob};
 use crate::job::session::{party_secret, InputRandomness, Member};
 use crate::localnet::{start_coordinator, CoordinatorOptions};
 use crate::model::{train_central, Mlp};
+use crate::modelnet::partition_dataset;
 use crate::net::api::{JobStatus, StartJob};
 use crate::net::auth::Signer;
 use crate::net::client::Client;
@@ -182,7 +183,7 @@ pub fn parse_partition(
     classes_per_party: usize,
     clusters: usize,
 ) -> Result<Partition> {
-    use crate::modelnet::LabelSets;
+    use crate::data::LabelSets;
     let modelnet = |sets| Partition::ModelNet {
         sets,
         k: classes_per_party,

@@ -23,23 +23,30 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
-use crate::data::{shuffled, Dataset, PartitionError};
+use crate::data::{shuffled, Dataset, Partition, PartitionError};
 
-/// How party label sets are drawn from the clustered classes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum LabelSets {
-    Random,
-    Diverse,
-    Similar,
-}
+pub use crate::data::LabelSets;
 
-impl LabelSets {
-    pub fn letter(self) -> &'static str {
-        match self {
-            LabelSets::Random => "R",
-            LabelSets::Diverse => "D",
-            LabelSets::Similar => "S",
+/// Indices of each party's records of `d`: any [`Partition`], ModelNet
+/// label sets included.
+pub fn partition_dataset(
+    d: &Dataset,
+    parties: usize,
+    how: &Partition,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>, PartitionError> {
+    match *how {
+        Partition::ModelNet { sets, k, clusters } => {
+            let clusters = if clusters == 0 {
+                let root = (d.classes as f64).sqrt().ceil() as usize;
+                let least = if sets == LabelSets::Diverse { k } else { 1 };
+                root.max(least).min(d.classes)
+            } else {
+                clusters
+            };
+            Ok(partition(d, parties, sets, k, clusters, seed)?.records)
         }
+        _ => crate::data::partition(&d.labels, d.classes, parties, how, seed),
     }
 }
 

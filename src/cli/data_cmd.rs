@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::data::partition_dataset;
+use crate::modelnet::partition_dataset;
 
 #[derive(clap::Args)]
 pub struct SplitFlags {
