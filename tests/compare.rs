@@ -148,4 +148,7 @@ fn the_shipped_spec_lists_every_strategy_on_five_partitions() {
     let names: Vec<&str> = spec.strategies.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, shroud::policy::STRATEGIES);
     assert_eq!(shroud::compare::cells(&spec).len(), 5 * 3 * 4 * 3);
+    let longer =
+        shroud::compare::load_spec(Path::new("specs/mnist1d-partitions-fedavg-150.toml")).unwrap();
+    assert_eq!(shroud::compare::cells(&longer).len(), 5 * 2 * 3);
 }
