@@ -65,16 +65,10 @@ impl Network {
         self.stages.iter().map(Mlp::dimension).sum()
     }
 
-    /// Where each stage's parameters start in the flat vector.
-    pub fn stage_offsets(&self) -> Vec<usize> {
-        self.stages
-            .iter()
-            .scan(0, |at, m| {
-                let start = *at;
-                *at += m.dimension();
-                Some(start)
-            })
-            .collect()
+    /// Where stage `k`'s parameters lie in the flat vector.
+    pub fn stage_range(&self, k: usize) -> std::ops::Range<usize> {
+        let start = self.stages[..k].iter().map(Mlp::dimension).sum();
+        start..start + self.stages[k].dimension()
     }
 
     pub fn to_flat(&self) -> Vec<f64> {
@@ -83,10 +77,9 @@ impl Network {
 
     pub fn set_flat(&mut self, v: &[f64]) -> Result<(), ModelError> {
         ModelError::check_length(v.len(), self.dimension())?;
-        let offsets = self.stage_offsets();
-        for (m, at) in self.stages.iter_mut().zip(offsets) {
-            let d = m.dimension();
-            m.set_flat(&v[at..at + d])?;
+        for k in 0..self.stages.len() {
+            let range = self.stage_range(k);
+            self.stages[k].set_flat(&v[range])?;
         }
         Ok(())
     }
@@ -212,10 +205,11 @@ mod tests {
     #[test]
     fn flat_parameters_lie_stage_after_stage() {
         let mut n = Network::series(3, &[4], 2, 2, 1);
-        let offsets = n.stage_offsets();
-        assert_eq!(offsets, vec![0, n.stages()[0].dimension()]);
+        let d0 = n.stages()[0].dimension();
+        assert_eq!(n.stage_range(0), 0..d0);
+        assert_eq!(n.stage_range(1), d0..n.dimension());
         let flat = n.to_flat();
-        assert_eq!(&flat[offsets[1]..], n.stages()[1].to_flat().as_slice());
+        assert_eq!(&flat[n.stage_range(1)], n.stages()[1].to_flat().as_slice());
         let v: Vec<f64> = (0..n.dimension()).map(|i| i as f64 * 1e-3).collect();
         n.set_flat(&v).unwrap();
         assert_eq!(n.to_flat(), v);

@@ -332,10 +332,14 @@ impl Strategy {
     pub fn stage_dimensions(&self) -> Vec<usize> {
         (0..self.stages())
             .map(|k| {
-                crate::network::series_stage_sizes(self.inputs, &self.hidden, self.classes, k)
-                    .windows(2)
-                    .map(|w| w[0] * w[1] + w[1])
-                    .sum()
+                layer_parameters(&crate::network::series_stage_sizes(
+                    self.inputs,
+                    &self.hidden,
+                    self.classes,
+                    k,
+                ))
+                .iter()
+                .sum()
             })
             .collect()
     }
@@ -363,10 +367,7 @@ impl Strategy {
     /// Parameters of each dense layer (weights and biases) of the first
     /// stage, in the order they lie in the flat parameter vector.
     pub fn layer_dimensions(&self) -> Vec<usize> {
-        self.sizes()
-            .windows(2)
-            .map(|w| w[0] * w[1] + w[1])
-            .collect()
+        layer_parameters(&self.sizes())
     }
 
     /// The vectors one party puts into secure sums in one round, as
@@ -395,6 +396,11 @@ impl Strategy {
             StrategyKind::Series { .. } => self.stage_dimensions().into_iter().map(whole).collect(),
         }
     }
+}
+
+/// Weights and biases of each dense layer of widths `sizes`.
+fn layer_parameters(sizes: &[usize]) -> Vec<usize> {
+    sizes.windows(2).map(|w| w[0] * w[1] + w[1]).collect()
 }
 
 /// Most canaries a policy may ask for.

@@ -96,8 +96,7 @@ impl Series {
 
     /// The stage `round` trains (the last one after training).
     pub fn stage_of(&self, round: u32) -> usize {
-        self.strategy
-            .stage_of_round(round.min(self.rounds), self.rounds)
+        self.strategy.stage_of_round(round, self.rounds)
     }
 }
 
@@ -108,18 +107,17 @@ impl CoordinatorHalf for Series {
 
     fn absorb(&mut self, round: u32, r: TaskResult<'_>) {
         let k = self.stage_of(round);
-        let offset = self.network.stage_offsets()[k];
-        let d = self.network.stages()[k].dimension();
+        let range = self.network.stage_range(k);
         // The plan sums exactly the round's stage; anything else would
         // train a stage out of turn.
         assert!(
-            r.task.offset == offset && r.sum.len() == d,
-            "round {round} trains stage {k} (offset {offset}, {d} values), not offset {} ({} values)",
+            r.task.offset == range.start && r.sum.len() == range.len(),
+            "round {round} trains stage {k} (values {range:?}), not offset {} ({} values)",
             r.task.offset,
             r.sum.len()
         );
         let mut params = self.network.to_flat();
-        self.servers[k].apply(&mut params[offset..offset + d], &r);
+        self.servers[k].apply(&mut params[range], &r);
         self.network.set_flat(&params).expect("same dimension");
     }
 
@@ -175,8 +173,7 @@ impl SeriesParty {
     }
 
     fn stage(&self, round: u32) -> usize {
-        self.strategy
-            .stage_of_round(round.min(self.rounds), self.rounds)
+        self.strategy.stage_of_round(round, self.rounds)
     }
 }
 
@@ -184,9 +181,7 @@ impl PartyHalf for SeriesParty {
     fn receive(&mut self, round: u32, params: &[f64]) -> Result<(), ModelError> {
         self.network.set_flat(params)?;
         let k = self.stage(round);
-        let offset = self.network.stage_offsets()[k];
-        let d = self.network.stages()[k].dimension();
-        self.trainers[k].receive(round, &params[offset..offset + d])
+        self.trainers[k].receive(round, &params[self.network.stage_range(k)])
     }
 
     fn contribute(
@@ -197,7 +192,7 @@ impl PartyHalf for SeriesParty {
         sample_seed: &[u8; 32],
     ) -> Contribution {
         let k = self.stage(round);
-        let offset = self.network.stage_offsets()[k];
+        let offset = self.network.stage_range(k).start;
         // The stage's view of the records, through the frozen stages.
         let view = self.network.stage_dataset(data, k);
         let within_stage = TaskSpec {
