@@ -470,12 +470,7 @@ pub fn utility_counts(model: &Network, d: &Dataset, sample: &PartySample) -> [u3
         if idx.is_empty() {
             return (0, 0);
         }
-        let predicted = model.predict(matrix(d, Some(idx)).view());
-        let right = idx
-            .iter()
-            .zip(&predicted)
-            .filter(|(&i, &p)| d.labels[i] == p)
-            .count() as u32;
+        let right = crate::model::hits(|x| model.predict(x), d, Some(idx)) as u32;
         (right, idx.len() as u32 - right)
     };
     let (mr, mw) = right_wrong(&sample.utility_members);
@@ -575,8 +570,9 @@ pub fn findings(
     let attacks = population_attacks(policy);
     let confidence = policy.audit.confidence;
     let mut results = Vec::new();
+    let ranges = block_ranges(attacks.len());
     for (k, a) in attacks.iter().enumerate() {
-        let base = 2 * BINS * k;
+        let base = ranges[k].start;
         let edges = lower_edges(a);
         let counts = NoisyCounts {
             members: &summed.counts[base..base + BINS],
@@ -612,7 +608,6 @@ pub fn findings(
         });
         results.push(result);
     }
-    let ranges = block_ranges(attacks.len());
     let utility = summed.counts.get(ranges[attacks.len()].clone()).map(|c| {
         Utility::from_counts(
             c.try_into().expect("the utility block's width"),

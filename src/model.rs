@@ -330,12 +330,22 @@ pub fn hit_rate(predict: impl Fn(ArrayView2<f64>) -> Vec<usize>, d: &Dataset) ->
     if d.is_empty() {
         return 0.0;
     }
-    let hits = predict(matrix(d, None).view())
+    hits(predict, d, None) as f64 / d.len() as f64
+}
+
+/// How many of `d`'s records (or of the listed ones) `predict` labels
+/// right.
+pub fn hits(
+    predict: impl Fn(ArrayView2<f64>) -> Vec<usize>,
+    d: &Dataset,
+    idx: Option<&[usize]>,
+) -> usize {
+    let label = |j: usize| d.labels[idx.map_or(j, |idx| idx[j])];
+    predict(matrix(d, idx).view())
         .iter()
-        .zip(&d.labels)
-        .filter(|(p, y)| p == y)
-        .count();
-    hits as f64 / d.len() as f64
+        .enumerate()
+        .filter(|&(j, &p)| p == label(j))
+        .count()
 }
 
 /// The index of each row's largest value.

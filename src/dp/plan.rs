@@ -93,7 +93,8 @@ pub struct AuditPlan {
 }
 
 impl AuditPlan {
-    /// Each population attack's noise std per party, in attack order.
+    /// Each block's noise std per party, in the order of
+    /// [`crate::audit::count_blocks`].
     pub fn noise_stds(&self) -> Vec<f64> {
         self.blocks.iter().map(|a| a.noise_std_per_party).collect()
     }
