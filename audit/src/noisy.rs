@@ -65,11 +65,13 @@ pub struct NoisyAnalysis {
 }
 
 /// `z` with `P[N > z·s] ≤ alpha` for sub-Gaussian noise of scale `s`.
-fn chernoff_z(alpha: f64) -> f64 {
+pub(crate) fn chernoff_z(alpha: f64) -> f64 {
     (2.0 * (1.0 / alpha).ln()).sqrt()
 }
 
-fn clamp_count(x: f64) -> u64 {
+/// A noisy count as a count: negatives are 0. Callers pass whole numbers
+/// (counts, or bounds already floored or ceiled).
+pub(crate) fn clamp_count(x: f64) -> u64 {
     if x <= 0.0 {
         0
     } else {

@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::noisy::{chernoff_z, clamp_count as clamp};
 use crate::stats::{cp_lower, cp_upper};
 
 /// Counts per block in the audit's sum: members right, members wrong,
@@ -49,19 +50,6 @@ pub struct Utility {
     /// The four summed counts as decoded: members right, wrong, non-members
     /// right, wrong.
     pub counts: [i64; UTILITY_COUNTS],
-}
-
-/// `z` with `P[N > z·s] ≤ alpha` for sub-Gaussian noise of scale `s`.
-fn chernoff_z(alpha: f64) -> f64 {
-    (2.0 * (1.0 / alpha).ln()).sqrt()
-}
-
-fn clamp(x: f64) -> u64 {
-    if x <= 0.0 {
-        0
-    } else {
-        x.round() as u64
-    }
 }
 
 /// An accuracy from noisy `right` and `wrong` counts, its interval at
