@@ -10,14 +10,16 @@
 //! resumes where it stopped: cells already there are kept and skipped. The
 //! results are written as CSV, JSON and one self-contained HTML page.
 
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::demo::{Demo, DemoConfig, Transport};
+use crate::policy::hex;
 
 /// A comparison as its TOML file states it.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -167,30 +169,31 @@ pub struct CellResult {
     pub settings: String,
 }
 
-/// SHA-256 (hex, 16 bytes) of the cell's whole configuration: the spec's
-/// shared settings, the policy file's bytes (or the built-in policy's),
-/// the strategy's and partition's parameters, ε and seed.
-pub fn settings_digest(spec: &CompareSpec, cell: &Cell) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let policy_bytes = match &spec.policy {
+/// SHA-256 (hex) of the policy every cell of `spec` adapts: the file's
+/// bytes, or the built-in policy's.
+pub fn policy_sha256(spec: &CompareSpec) -> Result<String> {
+    let bytes = match &spec.policy {
         Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
         None => crate::demo::DEFAULT_POLICY.as_bytes().to_vec(),
     };
+    Ok(hex(&Sha256::digest(&bytes)))
+}
+
+/// SHA-256 (hex, 16 bytes) of the cell's whole configuration: the spec's
+/// shared settings, its policy's digest ([`policy_sha256`]), the
+/// strategy's and partition's parameters, ε and seed.
+pub fn settings_digest(spec: &CompareSpec, policy_sha256: &str, cell: &Cell) -> String {
     let doc = serde_json::json!({
         "dataset": spec.dataset,
         "parties": spec.parties,
-        "policy_sha256": hex(&Sha256::digest(&policy_bytes)),
+        "policy_sha256": policy_sha256,
         "rounds": spec.rounds,
         "strategy": cell.strategy,
         "partition": cell.partition,
         "epsilon": cell.epsilon,
         "seed": cell.seed,
     });
-    Ok(hex(&Sha256::digest(doc.to_string().as_bytes())[..16]))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex(&Sha256::digest(doc.to_string().as_bytes())[..16])
 }
 
 /// Reads and checks a spec.
@@ -329,9 +332,15 @@ fn append_journal(path: &Path, r: &CellResult) -> Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    // After a torn line, start on a fresh one.
+    // After a torn line, start on a fresh one: only the last byte tells.
     let len = f.metadata()?.len();
-    let torn = len > 0 && !std::fs::read(path)?.ends_with(b"\n");
+    let torn = len > 0 && {
+        let mut last = [0u8; 1];
+        let mut r = std::fs::File::open(path)?;
+        r.seek(std::io::SeekFrom::Start(len - 1))?;
+        r.read_exact(&mut last)?;
+        last != *b"\n"
+    };
     let mut line = if torn {
         "\n".to_string()
     } else {
@@ -353,6 +362,7 @@ pub fn run(
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let journal = journal_path(out);
     let finished = read_journal(&journal)?;
+    let policy = policy_sha256(spec)?;
     let all = cells(spec);
     let total = all.len();
     let mut results = Vec::with_capacity(total);
@@ -360,7 +370,7 @@ pub fn run(
     let mut ran_seconds = Vec::new();
     for cell in &all {
         let id = cell.id();
-        let settings = settings_digest(spec, cell)?;
+        let settings = settings_digest(spec, &policy, cell);
         if let Some(r) = finished
             .iter()
             .rev()
@@ -585,6 +595,11 @@ pub fn write_html(spec: &CompareSpec, results: &[CellResult], path: &Path) -> Re
             None => budgets.len(),
         }
     };
+    let slot_label = |s: usize| -> String {
+        budgets
+            .get(s)
+            .map_or("no noise".into(), |b| format!("ε {b}"))
+    };
     let (lo, hi) = results.iter().fold((1.0f64, 0.0f64), |(lo, hi), r| {
         (lo.min(r.accuracy), hi.max(r.accuracy))
     });
@@ -651,16 +666,11 @@ pub fn write_html(spec: &CompareSpec, results: &[CellResult], path: &Path) -> Re
             );
         }
         for s in 0..slots {
-            let label = if s < budgets.len() {
-                format!("ε {}", budgets[s])
-            } else {
-                "no noise".into()
-            };
             html += &format!(
                 "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"11\">{}</text>",
                 x(s),
                 h - mb + 16.0,
-                esc(&label)
+                esc(&slot_label(s))
             );
         }
         html += &format!(
@@ -715,14 +725,7 @@ pub fn write_html(spec: &CompareSpec, results: &[CellResult], path: &Path) -> Re
     }
     html += "</div><h2>Mean test accuracy ± sd over seeds</h2><table><tr><th>partition</th><th>strategy</th>";
     for s in 0..slots {
-        html += &format!(
-            "<th>{}</th>",
-            if s < budgets.len() {
-                format!("ε {}", budgets[s])
-            } else {
-                "no noise".into()
-            }
-        );
+        html += &format!("<th>{}</th>", esc(&slot_label(s)));
     }
     html += "</tr>";
     for p in &spec.partitions {
