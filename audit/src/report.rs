@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::canary::CanaryAudit;
 use crate::epsilon::EpsilonBound;
 use crate::gate::{Decision, GateCheck};
-use crate::utility::{Accuracy, Utility};
+use crate::utility::{Accuracy, TransferCounts, Utility};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CohortEntry {
@@ -144,6 +144,10 @@ pub struct AuditReport {
     /// non-members, from DP-noised counts; `None` in reports written before.
     #[serde(default)]
     pub utility: Option<Utility>,
+    /// Transfer: the base and each party's fine-tuned model on the parties'
+    /// held-out records, from DP-noised confusion counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferCounts>,
     pub attacks: Vec<AttackResult>,
     pub canary: Option<CanaryAudit>,
     pub checks: Vec<GateCheck>,
@@ -336,6 +340,9 @@ a column for what it means.</p>
         }
         if let Some(u) = &self.utility {
             self.write_utility(&mut w, u)?;
+        }
+        if let Some(t) = &self.transfer {
+            self.write_transfer(&mut w, t)?;
         }
 
         writeln!(w, "<h2>Cohort</h2><table><tr><th>party</th><th>name</th><th>records</th><th>audit members</th><th>audit non-members</th></tr>")?;
@@ -559,6 +566,41 @@ a column for what it means.</p>
                 )
             }
         }
+    }
+
+    fn write_transfer<W: Write>(&self, w: &mut W, t: &TransferCounts) -> io::Result<()> {
+        writeln!(
+            w,
+            "<h2 title=\"Each party fine-tuned the released base model at home with DP-SGD; the \
+             fine-tuned models never left the parties. Each party counted how the base and its \
+             fine-tuned model classify its held-out audit records; only the DP-noised sum of \
+             those counts left the parties\">Transfer: base and fine-tuned</h2>\
+             <p>Point estimates from counts that carry DP noise (std {:.2} per count, summed over \
+             the parties); negative noisy counts read as 0. The positive class is class 0.</p>\
+             <table id=\"transfer\"><tr><th>model</th><th>records</th><th>accuracy</th>\
+             <th>precision</th><th>recall</th><th>F1</th></tr>",
+            t.noise_std
+        )?;
+        let cell = |v: &serde_json::Value| match v.as_f64() {
+            Some(x) => format!("{:.1} %", 100.0 * x),
+            None => "—".into(),
+        };
+        for (name, m) in [
+            ("base (released)", &t.base),
+            ("fine-tuned (kept at home)", &t.fine_tuned),
+        ] {
+            let f = TransferCounts::figures(m, t.classes, 0);
+            writeln!(
+                w,
+                "<tr><td>{name}</td><td>≈ {:.0}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                f["records"].as_f64().unwrap_or(0.0),
+                cell(&f["accuracy"]),
+                cell(&f["precision"]),
+                cell(&f["recall"]),
+                cell(&f["f1"]),
+            )?;
+        }
+        writeln!(w, "</table>")
     }
 
     /// One ROC plot: linear axes, or log-log down to 10⁻⁴.

@@ -171,3 +171,44 @@ mod tests {
         assert!(missed <= trials / 20, "missed {missed} of {trials}");
     }
 }
+
+/// The transfer's summed confusion matrices (true × predicted, row-major),
+/// each count carrying discrete Gaussian noise of std `noise_std`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TransferCounts {
+    pub classes: usize,
+    pub base: Vec<i64>,
+    pub fine_tuned: Vec<i64>,
+    pub noise_std: f64,
+}
+
+impl TransferCounts {
+    /// Accuracy, and for two classes precision, recall and F1 with
+    /// `positive` the positive class, of one matrix (negative noisy counts
+    /// read as 0).
+    pub fn figures(matrix: &[i64], classes: usize, positive: usize) -> serde_json::Value {
+        let at = |t: usize, p: usize| matrix[t * classes + p].max(0) as f64;
+        let total: f64 = (0..classes)
+            .flat_map(|t| (0..classes).map(move |p| (t, p)))
+            .map(|(t, p)| at(t, p))
+            .sum();
+        let right: f64 = (0..classes).map(|c| at(c, c)).sum();
+        let ratio = |a: f64, b: f64| if b > 0.0 { Some(a / b) } else { None };
+        let mut v = serde_json::json!({ "records": total, "accuracy": ratio(right, total) });
+        if classes == 2 {
+            let tp = at(positive, positive);
+            let fp = at(1 - positive, positive);
+            let fneg = at(positive, 1 - positive);
+            let precision = ratio(tp, tp + fp);
+            let recall = ratio(tp, tp + fneg);
+            let f1 = match (precision, recall) {
+                (Some(p), Some(r)) if p + r > 0.0 => Some(2.0 * p * r / (p + r)),
+                _ => None,
+            };
+            v["precision"] = serde_json::json!(precision);
+            v["recall"] = serde_json::json!(recall);
+            v["f1"] = serde_json::json!(f1);
+        }
+        v
+    }
+}

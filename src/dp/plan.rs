@@ -19,7 +19,7 @@ use super::accountant::{
     zcdp_epsilon_estimate, zcdp_epsilon_of_rho, AccountingError, RoundMeasurement,
 };
 use super::rotation::padded_len;
-use crate::policy::{AccountantKind, Policy, PolicyError, Rotation, Unit};
+use crate::policy::{AccountantKind, Policy, PolicyError, Rotation, StrategyKind, Unit};
 
 /// Probability that any coordinate of the sum wraps around the modulus.
 pub const WRAP_PROBABILITY: f64 = 1e-6;
@@ -62,6 +62,27 @@ impl RoundCharge {
         RoundCharge {
             rho,
             rdp: rdp_curve_zcdp(q, rho),
+        }
+    }
+
+    /// `k` of these releases in sequence.
+    pub fn times(&self, k: u32) -> RoundCharge {
+        RoundCharge {
+            rho: self.rho * f64::from(k),
+            rdp: self.rdp.iter().map(|r| r * f64::from(k)).collect(),
+        }
+    }
+
+    /// This release and `other` in sequence.
+    pub fn plus(&self, other: &RoundCharge) -> RoundCharge {
+        RoundCharge {
+            rho: self.rho + other.rho,
+            rdp: self
+                .rdp
+                .iter()
+                .zip(&other.rdp)
+                .map(|(a, b)| a + b)
+                .collect(),
         }
     }
 }
@@ -142,6 +163,28 @@ pub struct PrivacyPlan {
     /// The audit's noisy release, when the policy runs population attacks
     /// with DP; its charge is in `epsilon_total`, not `epsilon_by_round`.
     pub audit: Option<AuditPlan>,
+    /// Transfer: each party's home fine-tuning, a DP-SGD of its own whose
+    /// rounds are its steps. Only that party's records pay it; its charge
+    /// is in `epsilon_total`.
+    pub finetune: Option<Box<PrivacyPlan>>,
+    /// The rounds are steps of each party's own DP-SGD at home (the
+    /// ensemble's members): noise comes from the party alone and only its
+    /// records pay.
+    pub at_home: bool,
+}
+
+impl PrivacyPlan {
+    /// What every party's home training costs its own records, in total:
+    /// the ensemble members' steps, or the transfer's fine-tuning.
+    pub fn home_charge(&self) -> Option<RoundCharge> {
+        if self.unit == Unit::None {
+            return None;
+        }
+        if self.at_home {
+            return Some(self.charge.times(self.rounds));
+        }
+        self.finetune.as_ref().map(|f| f.charge.times(f.rounds))
+    }
 }
 
 struct Shape {
@@ -162,6 +205,12 @@ struct Shape {
 }
 
 fn shape(policy: &Policy) -> Shape {
+    shape_of(policy, policy.strategy.kind.trains_at_home())
+}
+
+/// The shape of a round, `home` when it is one party's own DP-SGD step: the
+/// noise is that party's alone, whole, on its own sum.
+fn shape_of(policy: &Policy, home: bool) -> Shape {
     let dimension = policy.strategy.dimension();
     let rotation = policy.encoding.rotation == Rotation::Hadamard;
     let pad = |d: usize| if rotation { padded_len(d) } else { d };
@@ -205,8 +254,8 @@ fn shape(policy: &Policy) -> Shape {
         canaries,
         padded,
         tasks,
-        parties,
-        honest: policy.honest_survivors(),
+        parties: if home { 1 } else { parties },
+        honest: if home { 1 } else { policy.honest_survivors() },
         contributions,
         rotation,
     }
@@ -408,7 +457,7 @@ pub fn rho_for_epsilon(epsilon: f64, delta: f64) -> Result<f64, PlanError> {
 /// histograms, the utility counts) gets an equal part of the audit's ρ, and
 /// each party's share of a block's noise is the smallest whole number of
 /// counts whose sum over the honest survivors meets that part.
-fn audit_plan(policy: &Policy, s: &Shape) -> Result<Option<AuditPlan>, PlanError> {
+fn audit_plan(policy: &Policy) -> Result<Option<AuditPlan>, PlanError> {
     let blocks = crate::audit::count_blocks(policy);
     if policy.privacy.unit == Unit::None || blocks.is_empty() {
         return Ok(None);
@@ -416,16 +465,19 @@ fn audit_plan(policy: &Policy, s: &Shape) -> Result<Option<AuditPlan>, PlanError
     let share = policy.audit.budget_share;
     let rho_target = share * rho_for_epsilon(policy.privacy.epsilon, policy.privacy.delta)?;
     let per_block = rho_target / blocks.len() as f64;
+    // The audit is a secure sum over the consortium even when training is
+    // at home.
+    let honest = policy.honest_survivors();
     let mut noise = Vec::new();
     let mut rho = 0.0;
     for block in blocks {
         let sensitivity = block.sensitivity;
-        let continuous = sensitivity / (2.0 * per_block).sqrt() / (s.honest as f64).sqrt();
+        let continuous = sensitivity / (2.0 * per_block).sqrt() / (honest as f64).sqrt();
         let mut sigma = continuous.ceil().max(1.0);
-        while ddg_rho(sensitivity, sigma, s.honest, block.width) > per_block {
+        while ddg_rho(sensitivity, sigma, honest, block.width) > per_block {
             sigma += 1.0;
         }
-        rho += ddg_rho(sensitivity, sigma, s.honest, block.width);
+        rho += ddg_rho(sensitivity, sigma, honest, block.width);
         noise.push(BlockNoise {
             block: block.name,
             sensitivity,
@@ -513,81 +565,129 @@ impl PrivacyPlan {
     /// The plan, or why the policy cannot be honoured.
     pub fn for_policy(policy: &Policy) -> Result<PrivacyPlan, PlanError> {
         let s = shape(policy);
-        let p = &policy.privacy;
-        let z = p.noise_multiplier;
-        let bits = policy.encoding.bits;
-        if p.unit == Unit::None {
-            let enc = choose_gamma(policy, &s, 0.0, bits)?;
-            let scaled_clip = p.clip_norm / enc.gamma;
-            return Ok(PrivacyPlan {
-                unit: p.unit,
-                accountant: p.accountant,
-                dimension: s.dimension,
-                padded_dimension: s.padded,
-                clip_norm: p.clip_norm,
-                noise_multiplier: 0.0,
-                sampling_rate: p.sampling_rate,
-                rounds: p.rounds,
-                delta: p.delta,
-                bits,
-                gamma: enc.gamma,
-                scaled_clip,
-                sensitivity: round_sensitivity(scaled_clip, &s),
-                sensitivity_inflation: round_sensitivity(scaled_clip, &s) / scaled_clip,
-                honest_survivors: s.honest,
-                noise_std_per_party: 0.0,
-                coordinate_bound: enc.bound,
-                bits_needed: bits_for(enc.bound).min(32),
-                charge: RoundCharge {
-                    rho: f64::INFINITY,
-                    rdp: vec![f64::INFINITY; super::accountant::orders().len()],
-                },
-                epsilon_by_round: vec![f64::INFINITY; p.rounds as usize],
-                epsilon_total: f64::INFINITY,
-                epsilon_ideal: f64::INFINITY,
-                epsilon_budget: p.epsilon,
-                audit: None,
-            });
-        }
-        let audit = audit_plan(policy, &s)?;
-        let audit_charge = audit.as_ref().map(|a| &a.charge);
-        let c = core(policy, &s, z, bits)?;
-        let inflation = c.sensitivity / c.scaled_clip;
-        let rounds = p.rounds as usize;
-        let mut epsilon_by_round = Vec::with_capacity(rounds);
-        // The projection round by round is estimated; the total, which
-        // the budget is held to, comes from opendp.
-        for k in 1..rounds {
-            epsilon_by_round.push(epsilon_after(
-                policy,
-                &s,
-                &c,
-                k,
-                None,
-                Conversion::Estimate,
-            )?);
-        }
-        epsilon_by_round.push(epsilon_after(
-            policy,
-            &s,
-            &c,
-            rounds,
-            None,
-            Conversion::Certified,
-        )?);
-        let epsilon_total = match audit_charge {
-            Some(a) => epsilon_after(policy, &s, &c, rounds, Some(a), Conversion::Certified)?,
-            None => *epsilon_by_round.last().expect("at least one round"),
-        };
-        if epsilon_total >= p.epsilon {
-            let max_rounds = (1..=rounds)
-                .take_while(|&k| {
-                    epsilon_after(policy, &s, &c, k, audit_charge, Conversion::Estimate)
-                        .is_ok_and(|e| e < p.epsilon)
-                })
-                .count();
-            let z_needed = calibrate_z(policy, &s).ok();
-            return Err(PlanError {
+        let audit = audit_plan(policy)?;
+        let finetune = finetune_plan(policy)?;
+        plan_with(policy, &s, audit, finetune)
+    }
+}
+
+/// The transfer's home fine-tuning: `finetune_steps` DP-SGD steps at one
+/// party, noise of its own, calibrated to `finetune_share` of the job's ρ.
+fn finetune_plan(policy: &Policy) -> Result<Option<Box<PrivacyPlan>>, PlanError> {
+    let StrategyKind::Transfer {
+        finetune_steps,
+        finetune_share,
+        ..
+    } = policy.strategy.kind
+    else {
+        return Ok(None);
+    };
+    if policy.privacy.unit == Unit::None {
+        return Ok(None);
+    }
+    let delta = policy.privacy.delta;
+    let rho = finetune_share * rho_for_epsilon(policy.privacy.epsilon, delta)?;
+    let mut home = policy.clone();
+    home.strategy.kind = StrategyKind::Fedavg;
+    home.privacy.rounds = finetune_steps;
+    home.privacy.epsilon = zcdp_epsilon_of_rho(rho, delta)?;
+    home.audit.canaries = 0;
+    let s = shape_of(&home, true);
+    home.privacy.noise_multiplier = calibrate_z(&home, &s, None).map_err(|e| PlanError {
+        key: "strategy.finetune_steps",
+        message: format!("the home fine-tuning: {}", e.message),
+    })?;
+    let plan = plan_with(&home, &s, None, None)?;
+    Ok(Some(Box::new(plan)))
+}
+
+/// The releases whose cost is fixed whatever the noise multiplier: the
+/// audit's counts and the transfer's home fine-tuning.
+fn fixed_charge(audit: Option<&AuditPlan>, finetune: Option<&PrivacyPlan>) -> Option<RoundCharge> {
+    let finetune = finetune.map(|f| f.charge.times(f.rounds));
+    match (audit.map(|a| &a.charge), finetune) {
+        (Some(a), Some(f)) => Some(a.plus(&f)),
+        (Some(a), None) => Some(a.clone()),
+        (None, f) => f,
+    }
+}
+
+fn plan_with(
+    policy: &Policy,
+    s: &Shape,
+    audit: Option<AuditPlan>,
+    finetune: Option<Box<PrivacyPlan>>,
+) -> Result<PrivacyPlan, PlanError> {
+    let p = &policy.privacy;
+    let z = p.noise_multiplier;
+    let bits = policy.encoding.bits;
+    if p.unit == Unit::None {
+        let enc = choose_gamma(policy, s, 0.0, bits)?;
+        let scaled_clip = p.clip_norm / enc.gamma;
+        return Ok(PrivacyPlan {
+            unit: p.unit,
+            accountant: p.accountant,
+            dimension: s.dimension,
+            padded_dimension: s.padded,
+            clip_norm: p.clip_norm,
+            noise_multiplier: 0.0,
+            sampling_rate: p.sampling_rate,
+            rounds: p.rounds,
+            delta: p.delta,
+            bits,
+            gamma: enc.gamma,
+            scaled_clip,
+            sensitivity: round_sensitivity(scaled_clip, s),
+            sensitivity_inflation: round_sensitivity(scaled_clip, s) / scaled_clip,
+            honest_survivors: s.honest,
+            noise_std_per_party: 0.0,
+            coordinate_bound: enc.bound,
+            bits_needed: bits_for(enc.bound).min(32),
+            charge: RoundCharge {
+                rho: f64::INFINITY,
+                rdp: vec![f64::INFINITY; super::accountant::orders().len()],
+            },
+            epsilon_by_round: vec![f64::INFINITY; p.rounds as usize],
+            epsilon_total: f64::INFINITY,
+            epsilon_ideal: f64::INFINITY,
+            epsilon_budget: p.epsilon,
+            audit: None,
+            finetune: None,
+            at_home: s.honest == 1 && s.parties == 1,
+        });
+    }
+    let fixed = fixed_charge(audit.as_ref(), finetune.as_deref());
+    let audit_charge = fixed.as_ref();
+    let c = core(policy, s, z, bits)?;
+    let inflation = c.sensitivity / c.scaled_clip;
+    let rounds = p.rounds as usize;
+    let mut epsilon_by_round = Vec::with_capacity(rounds);
+    // The projection round by round is estimated; the total, which
+    // the budget is held to, comes from opendp.
+    for k in 1..rounds {
+        epsilon_by_round.push(epsilon_after(policy, s, &c, k, None, Conversion::Estimate)?);
+    }
+    epsilon_by_round.push(epsilon_after(
+        policy,
+        s,
+        &c,
+        rounds,
+        None,
+        Conversion::Certified,
+    )?);
+    let epsilon_total = match audit_charge {
+        Some(a) => epsilon_after(policy, s, &c, rounds, Some(a), Conversion::Certified)?,
+        None => *epsilon_by_round.last().expect("at least one round"),
+    };
+    if epsilon_total >= p.epsilon {
+        let max_rounds = (1..=rounds)
+            .take_while(|&k| {
+                epsilon_after(policy, s, &c, k, audit_charge, Conversion::Estimate)
+                    .is_ok_and(|e| e < p.epsilon)
+            })
+            .count();
+        let z_needed = calibrate_z(policy, s, audit_charge).ok();
+        return Err(PlanError {
                 key: "privacy.rounds",
                 message: format!(
                     "{rounds} rounds{} would spend ε = {epsilon_total:.3} ({}) at δ = {}, reaching the budget \
@@ -608,38 +708,47 @@ impl PrivacyPlan {
                     }
                 ),
             });
-        }
-        Ok(PrivacyPlan {
-            unit: p.unit,
-            accountant: p.accountant,
-            dimension: s.dimension,
-            padded_dimension: s.padded,
-            clip_norm: p.clip_norm,
-            noise_multiplier: z,
-            sampling_rate: p.sampling_rate,
-            rounds: p.rounds,
-            delta: p.delta,
-            bits,
-            gamma: c.enc.gamma,
-            scaled_clip: c.scaled_clip,
-            sensitivity: c.sensitivity,
-            sensitivity_inflation: inflation,
-            honest_survivors: s.honest,
-            noise_std_per_party: c.sigma_party,
-            coordinate_bound: c.enc.bound,
-            bits_needed: bits_needed(policy, &s, z).unwrap_or(32),
-            charge: c.charge,
-            epsilon_by_round,
-            epsilon_total,
-            epsilon_ideal: epsilon_ideal(policy, z)?,
-            epsilon_budget: p.epsilon,
-            audit,
-        })
     }
+    Ok(PrivacyPlan {
+        unit: p.unit,
+        accountant: p.accountant,
+        dimension: s.dimension,
+        padded_dimension: s.padded,
+        clip_norm: p.clip_norm,
+        noise_multiplier: z,
+        sampling_rate: p.sampling_rate,
+        rounds: p.rounds,
+        delta: p.delta,
+        bits,
+        gamma: c.enc.gamma,
+        scaled_clip: c.scaled_clip,
+        sensitivity: c.sensitivity,
+        sensitivity_inflation: inflation,
+        honest_survivors: s.honest,
+        noise_std_per_party: c.sigma_party,
+        coordinate_bound: c.enc.bound,
+        bits_needed: bits_needed(policy, s, z).unwrap_or(32),
+        charge: c.charge,
+        epsilon_by_round,
+        epsilon_total,
+        epsilon_ideal: epsilon_ideal(policy, z)?,
+        epsilon_budget: p.epsilon,
+        audit,
+        finetune,
+        at_home: s.honest == 1 && s.parties == 1,
+    })
+}
 
+impl PrivacyPlan {
     /// The noise multiplier that spends exactly the budget over the rounds.
     pub fn calibrate(policy: &Policy) -> Result<f64, PlanError> {
-        calibrate_z(policy, &shape(policy))
+        let audit = audit_plan(policy)?;
+        let finetune = finetune_plan(policy)?;
+        calibrate_z(
+            policy,
+            &shape(policy),
+            fixed_charge(audit.as_ref(), finetune.as_deref()).as_ref(),
+        )
     }
 }
 
@@ -667,9 +776,7 @@ fn total_epsilon(
 /// The smallest noise multiplier (to 10⁻⁶ relative) whose rounds and audit
 /// spend at most the budget less [`CALIBRATION_MARGIN`]: searched with the
 /// estimate, then raised until opendp certifies it.
-fn calibrate_z(policy: &Policy, s: &Shape) -> Result<f64, PlanError> {
-    let audit = audit_plan(policy, s)?;
-    let audit = audit.as_ref().map(|a| &a.charge);
+fn calibrate_z(policy: &Policy, s: &Shape, audit: Option<&RoundCharge>) -> Result<f64, PlanError> {
     let target = policy.privacy.epsilon * (1.0 - CALIBRATION_MARGIN);
     let estimate = |z: f64| total_epsilon(policy, s, z, audit, Conversion::Estimate);
     let (mut lo, mut hi) = (0.25f64, 0.25f64);

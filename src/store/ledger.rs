@@ -53,6 +53,9 @@ pub struct ChargeRecord {
     pub round: u32,
     pub task: u32,
     pub kind: ChargeKind,
+    /// `None`: every record of the consortium paid (a secure sum). A party:
+    /// only that party's records paid (its home DP-SGD).
+    pub party: Option<u32>,
     pub accountant: String,
     pub rho: f64,
     /// ε of the consortium after this charge, at its δ.
@@ -219,24 +222,48 @@ impl PrivacyLedger {
         charge: &RoundCharge,
         also: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> rusqlite::Result<()>,
     ) -> Result<ChargeRecord, LedgerError> {
+        self.charge_all_with(job, round, task, kind, &[(None, charge.clone())], also)
+    }
+
+    /// Commits several charges of one task in one transaction — the
+    /// consortium's (`None`) and each home-training party's — and runs
+    /// `also` with the last one's id. Returns the last one.
+    pub fn charge_all_with(
+        &mut self,
+        job: &str,
+        round: u32,
+        task: u32,
+        kind: ChargeKind,
+        charges: &[(Option<u32>, RoundCharge)],
+        also: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> rusqlite::Result<()>,
+    ) -> Result<ChargeRecord, LedgerError> {
+        if charges.is_empty() {
+            return Err(LedgerError::Corrupt(
+                "a charge with nothing to charge".into(),
+            ));
+        }
         let tx = self.conn.transaction()?;
         let consortium = job_consortium(&tx, job)?;
-        let rdp =
-            serde_json::to_string(&charge.rdp).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-        tx.execute(
-            "INSERT INTO charges (job, round, task, kind, accountant, rho, rdp, epsilon_after, delta)
-             VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, 0, 0)",
-            params![job, round, task, kind.name(), charge.rho, rdp],
-        )?;
-        let id = tx.last_insert_rowid();
-        // ε after the charge, computed inside the same transaction.
         let b = read_budget(&tx, &consortium)?;
-        let (rho, rdp_total, _) = read_totals(&tx, Scope::Consortium(&consortium), b.accountant)?;
-        let eps = Self::epsilon_of(&b, rho, &rdp_total)?;
-        tx.execute(
-            "UPDATE charges SET accountant = ?1, epsilon_after = ?2, delta = ?3 WHERE id = ?4",
-            params![b.accountant.name(), eps, b.delta, id],
-        )?;
+        let mut id = 0;
+        for (party, charge) in charges {
+            let rdp = serde_json::to_string(&charge.rdp)
+                .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO charges (job, round, task, kind, party, accountant, rho, rdp, epsilon_after, delta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, '', ?6, ?7, 0, 0)",
+                params![job, round, task, kind.name(), party, charge.rho, rdp],
+            )?;
+            id = tx.last_insert_rowid();
+            // ε after the charge, computed inside the same transaction.
+            let (rho, rdp_total, _) =
+                read_totals(&tx, Scope::Consortium(&consortium), b.accountant)?;
+            let eps = Self::epsilon_of(&b, rho, &rdp_total)?;
+            tx.execute(
+                "UPDATE charges SET accountant = ?1, epsilon_after = ?2, delta = ?3 WHERE id = ?4",
+                params![b.accountant.name(), eps, b.delta, id],
+            )?;
+        }
         also(&tx, id)?;
         tx.commit()?;
         self.charge_by_id(id)
@@ -253,7 +280,7 @@ impl PrivacyLedger {
 
     fn charge_by_id(&self, id: i64) -> Result<ChargeRecord, LedgerError> {
         Ok(self.conn.query_row(
-            "SELECT id, job, round, task, kind, accountant, rho, epsilon_after, delta, released, created_at
+            "SELECT id, job, round, task, kind, accountant, rho, epsilon_after, delta, released, created_at, party
              FROM charges WHERE id = ?1",
             params![id],
             row_to_charge,
@@ -263,7 +290,7 @@ impl PrivacyLedger {
     /// Every charge, oldest first, optionally of one job.
     pub fn charges(&self, job: Option<&str>) -> Result<Vec<ChargeRecord>, LedgerError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, job, round, task, kind, accountant, rho, epsilon_after, delta, released, created_at
+            "SELECT id, job, round, task, kind, accountant, rho, epsilon_after, delta, released, created_at, party
              FROM charges WHERE (?1 IS NULL OR job = ?1) ORDER BY id",
         )?;
         let rows = stmt.query_map(params![job], row_to_charge)?;
@@ -286,6 +313,7 @@ fn row_to_charge(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChargeRecord> {
         round: r.get(2)?,
         task: r.get(3)?,
         kind: ChargeKind::parse(&r.get::<_, String>(4)?)?,
+        party: r.get(11)?,
         accountant: r.get(5)?,
         rho: r.get(6)?,
         epsilon_after: r.get(7)?,
@@ -331,6 +359,13 @@ enum Scope<'a> {
 /// Sums of ρ and, for the RDP accountant, of the RDP curves over the
 /// charges in `scope`. A curve over another grid of orders (a ledger
 /// written by an earlier accountant) is refused rather than guessed at.
+///
+/// A charge paid by every record (a secure sum) counts for all; a charge
+/// paid by one party's records (its home DP-SGD) counts for that party's
+/// records only. Every record lives at one party, so the worst record pays
+/// the shared total plus the largest party's own total (parallel
+/// composition); for RDP the party curves are bounded by their pointwise
+/// maximum.
 fn read_totals(
     conn: &Connection,
     scope: Scope<'_>,
@@ -338,37 +373,59 @@ fn read_totals(
 ) -> Result<(f64, Vec<f64>, usize), LedgerError> {
     let (sql, key) = match scope {
         Scope::Consortium(c) => (
-            "SELECT c.rho, c.rdp FROM charges c JOIN jobs j ON c.job = j.job WHERE j.consortium = ?1",
+            "SELECT c.rho, c.rdp, c.party FROM charges c JOIN jobs j ON c.job = j.job WHERE j.consortium = ?1",
             c,
         ),
-        Scope::Job(j) => ("SELECT rho, rdp FROM charges WHERE job = ?1", j),
+        Scope::Job(j) => ("SELECT rho, rdp, party FROM charges WHERE job = ?1", j),
     };
     let mut stmt = conn.prepare(sql)?;
-    let mut rho = 0.0;
-    let mut rdp = vec![0.0; orders().len()];
+    let orders = orders().len();
+    // `None`: what every record paid; `Some(p)`: what party p's records paid.
+    let mut totals: std::collections::BTreeMap<Option<u32>, (f64, Vec<f64>)> =
+        std::collections::BTreeMap::new();
+    totals.insert(None, (0.0, vec![0.0; orders]));
     let mut n = 0;
     let rows = stmt.query_map(params![key], |r| {
-        Ok((r.get::<_, f64>(0)?, r.get::<_, String>(1)?))
+        Ok((
+            r.get::<_, f64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<u32>>(2)?,
+        ))
     })?;
     for row in rows {
-        let (r, curve) = row?;
-        rho += r;
+        let (r, curve, party) = row?;
+        let total = totals
+            .entry(party)
+            .or_insert_with(|| (0.0, vec![0.0; orders]));
+        total.0 += r;
         n += 1;
         if accountant != AccountantKind::Rdp {
             continue;
         }
         let curve: Vec<f64> = serde_json::from_str(&curve)
             .map_err(|e| LedgerError::Corrupt(format!("RDP curve: {e}")))?;
-        if curve.len() != rdp.len() {
+        if curve.len() != orders {
             return Err(LedgerError::Corrupt(format!(
                 "a charge's RDP curve has {} orders, this accountant tracks {}: the ledger was \
                  written by an earlier RDP accountant; account it with that version",
                 curve.len(),
-                rdp.len()
+                orders
             )));
         }
-        rdp.iter_mut().zip(curve).for_each(|(a, b)| *a += b);
+        total.1.iter_mut().zip(curve).for_each(|(a, b)| *a += b);
     }
+    let (mut rho, mut rdp) = totals.remove(&None).expect("inserted above");
+    let mut home_rho = 0.0f64;
+    let mut home_rdp = vec![0.0f64; orders];
+    for (r, curve) in totals.values() {
+        home_rho = home_rho.max(*r);
+        home_rdp
+            .iter_mut()
+            .zip(curve)
+            .for_each(|(a, b)| *a = a.max(*b));
+    }
+    rho += home_rho;
+    rdp.iter_mut().zip(home_rdp).for_each(|(a, b)| *a += b);
     Ok((rho, rdp, n))
 }
 

@@ -9,6 +9,7 @@ use super::error::LedgerError;
 pub(super) fn create(conn: &Connection) -> Result<(), LedgerError> {
     conn.execute_batch(LEDGER)?;
     add_charge_kind(conn)?;
+    add_charge_party(conn)?;
     conn.execute_batch(LOG)?;
     conn.execute_batch(SERVICE)?;
     add_strategy_state(conn)?;
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS charges (
     round         INTEGER NOT NULL,
     task          INTEGER NOT NULL,
     kind          TEXT NOT NULL DEFAULT 'training' CHECK (kind IN ('training', 'audit')),
+    party         INTEGER,
     accountant    TEXT NOT NULL,
     rho           REAL NOT NULL,
     rdp           TEXT NOT NULL,
@@ -129,6 +131,18 @@ fn add_charge_kind(conn: &Connection) -> Result<(), LedgerError> {
             "ALTER TABLE charges ADD COLUMN kind TEXT NOT NULL DEFAULT 'training'
                CHECK (kind IN ('training', 'audit'));",
         )?;
+    }
+    Ok(())
+}
+
+/// Brings a ledger written before parties trained at home up to date:
+/// earlier charges were all paid by every record.
+fn add_charge_party(conn: &Connection) -> Result<(), LedgerError> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('charges') WHERE name = 'party'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE charges ADD COLUMN party INTEGER;")?;
     }
     Ok(())
 }

@@ -244,10 +244,10 @@ impl PrivacyLedger {
         round: u32,
         task: u32,
         kind: super::ledger::ChargeKind,
-        charge: &crate::dp::plan::RoundCharge,
+        charges: &[(Option<u32>, crate::dp::plan::RoundCharge)],
     ) -> Result<super::ledger::ChargeRecord, LedgerError> {
         let job_s = job.to_string();
-        self.charge_with(job, round, task, kind, charge, move |tx, id| {
+        self.charge_all_with(job, round, task, kind, charges, move |tx, id| {
             tx.execute(
                 "UPDATE rounds SET charge_id = ?4,
                    updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
