@@ -240,7 +240,65 @@ pub fn count_blocks(policy: &Policy) -> Vec<CountBlock> {
         },
         width: UTILITY_COUNTS,
     });
+    if matches!(
+        policy.strategy.kind,
+        crate::policy::StrategyKind::Transfer { .. }
+    ) {
+        // A held-out record sits in one cell of each matrix. The records
+        // the fine-tuning trained on move the fine-tuned matrix through
+        // the model, which their home DP-SGD already pays for.
+        blocks.push(CountBlock {
+            name: TRANSFER.into(),
+            sensitivity: std::f64::consts::SQRT_2,
+            width: transfer_width(policy.strategy.classes),
+        });
+    }
     blocks
+}
+
+/// The transfer's block: how the base and the fine-tuned model classify
+/// each party's held-out records.
+pub const TRANSFER: &str = "transfer";
+
+/// Two confusion matrices (true class × predicted class, row-major): the
+/// base model's, then the fine-tuned model's.
+pub fn transfer_width(classes: usize) -> usize {
+    2 * classes * classes
+}
+
+/// A party's transfer counts on its held-out utility records.
+pub fn transfer_counts(
+    base: &Network,
+    tuned: &Network,
+    d: &Dataset,
+    sample: &PartySample,
+) -> Vec<u32> {
+    let classes = d.classes;
+    let mut counts = vec![0u32; transfer_width(classes)];
+    let idx = &sample.utility_non_members;
+    if idx.is_empty() {
+        return counts;
+    }
+    let x = crate::model::matrix(d, Some(idx));
+    for (m, model) in [base, tuned].into_iter().enumerate() {
+        let predicted = model.predict(x.view());
+        for (&i, &p) in idx.iter().zip(&predicted) {
+            counts[m * classes * classes + d.labels[i] * classes + p] += 1;
+        }
+    }
+    counts
+}
+
+/// Where each block of the policy's audit sum lies in the count vector.
+pub fn block_layout(policy: &Policy) -> Vec<std::ops::Range<usize>> {
+    count_blocks(policy)
+        .iter()
+        .scan(0, |at, b| {
+            let start = *at;
+            *at += b.width;
+            Some(start..*at)
+        })
+        .collect()
 }
 
 /// Where each block lies in the count vector, for `attacks` population
@@ -445,7 +503,12 @@ pub struct Findings {
     /// The released model's accuracy on audit members and non-members;
     /// `None` when the audit summed nothing.
     pub utility: Option<Utility>,
+    /// Transfer: the base and fine-tuned models' noisy confusion counts
+    /// over the parties' held-out records.
+    pub transfer: Option<TransferCounts>,
 }
+
+pub use shroud_audit::utility::TransferCounts;
 
 /// The attacks scored on real records: the policy's list without "canary".
 pub fn population_attacks(policy: &Policy) -> Vec<String> {
@@ -512,13 +575,13 @@ pub fn party_counts(
 /// the operating system for each, except in reproducible test runs.
 pub fn party_input(
     counts: &[u32],
+    layout: &[std::ops::Range<usize>],
     noise_stds: &[f64],
     mut noise_seed: impl FnMut(usize) -> crate::dp::gaussian::NoiseSeed,
 ) -> Result<Vec<u32>, crate::dp::noise::NoiseError> {
     let mut v: zeroize::Zeroizing<Vec<i64>> =
         zeroize::Zeroizing::new(counts.iter().map(|&c| i64::from(c)).collect());
-    let ranges = block_ranges(noise_stds.len().saturating_sub(1));
-    for (k, (&std, range)) in noise_stds.iter().zip(ranges).enumerate() {
+    for (k, (&std, range)) in noise_stds.iter().zip(layout.iter().cloned()).enumerate() {
         let share = crate::dp::noise::DiscreteGaussianShare::new(std)?;
         share.add_to_with_seed(&mut v[range], &noise_seed(k))?;
     }
@@ -608,6 +671,21 @@ pub fn findings(
         });
         results.push(result);
     }
+    let transfer = count_blocks(policy)
+        .iter()
+        .zip(block_layout(policy))
+        .enumerate()
+        .find(|(_, (b, _))| b.name == TRANSFER)
+        .and_then(|(k, (_, range))| {
+            let c = summed.counts.get(range)?;
+            let half = c.len() / 2;
+            Some(TransferCounts {
+                classes: policy.strategy.classes,
+                base: c[..half].to_vec(),
+                fine_tuned: c[half..].to_vec(),
+                noise_std: summed.noise_std.get(k).copied().unwrap_or(0.0),
+            })
+        });
     let utility = summed.counts.get(ranges[attacks.len()].clone()).map(|c| {
         Utility::from_counts(
             c.try_into().expect("the utility block's width"),
@@ -644,6 +722,7 @@ pub fn findings(
         attacks: results,
         canary,
         utility,
+        transfer,
     }
 }
 

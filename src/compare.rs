@@ -34,6 +34,11 @@ pub struct CompareSpec {
     /// Override the policy's rounds.
     #[serde(default)]
     pub rounds: Option<u32>,
+    /// Training records set aside as the public unlabelled set, for every
+    /// strategy alike (the ensemble needs them; default: none, or 100 for
+    /// the ensemble alone).
+    #[serde(default)]
+    pub public_records: Option<usize>,
     pub seeds: Vec<u64>,
     /// Budgets ε, and `"none"` for no noise.
     pub epsilons: Vec<EpsilonSetting>,
@@ -188,6 +193,7 @@ pub fn settings_digest(spec: &CompareSpec, policy_sha256: &str, cell: &Cell) -> 
         "parties": spec.parties,
         "policy_sha256": policy_sha256,
         "rounds": spec.rounds,
+        "public_records": spec.public_records,
         "strategy": cell.strategy,
         "partition": cell.partition,
         "epsilon": cell.epsilon,
@@ -425,6 +431,7 @@ fn run_cell(spec: &CompareSpec, cell: &Cell, out: &Path) -> Result<CellResult> {
         strategy: Some(cell.strategy.name.clone()),
         group_size: cell.strategy.group_size,
         stages: cell.strategy.stages,
+        public_records: spec.public_records,
         warmup_rounds: cell.strategy.warmup_rounds,
         policy: spec.policy.clone(),
         epsilon: cell.epsilon,

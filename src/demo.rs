@@ -52,6 +52,9 @@ pub struct DemoConfig {
     pub strategy: Option<String>,
     /// Series: the number of stages.
     pub stages: Option<u32>,
+    /// Records taken from the training split as the public unlabelled set
+    /// (`None`: 100 for the ensemble, else none).
+    pub public_records: Option<usize>,
     /// FedMR: the least number of parties in a layer's group (the policy's
     /// value if it names FedMR).
     pub group_size: Option<u32>,
@@ -107,6 +110,7 @@ impl Default for DemoConfig {
             strategy: None,
             group_size: None,
             stages: None,
+            public_records: None,
             warmup_rounds: None,
             policy: None,
             epsilon: None,
@@ -164,11 +168,42 @@ pub struct DemoSummary {
     /// The audit's own utility figures (from the parties' DP-noised counts
     /// on their held-out audit records), beside the demo's test set.
     pub audit_utility: Option<shroud_audit::utility::Utility>,
+    /// Transfer: the base and fine-tuned models on the parties' held-out
+    /// records, from their noisy confusion counts (the fine-tuned models
+    /// never leave the parties).
+    pub transfer: Option<TransferSummary>,
     pub report_html: String,
     pub report_json: String,
     /// Membership-inference attacks run, the canary audit counted as one.
     pub attacks_and_canaries: usize,
     pub failed_checks: Vec<String>,
+}
+
+/// The transfer's figures: what the consortium sees (the parties' noisy
+/// counts on their held-out records), and what the demo measures beside.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferSummary {
+    pub base: serde_json::Value,
+    pub fine_tuned: serde_json::Value,
+    /// Std of the noise on each summed count.
+    pub noise_std: f64,
+    pub counts: crate::audit::TransferCounts,
+    /// The fine-tuned models on the demo's test split, by party. They never
+    /// leave the parties; the demo holds every party's data, so it repeats
+    /// each party's fine-tuning (same algorithm, plan and records, fresh
+    /// noise) to measure them.
+    pub fine_tuned_test: Vec<FineTunedTest>,
+    /// Their mean over the parties.
+    pub fine_tuned_test_accuracy: f64,
+    pub fine_tuned_test_metrics: Option<crate::evaluate::BinaryMetrics>,
+}
+
+/// One party's fine-tuned model on the demo's test split.
+#[derive(Clone, Debug, Serialize)]
+pub struct FineTunedTest {
+    pub party: u32,
+    pub accuracy: f64,
+    pub test_metrics: Option<crate::evaluate::BinaryMetrics>,
 }
 
 /// `policies/default.toml`, built into the binary so that the demo runs
@@ -221,6 +256,7 @@ fn adapt_policy(
     parties: &[(u32, usize)],
     inputs: usize,
     classes: usize,
+    public: Option<(&Path, &str)>,
 ) -> Result<(Policy, String)> {
     let n_policy = t
         .get("party")
@@ -288,7 +324,22 @@ fn adapt_policy(
             if kind != "series" {
                 s.remove("stages");
             }
+            if kind != "ensemble" {
+                for key in ["public_set", "public_set_sha256", "student_epochs"] {
+                    s.remove(key);
+                }
+            }
+            if kind != "transfer" {
+                s.remove("finetune_steps");
+                s.remove("finetune_share");
+            }
             s.insert("kind".into(), kind.clone().into());
+        }
+        if let Some((path, sha)) = public {
+            if s.get("kind").and_then(|k| k.as_str()) == Some("ensemble") {
+                s.insert("public_set".into(), path.display().to_string().into());
+                s.insert("public_set_sha256".into(), sha.to_string().into());
+            }
         }
         if let Some(g) = f.group_size {
             s.insert("group_size".into(), i64::from(g).into());
@@ -314,10 +365,59 @@ fn adapt_policy(
     if let Some(c) = t.get_mut("consortium").and_then(|c| c.as_table_mut()) {
         c.insert("phase_timeout_secs".into(), f.phase_timeout.into());
     }
+    let ensemble = t
+        .get("strategy")
+        .and_then(|s| s.get("kind"))
+        .and_then(|k| k.as_str())
+        == Some("ensemble");
+    if ensemble {
+        // The ensemble's members train at home: no training sum for
+        // gradient canaries to ride in.
+        if let Some(a) = t.get_mut("audit").and_then(|a| a.as_table_mut()) {
+            if let Some(list) = a.get_mut("attacks").and_then(|l| l.as_array_mut()) {
+                list.retain(|v| v.as_str() != Some("canary"));
+            }
+            a.insert("canaries".into(), 0i64.into());
+        }
+    }
     let adapted = toml::to_string(&t)?;
     let label = PathBuf::from(format!("{source} (adapted for the demo)"));
     let policy = Policy::parse(&label, &adapted)?;
     Ok((policy, adapted))
+}
+
+/// Public records the ensemble's demo sets aside unless told otherwise.
+pub const DEFAULT_PUBLIC_RECORDS: usize = 100;
+
+/// Takes the first `n` records of the (shuffled) training split as the
+/// public unlabelled set: their features go to OUT/public.csv, their
+/// labels nowhere. Returns the file and its SHA-256.
+fn split_public(
+    data: &mut crate::data::Prepared,
+    n: usize,
+    out: &Path,
+) -> Result<(PathBuf, String)> {
+    let train = &data.train;
+    if n + 2 * 10 > train.len() {
+        bail!(
+            "--public-records {n} leaves too few of the {} training records to deal",
+            train.len()
+        );
+    }
+    let mut text = String::new();
+    for row in &train.features[..n] {
+        let line: Vec<String> = row.iter().map(|v| format!("{v}")).collect();
+        text += &line.join(",");
+        text.push('\n');
+    }
+    let path = std::fs::canonicalize(out)
+        .with_context(|| format!("cannot resolve {}", out.display()))?
+        .join("public.csv");
+    std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    let sha = crate::policy::hex(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+    let rest: Vec<usize> = (n..train.len()).collect();
+    data.train = train.subset(&rest);
+    Ok((path, sha))
 }
 
 /// A demo ready to run: the data dealt to its parties and the policy
@@ -389,6 +489,21 @@ impl Demo {
         if n_parties < 2 {
             bail!("--parties must be at least 2");
         }
+        let mut data = data;
+        let public_records =
+            f.public_records
+                .unwrap_or(if f.strategy.as_deref() == Some("ensemble") {
+                    DEFAULT_PUBLIC_RECORDS
+                } else {
+                    0
+                });
+        std::fs::create_dir_all(&f.out)
+            .with_context(|| format!("cannot create {}", f.out.display()))?;
+        let public = if public_records > 0 {
+            Some(split_public(&mut data, public_records, &f.out)?)
+        } else {
+            None
+        };
         let how = parse_partition(&f.partition, f.alpha, f.classes_per_party, f.clusters)?;
         let parts = partition_dataset(&data.train, n_parties, &how, f.seed)?;
         let counts: Vec<(u32, usize)> = parts
@@ -403,6 +518,7 @@ impl Demo {
             &counts,
             data.train.dim(),
             data.train.classes,
+            public.as_ref().map(|(p, h)| (p.as_path(), h.as_str())),
         )?;
         let plan = PrivacyPlan::for_policy(&policy).map_err(|e| {
             anyhow::anyhow!("{}: `{}`: {}", policy.source.display(), e.key, e.message)
@@ -545,6 +661,10 @@ impl Demo {
             auc,
             epsilon_lower_bound,
             audit_utility: report.utility.clone(),
+            transfer: match report.transfer.clone() {
+                Some(t) => Some(self.transfer_summary(t, &outcome.model)?),
+                None => None,
+            },
             report_html: release.report_html.display().to_string(),
             report_json: release.report_json.display().to_string(),
             attacks_and_canaries: report.attacks.len() + usize::from(report.canary.is_some()),
@@ -565,6 +685,96 @@ impl Demo {
     }
 }
 
+impl Demo {
+    fn transfer_summary(
+        &self,
+        t: crate::audit::TransferCounts,
+        base: &crate::network::Network,
+    ) -> Result<TransferSummary> {
+        let positive = crate::evaluate::minority_class(&self.data.train);
+        let fine_tuned_test = self.fine_tuned_test(base, positive)?;
+        let n = fine_tuned_test.len().max(1) as f64;
+        let mean = |f: &dyn Fn(&crate::evaluate::BinaryMetrics) -> f64| -> Option<f64> {
+            let v: Vec<f64> = fine_tuned_test
+                .iter()
+                .filter_map(|p| p.test_metrics.as_ref().map(f))
+                .collect();
+            (v.len() == fine_tuned_test.len() && !v.is_empty())
+                .then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        let fine_tuned_test_metrics = match (
+            mean(&|m| m.precision),
+            mean(&|m| m.recall),
+            mean(&|m| m.f1),
+            mean(&|m| m.auc),
+        ) {
+            (Some(precision), Some(recall), Some(f1), Some(auc)) => {
+                Some(crate::evaluate::BinaryMetrics {
+                    positive_class: positive,
+                    precision,
+                    recall,
+                    f1,
+                    auc,
+                })
+            }
+            _ => None,
+        };
+        Ok(TransferSummary {
+            base: crate::audit::TransferCounts::figures(&t.base, t.classes, positive),
+            fine_tuned: crate::audit::TransferCounts::figures(&t.fine_tuned, t.classes, positive),
+            noise_std: t.noise_std,
+            counts: t,
+            fine_tuned_test_accuracy: fine_tuned_test.iter().map(|p| p.accuracy).sum::<f64>() / n,
+            fine_tuned_test_metrics,
+            fine_tuned_test,
+        })
+    }
+
+    /// Each party's fine-tuning of `base`, repeated here as the party runs
+    /// it, scored on the test split.
+    fn fine_tuned_test(
+        &self,
+        base: &crate::network::Network,
+        positive: usize,
+    ) -> Result<Vec<FineTunedTest>> {
+        let policy = &self.policy;
+        let plan = self.plan.finetune.as_deref().unwrap_or(&self.plan);
+        let round = policy.sum_rounds() + 1;
+        let mut out = Vec::new();
+        for (i, d) in self.party_data.iter().enumerate() {
+            let id = i as u32;
+            let seed = demo_identity_seed(id);
+            let sample =
+                audit::draw_sample(id, d, &party_secret(&seed, "audit sample", &self.job_id));
+            let training = audit::training_set(d, &sample);
+            let mut home = crate::job::session::HomeNoise::new(
+                plan,
+                plan.noise_std_per_party,
+                policy,
+                &format!("{} (measured)", self.job_id),
+                round,
+                id,
+                &seed,
+                "finetune",
+                InputRandomness::Os,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let mut party = crate::strategy::party_half(policy, None)?;
+            party.receive(round, &base.to_flat())?;
+            let tuned = party
+                .fine_tune(&training, &mut home)
+                .context("the strategy does not fine-tune")?
+                .map_err(|e| anyhow::anyhow!(e))?;
+            out.push(FineTunedTest {
+                party: id,
+                accuracy: tuned.accuracy(&self.data.test),
+                test_metrics: crate::evaluate::binary_metrics(&tuned, &self.data.test, positive),
+            });
+        }
+        Ok(out)
+    }
+}
+
 impl DemoSummary {
     /// A blocked release is a failure of the command: says which checks
     /// failed.
@@ -578,6 +788,8 @@ impl DemoSummary {
 
 /// What the demo reports of a job, however it ran.
 struct DemoOutcome {
+    /// The model after the last round.
+    model: crate::network::Network,
     accuracy: f64,
     test_metrics: Option<crate::evaluate::BinaryMetrics>,
     epsilon_spent: Option<f64>,
@@ -823,6 +1035,7 @@ impl DemoJob<'_> {
         let outcome = DemoOutcome {
             accuracy,
             test_metrics: crate::evaluate::binary_metrics(&model, self.test, self.positive),
+            model,
             epsilon_spent: match policy.privacy.unit {
                 Unit::None => None,
                 _ => Some(ledger.job_spent(self.job_id)?),

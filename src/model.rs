@@ -128,8 +128,36 @@ impl Mlp {
     /// Mean cross-entropy and its gradient, flattened.
     pub fn loss_and_grad(&self, x: ArrayView2<f64>, y: &[usize]) -> (f64, Vec<f64>) {
         let (inputs, logits) = self.forward_cached(x);
-        let (mut delta, losses) = Self::output_delta(&logits, y);
+        let (delta, losses) = Self::output_delta(&logits, y);
         let n = y.len() as f64;
+        (
+            losses.iter().sum::<f64>() / n,
+            self.mean_grad(&inputs, delta),
+        )
+    }
+
+    /// Mean cross-entropy against soft targets (one distribution over the
+    /// classes per row, as a distilled student learns) and its gradient.
+    pub fn loss_and_grad_soft(
+        &self,
+        x: ArrayView2<f64>,
+        targets: ArrayView2<f64>,
+    ) -> (f64, Vec<f64>) {
+        let (inputs, logits) = self.forward_cached(x);
+        let p = softmax_rows(&logits);
+        let n = p.nrows() as f64;
+        let loss = -p
+            .iter()
+            .zip(targets.iter())
+            .map(|(q, t)| t * q.max(1e-300).ln())
+            .sum::<f64>()
+            / n;
+        (loss, self.mean_grad(&inputs, &p - &targets))
+    }
+
+    /// The mean gradient over a batch from `∂loss/∂logits` per record.
+    fn mean_grad(&self, inputs: &[Array2<f64>], mut delta: Array2<f64>) -> Vec<f64> {
+        let n = delta.nrows() as f64;
         let mut grads: Vec<(Array2<f64>, Array1<f64>)> = Vec::with_capacity(self.layers.len());
         for (i, l) in self.layers.iter().enumerate().rev() {
             let gw = delta.t().dot(&inputs[i]) / n;
@@ -145,7 +173,7 @@ impl Mlp {
             flat.extend(gw.iter());
             flat.extend(gb.iter());
         }
-        (losses.iter().sum::<f64>() / n, flat)
+        flat
     }
 
     /// One flattened gradient per record (of that record's loss alone).

@@ -134,6 +134,18 @@ struct RawStrategy {
     warmup_rounds: Option<i64>,
     #[serde(default)]
     stages: Option<i64>,
+    #[serde(default)]
+    public_set: Option<String>,
+    #[serde(default)]
+    public_set_sha256: Option<String>,
+    #[serde(default)]
+    student_epochs: Option<i64>,
+    #[serde(default)]
+    finetune_steps: Option<i64>,
+    #[serde(default)]
+    finetune_share: Option<f64>,
+    #[serde(default)]
+    finetune_learning_rate: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -262,7 +274,7 @@ pub struct Encoding {
 }
 
 /// Which aggregation strategy a job runs, with its own settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum StrategyKind {
     /// One secure sum of the whole model over every party per round.
@@ -280,6 +292,23 @@ pub enum StrategyKind {
     /// reads the features and the class probabilities of the stages
     /// already trained, frozen.
     Series { stages: u32 },
+    /// Transfer learning: the base model is trained as FedAvg and
+    /// released; then each party fine-tunes it at home with DP-SGD for
+    /// `finetune_steps` steps on `finetune_share` of the job's ρ, and only
+    /// counts of the base and fine-tuned models' predictions on its
+    /// held-out records leave it, in the audit's noisy sum.
+    Transfer {
+        finetune_steps: u32,
+        finetune_share: f64,
+        /// Fine-tuning moves from the base in smaller steps than training
+        /// from scratch: a tenth of `learning_rate` unless set.
+        finetune_learning_rate: f64,
+    },
+    /// The average ensemble: each party trains its own model at home with
+    /// DP-SGD (`rounds` steps); the members' class probabilities on the
+    /// public unlabelled set are securely summed, and a student trained
+    /// for `student_epochs` on the averaged soft labels is released.
+    Ensemble { student_epochs: u32 },
 }
 
 impl StrategyKind {
@@ -288,9 +317,50 @@ impl StrategyKind {
             StrategyKind::Fedavg => "fedavg",
             StrategyKind::Fedmr { .. } => "fedmr",
             StrategyKind::Series { .. } => "series",
+            StrategyKind::Transfer { .. } => "transfer",
+            StrategyKind::Ensemble { .. } => "ensemble",
+        }
+    }
+
+    /// Whether the job's rounds are steps of each party's home DP-SGD
+    /// rather than secure sums: the ensemble's members train at home.
+    pub fn trains_at_home(&self) -> bool {
+        matches!(self, StrategyKind::Ensemble { .. })
+    }
+}
+
+/// A public, unlabelled set of records every party and the coordinator
+/// hold alike: the ensemble's members label it, its student learns from
+/// it. Its SHA-256 is in the policy, so every member reads the same
+/// records.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PublicSet {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub records: usize,
+    /// Row-major features, `records × inputs`.
+    #[serde(skip)]
+    pub features: std::sync::Arc<Vec<f64>>,
+}
+
+impl PublicSet {
+    /// The records as a dataset without labels (every label 0).
+    pub fn dataset(&self, inputs: usize, classes: usize) -> crate::data::Dataset {
+        crate::data::Dataset {
+            features: self.features.chunks(inputs).map(<[f64]>::to_vec).collect(),
+            labels: vec![0; self.records],
+            classes,
+            feature_names: (0..inputs).map(|i| format!("x{i}")).collect(),
         }
     }
 }
+
+/// Rounds the ensemble has to get its one sum of outputs.
+pub const ENSEMBLE_SUM_ATTEMPTS: u32 = 3;
+
+/// Most records a public set may hold: the ensemble's secure sum carries
+/// one probability per record and class.
+pub const MAX_PUBLIC_RECORDS: usize = 20_000;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Strategy {
@@ -302,6 +372,8 @@ pub struct Strategy {
     pub learning_rate: f64,
     pub momentum: f64,
     pub local_epochs: u32,
+    /// The ensemble's public unlabelled set.
+    pub public_set: Option<PublicSet>,
 }
 
 impl Strategy {
@@ -394,6 +466,11 @@ impl Strategy {
             }
             // One stage per round, with the whole clip norm.
             StrategyKind::Series { .. } => self.stage_dimensions().into_iter().map(whole).collect(),
+            // A base round is a FedAvg round; an ensemble member's home
+            // step is one DP-SGD step of the whole model.
+            StrategyKind::Transfer { .. } | StrategyKind::Ensemble { .. } => {
+                vec![whole(self.dimension())]
+            }
         }
     }
 }
@@ -462,7 +539,7 @@ pub struct Policy {
     pub reviewers: Vec<Reviewer>,
 }
 
-pub const STRATEGIES: &[&str] = &["fedavg", "fedmr", "series"];
+pub const STRATEGIES: &[&str] = &["fedavg", "fedmr", "series", "transfer", "ensemble"];
 /// Most stages a series network may have.
 pub const MAX_STAGES: i64 = 8;
 pub const MODELS: &[&str] = &["softmax", "mlp"];
@@ -502,6 +579,19 @@ impl Policy {
     /// Honest survivors whose noise shares alone must meet the budget.
     pub fn honest_survivors(&self) -> usize {
         self.consortium.threshold - self.consortium.max_colluding
+    }
+
+    /// Rounds of secure sums a job runs before its audit: the policy's
+    /// rounds, except for the ensemble, whose rounds are its members' home
+    /// DP-SGD steps and which needs one sum: it has
+    /// [`ENSEMBLE_SUM_ATTEMPTS`] rounds to get it (a sum that aborts —
+    /// too few survivors, a coordinator restart — is tried again, the
+    /// members training afresh and paying again).
+    pub fn sum_rounds(&self) -> u32 {
+        match self.strategy.kind.trains_at_home() {
+            true => ENSEMBLE_SUM_ATTEMPTS,
+            false => self.privacy.rounds,
+        }
     }
 
     /// Records across the roster, where the policy states them.
@@ -586,6 +676,105 @@ impl Validator<'_> {
         shroud_crypto::IdentityPublicKey::from_bytes(&arr)
             .map(|_| ())
             .map_err(|_| self.err(key, "is not a valid ed25519 public key"))
+    }
+
+    /// The ensemble's public set: a CSV of `inputs` numbers per line (a
+    /// first line that is not numbers is a header), relative to the policy
+    /// file, whose SHA-256 must be the policy's.
+    fn public_set(
+        &self,
+        file: Option<&str>,
+        sha256: Option<&str>,
+        inputs: usize,
+    ) -> Result<PublicSet, PolicyError> {
+        let key = "strategy.public_set";
+        let file = file.ok_or_else(|| {
+            self.err(
+                key,
+                "kind = \"ensemble\" needs a public unlabelled set: a CSV file of features, \
+                 one record per line, that is no party's data",
+            )
+        })?;
+        let path = match self.path.parent() {
+            Some(dir) if Path::new(file).is_relative() => dir.join(file),
+            _ => PathBuf::from(file),
+        };
+        let bytes = std::fs::read(&path)
+            .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))?;
+        let digest = hex(&Sha256::digest(&bytes));
+        match sha256 {
+            None => {
+                return Err(self.err(
+                    "strategy.public_set_sha256",
+                    format!(
+                        "the public set's SHA-256 binds every member to the same records; \
+                         {} has {digest}",
+                        path.display()
+                    ),
+                ))
+            }
+            Some(h) if !h.trim().eq_ignore_ascii_case(&digest) => {
+                return Err(self.err(
+                    "strategy.public_set_sha256",
+                    format!(
+                        "{} has SHA-256 {digest}, not the policy's {}: the file changed since \
+                         the policy was signed off",
+                        path.display(),
+                        h.trim()
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| self.err(key, format!("{} is not UTF-8 text", path.display())))?;
+        let mut features = Vec::new();
+        let mut records = 0;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let row: Result<Vec<f64>, _> =
+                line.split(',').map(|v| v.trim().parse::<f64>()).collect();
+            let row = match row {
+                Err(_) if i == 0 => continue,
+                Err(_) => {
+                    return Err(self.err(
+                        key,
+                        format!("{} line {}: not a list of numbers", path.display(), i + 1),
+                    ))
+                }
+                Ok(r) => r,
+            };
+            if row.len() != inputs || row.iter().any(|v| !v.is_finite()) {
+                return Err(self.err(
+                    key,
+                    format!(
+                        "{} line {}: {} values, the model reads {inputs} finite features",
+                        path.display(),
+                        i + 1,
+                        row.len()
+                    ),
+                ));
+            }
+            features.extend(row);
+            records += 1;
+        }
+        if !(1..=MAX_PUBLIC_RECORDS).contains(&records) {
+            return Err(self.err(
+                key,
+                format!(
+                    "{} holds {records} records; a public set holds 1 to {MAX_PUBLIC_RECORDS}",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(PublicSet {
+            path,
+            sha256: digest,
+            records,
+            features: std::sync::Arc::new(features),
+        })
     }
 
     fn positive_int(&self, key: &str, v: i64, min: i64, max: i64) -> Result<u64, PolicyError> {
@@ -933,8 +1122,93 @@ impl Validator<'_> {
                 }
             }
         }
+        for (key, set, kinds) in [
+            ("strategy.public_set", s.public_set.is_some(), "ensemble"),
+            (
+                "strategy.public_set_sha256",
+                s.public_set_sha256.is_some(),
+                "ensemble",
+            ),
+            (
+                "strategy.student_epochs",
+                s.student_epochs.is_some(),
+                "ensemble",
+            ),
+            (
+                "strategy.finetune_steps",
+                s.finetune_steps.is_some(),
+                "transfer",
+            ),
+            (
+                "strategy.finetune_share",
+                s.finetune_share.is_some(),
+                "transfer",
+            ),
+            (
+                "strategy.finetune_learning_rate",
+                s.finetune_learning_rate.is_some(),
+                "transfer",
+            ),
+        ] {
+            if set && s.kind != kinds {
+                return Err(self.err(key, format!("applies only to kind = \"{kinds}\"")));
+            }
+        }
+        if matches!(s.kind.as_str(), "transfer" | "ensemble") && unit == Unit::Party {
+            return Err(self.err(
+                "privacy.unit",
+                format!(
+                    "kind = \"{}\" trains at each party's home with record-level DP-SGD; \
+                     use unit = \"record\"",
+                    s.kind
+                ),
+            ));
+        }
+        let public_set = match s.kind.as_str() {
+            "ensemble" => Some(self.public_set(
+                s.public_set.as_deref(),
+                s.public_set_sha256.as_deref(),
+                inputs,
+            )?),
+            _ => None,
+        };
         let kind = match s.kind.as_str() {
             "fedavg" => StrategyKind::Fedavg,
+            "transfer" => StrategyKind::Transfer {
+                finetune_steps: match s.finetune_steps {
+                    None => 20,
+                    Some(v) => self.positive_int("strategy.finetune_steps", v, 1, 100_000)? as u32,
+                },
+                finetune_share: match s.finetune_share {
+                    None => 0.2,
+                    Some(v) if v > 0.0 && v <= 0.5 => v,
+                    Some(v) => {
+                        return Err(self.err(
+                            "strategy.finetune_share",
+                            format!(
+                                "must be in (0, 0.5]: the share of the job's ρ each party's \
+                                 home fine-tuning spends, got {v}"
+                            ),
+                        ))
+                    }
+                },
+                finetune_learning_rate: match s.finetune_learning_rate {
+                    None => learning_rate / 10.0,
+                    Some(v) => self.finite_in(
+                        "strategy.finetune_learning_rate",
+                        v,
+                        0.0,
+                        100.0,
+                        "a positive number",
+                    )?,
+                },
+            },
+            "ensemble" => StrategyKind::Ensemble {
+                student_epochs: match s.student_epochs {
+                    None => 50,
+                    Some(v) => self.positive_int("strategy.student_epochs", v, 1, 10_000)? as u32,
+                },
+            },
             "series" => {
                 let Some(k) = s.stages else {
                     return Err(self.err(
@@ -1016,6 +1290,7 @@ impl Validator<'_> {
             learning_rate,
             momentum,
             local_epochs,
+            public_set,
         };
         if strategy.dimension() > 1 << 26 {
             return Err(self.err(
@@ -1043,6 +1318,13 @@ impl Validator<'_> {
                 return Err(self.err(
                     &format!("audit.attacks[{i}]"),
                     format!("must be one of {ATTACKS:?}, got \"{name}\""),
+                ));
+            }
+            if strategy.kind.trains_at_home() && name == "canary" {
+                return Err(self.err(
+                    &format!("audit.attacks[{i}]"),
+                    "gradient canaries ride in training sums, and the ensemble's members train \
+                     at home: kind = \"ensemble\" is audited with \"loss\", \"lira\" or \"rmia\"",
                 ));
             }
             if matches!(strategy.kind, StrategyKind::Series { .. })
@@ -1127,6 +1409,13 @@ impl Validator<'_> {
             )
             .canaries as u32
         });
+        if strategy.kind.trains_at_home() && canaries > 0 {
+            return Err(self.err(
+                "audit.canaries",
+                "gradient canaries ride in training sums, and the ensemble's members train at \
+                 home: use 0",
+            ));
+        }
         let budget_share = match a.budget_share {
             None => 0.1,
             Some(v) => self.finite_in(

@@ -183,6 +183,7 @@ pub fn gate_and_report(
         confidence: p.audit.confidence,
         rounds: Some(rounds_summary(ledger, r.job, p.privacy.rounds)?),
         utility: r.findings.utility,
+        transfer: r.findings.transfer,
         attacks: r.findings.attacks,
         canary: r.findings.canary,
         checks,

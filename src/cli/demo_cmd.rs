@@ -30,10 +30,16 @@ pub struct DemoFlags {
     /// R, D and S: clusters of the class centroids (0: ⌈√classes⌉).
     #[arg(long, default_value_t = 0)]
     clusters: usize,
-    /// Aggregation strategy: fedavg, fedmr or series (default: the
-    /// policy's).
+    /// Aggregation strategy: fedavg, fedmr, series, transfer or ensemble
+    /// (default: the policy's).
     #[arg(long)]
     strategy: Option<String>,
+    /// Records taken out of the training split before it is dealt, as the
+    /// public unlabelled set (written to OUT/public.csv); the ensemble
+    /// needs them, and other strategies given the same number train on
+    /// the same records (default: 100 for the ensemble, else 0).
+    #[arg(long)]
+    public_records: Option<usize>,
     /// Series: the number of stages (the policy's value if it names a
     /// series); the rounds must split evenly over them.
     #[arg(long)]
@@ -105,6 +111,7 @@ impl DemoFlags {
             strategy: self.strategy.clone(),
             group_size: self.group_size,
             stages: self.stages,
+            public_records: self.public_records,
             warmup_rounds: self.warmup_rounds,
             policy: self.policy.clone(),
             epsilon: self.epsilon,
@@ -186,6 +193,18 @@ fn print_summary(s: &DemoSummary) {
         s.strategy, s.rounds
     );
     println!("test accuracy       {:.2} %", 100.0 * s.accuracy);
+    let pct = |v: &serde_json::Value| {
+        v.as_f64()
+            .map_or("—".to_string(), |x| format!("{:.1} %", 100.0 * x))
+    };
+    if let Some(t) = &s.transfer {
+        println!(
+            "transfer            held-out accuracy base {} → fine-tuned {}, from the parties' noisy counts (noise std {:.1} per count)",
+            pct(&t.base["accuracy"]),
+            pct(&t.fine_tuned["accuracy"]),
+            t.noise_std
+        );
+    }
     if let Some(u) = &s.audit_utility {
         println!(
             "audited utility     test {:.1} % ({:.1}–{:.1}), train/test gap {:+.1} pt, from the parties' noisy counts",

@@ -69,8 +69,28 @@ struct CheckReport<'a> {
     canaries: CanaryCheck,
     no_dp: bool,
     strategy: StrategyKind,
+    /// Training at each party's home (the ensemble's members, the
+    /// transfer's fine-tuning).
+    home: Option<HomeCheck>,
     /// The tasks of each kind of round, drawn for a job named "example".
     rounds_shown: Vec<RoundShown>,
+}
+
+/// What each party's home DP-SGD costs its own records.
+#[derive(Serialize)]
+struct HomeCheck {
+    what: &'static str,
+    steps: u32,
+    noise_multiplier: f64,
+    noise_std: f64,
+    rho: f64,
+    /// ε of the home training alone, at the policy's δ.
+    epsilon_alone: f64,
+    /// Ensemble: the public set's records, and what a PATE-style noisy
+    /// vote over them (one query per record, noise std one vote) would
+    /// cost instead.
+    public_records: Option<usize>,
+    vote_epsilon: Option<f64>,
 }
 
 /// What the one-run canary audit can show under this policy.
@@ -122,7 +142,7 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
             let per_stage = policy.privacy.rounds / stages;
             shown_rounds.extend((1..stages).map(|k| k * per_stage + 1));
         }
-        StrategyKind::Fedavg => {}
+        StrategyKind::Fedavg | StrategyKind::Transfer { .. } | StrategyKind::Ensemble { .. } => {}
     }
     let rounds_shown = shown_rounds
         .into_iter()
@@ -147,7 +167,38 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let home = match (plan.home_charge(), policy.strategy.kind) {
+        (Some(charge), kind) => {
+            let (what, p) = match kind {
+                StrategyKind::Ensemble { .. } => ("ensemble members", &plan),
+                _ => (
+                    "fine-tuning",
+                    plan.finetune
+                        .as_deref()
+                        .expect("a home charge outside the ensemble"),
+                ),
+            };
+            let delta = policy.privacy.delta;
+            let public_records = policy.strategy.public_set.as_ref().map(|p| p.records);
+            Some(HomeCheck {
+                what,
+                steps: p.rounds,
+                noise_multiplier: p.noise_multiplier,
+                noise_std: p.noise_std_per_party,
+                rho: charge.rho,
+                epsilon_alone: crate::dp::accountant::zcdp_epsilon_of_rho(charge.rho, delta)?,
+                public_records,
+                // A member's change can flip its vote on every query: L2
+                // sensitivity √(2Q); with noise std 1, ρ = Q.
+                vote_epsilon: public_records
+                    .map(|q| crate::dp::accountant::zcdp_epsilon_of_rho(q as f64, delta))
+                    .transpose()?,
+            })
+        }
+        _ => None,
+    };
     let report = CheckReport {
+        home,
         file: file.display().to_string(),
         policy_hash: &policy.hash,
         consortium: &policy.consortium.id,
@@ -365,10 +416,51 @@ fn print_rounds(r: &CheckReport<'_>) {
              secure sum of the stage per round, so ε composes over every stage's rounds",
             r.rounds / stages
         ),
+        StrategyKind::Transfer {
+            finetune_steps,
+            finetune_share,
+            finetune_learning_rate,
+        } => println!(
+            "strategy    transfer: the base trains as fedavg and is released; then each party \
+             fine-tunes it at home, {finetune_steps} DP-SGD steps (learning rate \
+             {finetune_learning_rate}) on {:.0} % of the job's ρ, and only noisy counts of base \
+             and fine-tuned predictions on its held-out records leave, in the audit's sum",
+            100.0 * finetune_share
+        ),
+        StrategyKind::Ensemble { student_epochs } => println!(
+            "strategy    ensemble: each party trains its member at home, {} DP-SGD steps (the \
+             rounds); one secure sum, without noise, of the members' class probabilities on the \
+             public set; a student distilled from them for {student_epochs} epochs is released",
+            r.rounds
+        ),
+    }
+    if let Some(h) = &r.home {
+        println!(
+            "home        {}: {} steps, noise multiplier {:.4}, std {} per step, all the party's own; \
+             ρ = {:.5} paid by that party's records alone (ε {:.4} on its own); every record lives \
+             at one party, so the consortium pays the largest party's (parallel composition)",
+            h.what, h.steps, h.noise_multiplier, h.noise_std, h.rho, h.epsilon_alone
+        );
+        if let (Some(q), Some(e)) = (h.public_records, h.vote_epsilon) {
+            println!(
+                "public set  {q} records; a PATE-style noisy vote over them instead (one query per \
+                 record, noise std one vote) would cost ε = {e:.1}{}",
+                if e > r.epsilon_budget {
+                    format!(", above the budget {}: not offered", r.epsilon_budget)
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     for shown in &r.rounds_shown {
         let how = match shown.composition {
             Composition::Single => "one task".to_string(),
+            Composition::Outputs => {
+                "one sum of home models' outputs, no noise of its own: paid by each party's \
+                 home training"
+                    .to_string()
+            }
             Composition::Parallel { tasks, slices } => format!(
                 "{tasks} tasks over {slices} slices, disjoint cohorts per slice, clip norms \
                  square-summing to {}²: parallel composition",

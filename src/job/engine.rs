@@ -22,7 +22,7 @@ use std::time::Instant;
 use shroud_audit::report::CohortEntry;
 use shroud_crypto::{Coordinator, Error as ProtocolError, Event, IdentityPublicKey, PartyId};
 
-use super::task::{TaskKind, AUDIT_BITS};
+use super::task::{decode_outputs, TaskKind, AUDIT_BITS, OUTPUT_BITS};
 use super::{protocol_round, training_scheme};
 use crate::audit::{self, AuditSetup, Canary, Findings};
 use crate::dp::encode::EncodingScheme;
@@ -100,12 +100,14 @@ pub enum Effect {
         answered: Vec<u32>,
     },
     /// The sum's masked inputs are in and nothing of it can be decoded yet:
-    /// record this charge durably, then call [`JobEngine::charged`].
+    /// record these charges durably, in one transaction, then call
+    /// [`JobEngine::charged`]. Each is paid by every record (`None`) or by
+    /// one party's records (its home training).
     Charge {
         round: u32,
         task: u32,
         kind: ChargeKind,
-        charge: RoundCharge,
+        charges: Vec<(Option<u32>, RoundCharge)>,
     },
     /// The sum was decoded and absorbed.
     TaskFinished {
@@ -316,8 +318,10 @@ impl JobEngine {
         &self.plan
     }
 
+    /// Rounds of secure sums before the audit (the ensemble's one sum of
+    /// outputs; the policy's rounds are then its members' home steps).
     pub fn rounds(&self) -> u32 {
-        self.policy.privacy.rounds
+        self.policy.sum_rounds()
     }
 
     pub fn generation(&self) -> u64 {
@@ -349,7 +353,7 @@ impl JobEngine {
             job: self.id.clone(),
             policy_hash: self.policy.hash.clone(),
             epsilon: self.policy.privacy.epsilon,
-            rounds: self.rounds(),
+            rounds: self.policy.privacy.rounds,
             noise_std_per_party: self.plan.noise_std_per_party,
             canaries: self
                 .canaries
@@ -366,7 +370,7 @@ impl JobEngine {
     pub fn downlink(&self, party: u32, round: u32) -> Result<Vec<f64>, EngineError> {
         let live = self.live_for(round)?;
         Ok(match live.kind {
-            TaskKind::Training => self.strategy.downlink(party),
+            TaskKind::Training | TaskKind::Outputs => self.strategy.downlink(party),
             TaskKind::Audit => self.strategy.release_model().to_flat(),
         })
     }
@@ -454,7 +458,7 @@ impl JobEngine {
         };
         live.awaiting_charge = false;
         let (kind, round) = (live.kind, live.round);
-        if kind == TaskKind::Training {
+        if kind != TaskKind::Audit {
             self.charged_rounds.insert(round);
         }
         self.confirm_unmask(now)
@@ -583,14 +587,14 @@ impl JobEngine {
             return Ok(());
         }
         let rounds = self.rounds();
-        if self.state == JobState::Running && self.next_round > rounds {
+        if self.state == JobState::Running && (self.next_round > rounds || self.strategy.done()) {
             self.set_state(JobState::Auditing, None);
         }
         match self.state {
             JobState::Running => {
                 let round = self.next_round;
                 let plan = round_plan(&self.policy, &self.id, round);
-                self.start_task(round, plan, 0, TaskKind::Training, now)
+                self.start_task(round, plan, 0, now)
             }
             JobState::Auditing => {
                 let round = self.next_round.max(rounds + 1);
@@ -602,15 +606,41 @@ impl JobEngine {
                         offset: 0,
                         dimension: audit::counts_width(&self.policy),
                         clip_norm: 0.0,
+                        outputs: false,
                     }],
                 };
-                self.start_task(round, plan, 0, TaskKind::Audit, now)
+                self.start_audit(round, plan, now)
             }
             _ => Ok(()),
         }
     }
 
+    /// Starts task `index` of a training round (an update, or the outputs
+    /// of models trained at home).
     fn start_task(
+        &mut self,
+        round: u32,
+        plan: RoundPlan,
+        index: usize,
+        now: Instant,
+    ) -> Result<(), EngineError> {
+        let kind = match plan.tasks[index].outputs {
+            true => TaskKind::Outputs,
+            false => TaskKind::Training,
+        };
+        self.start_kind(round, plan, index, kind, now)
+    }
+
+    fn start_audit(
+        &mut self,
+        round: u32,
+        plan: RoundPlan,
+        now: Instant,
+    ) -> Result<(), EngineError> {
+        self.start_kind(round, plan, 0, TaskKind::Audit, now)
+    }
+
+    fn start_kind(
         &mut self,
         round: u32,
         plan: RoundPlan,
@@ -625,6 +655,7 @@ impl JobEngine {
                 let len = scheme.padded;
                 (Some(scheme), self.plan.bits, len)
             }
+            TaskKind::Outputs => (None, OUTPUT_BITS, task.dimension),
             TaskKind::Audit => (None, AUDIT_BITS, task.dimension),
         };
         let cohort: Vec<(PartyId, IdentityPublicKey)> = task
@@ -709,24 +740,49 @@ impl JobEngine {
     /// when there is nothing to charge.
     fn charge_point(&mut self, now: Instant) -> Result<(), EngineError> {
         let live = self.live.as_mut().expect("a live task");
+        // What every party's home training costs its own records; charged
+        // for the whole roster, whoever survived the sum: a member that
+        // dropped out may still have trained.
+        let home = |charge: Option<RoundCharge>| -> Vec<(Option<u32>, RoundCharge)> {
+            charge
+                .map(|c| self.roster.keys().map(|p| (Some(*p), c.clone())).collect())
+                .unwrap_or_default()
+        };
         let charge = match (self.policy.privacy.unit, live.kind) {
             (Unit::None, _) => None,
-            (_, TaskKind::Training) if self.charged_rounds.contains(&live.round) => None,
-            (_, TaskKind::Training) => Some((ChargeKind::Training, self.plan.charge.clone())),
-            (_, TaskKind::Audit) => self
-                .plan
-                .audit
-                .as_ref()
-                .map(|a| (ChargeKind::Audit, a.charge.clone())),
+            (_, TaskKind::Training | TaskKind::Outputs)
+                if self.charged_rounds.contains(&live.round) =>
+            {
+                None
+            }
+            (_, TaskKind::Training) => {
+                Some((ChargeKind::Training, vec![(None, self.plan.charge.clone())]))
+            }
+            (_, TaskKind::Outputs) => Some((ChargeKind::Training, home(self.plan.home_charge()))),
+            (_, TaskKind::Audit) => {
+                // The transfer's fine-tuning happens as the audit's counts
+                // are taken: charged with them.
+                let mut charges: Vec<_> = self
+                    .plan
+                    .audit
+                    .as_ref()
+                    .map(|a| (None, a.charge.clone()))
+                    .into_iter()
+                    .collect();
+                if !self.plan.at_home {
+                    charges.extend(home(self.plan.home_charge()));
+                }
+                Some((ChargeKind::Audit, charges))
+            }
         };
-        match charge {
-            Some((kind, charge)) => {
+        match charge.filter(|(_, c)| !c.is_empty()) {
+            Some((kind, charges)) => {
                 live.awaiting_charge = true;
                 self.effects.push_back(Effect::Charge {
                     round: live.round,
                     task: live.task().id,
                     kind,
-                    charge,
+                    charges,
                 });
                 self.generation += 1;
                 Ok(())
@@ -760,7 +816,7 @@ impl JobEngine {
 
     /// Ends the round after its last task: the strategy's state to keep.
     fn round_end(&mut self, live: &Live) -> Option<RoundEnd> {
-        if live.kind != TaskKind::Training || live.index + 1 < live.plan.tasks.len() {
+        if live.kind == TaskKind::Audit || live.index + 1 < live.plan.tasks.len() {
             return None;
         }
         self.strategy.end_round(live.round);
@@ -802,19 +858,26 @@ impl JobEngine {
             return Ok(());
         }
         let records = self.records(&contributors);
-        let mut sum = live
-            .scheme
-            .as_ref()
-            .expect("a training task has a scheme")
-            .decode(&agg.sum);
-        // The canaries' coordinates follow the model's: scored, then cut off.
-        let dimension = live.task().dimension;
-        audit::score_canaries(
-            &mut self.canary_scores,
-            &sum[dimension..],
-            live.task().clip_norm,
-        );
-        sum.truncate(dimension);
+        let sum = match live.kind {
+            TaskKind::Outputs => decode_outputs(&agg.sum),
+            _ => {
+                let mut sum = live
+                    .scheme
+                    .as_ref()
+                    .expect("a training task has a scheme")
+                    .decode(&agg.sum);
+                // The canaries' coordinates follow the model's: scored,
+                // then cut off.
+                let dimension = live.task().dimension;
+                audit::score_canaries(
+                    &mut self.canary_scores,
+                    &sum[dimension..],
+                    live.task().clip_norm,
+                );
+                sum.truncate(dimension);
+                sum
+            }
+        };
         self.strategy.absorb(
             live.round,
             TaskResult {
@@ -885,18 +948,16 @@ impl JobEngine {
             dropped,
             round_end,
         });
+        if let Some(why) = self.strategy.failure() {
+            self.fail(&why);
+            return Ok(());
+        }
         self.next_task(live, now)
     }
 
     fn next_task(&mut self, live: Live, now: Instant) -> Result<(), EngineError> {
         if live.index + 1 < live.plan.tasks.len() {
-            return self.start_task(
-                live.round,
-                live.plan,
-                live.index + 1,
-                TaskKind::Training,
-                now,
-            );
+            return self.start_task(live.round, live.plan, live.index + 1, now);
         }
         self.advance(now)
     }

@@ -121,18 +121,20 @@ impl Host<'_> {
                 round,
                 task,
                 kind,
-                charge,
+                charges,
             } => {
                 failpoint("before-charge");
-                let c = self.store.charge_round(&job, round, task, kind, &charge)?;
+                let c = self.store.charge_round(&job, round, task, kind, &charges)?;
+                let paid_by: Vec<Option<u32>> = charges.iter().map(|(p, _)| *p).collect();
+                let rho: Vec<f64> = charges.iter().map(|(_, c)| c.rho).collect();
                 self.log(
                     "round-charged",
                     &job,
                     json!({ "round": round, "task": task, "kind": kind.name(), "charge_id": c.id,
-                            "rho": c.rho, "epsilon_after": c.epsilon_after }),
+                            "rho": rho, "paid_by": paid_by, "epsilon_after": c.epsilon_after }),
                 )?;
-                tracing::info!(job = %job, round, task, kind = kind.name(), rho = c.rho,
-                    epsilon_after = c.epsilon_after, "charged before decoding");
+                tracing::info!(job = %job, round, task, kind = kind.name(), rho = ?rho,
+                    paid_by = ?paid_by, epsilon_after = c.epsilon_after, "charged before decoding");
                 failpoint("after-charge");
                 engine.charged(now)?;
             }
@@ -174,7 +176,7 @@ impl Host<'_> {
                         "audit-sum",
                         json!({ "round": round, "contributors": contributors, "dropped": dropped }),
                     ),
-                    TaskKind::Training => (
+                    TaskKind::Training | TaskKind::Outputs => (
                         "round-finished",
                         json!({ "round": round, "task": task, "contributors": contributors,
                                 "dropped": dropped, "epsilon_spent": spent }),
@@ -518,7 +520,7 @@ pub fn resume_job(
     let audit_attempts = store
         .rounds(id)?
         .iter()
-        .filter(|r| r.round > rec.rounds && r.state == "aborted")
+        .filter(|r| r.round > job_policy.sum_rounds() && r.state == "aborted")
         .count() as u32;
     store.log_append(
         "job-resumed",

@@ -48,7 +48,7 @@ pub struct SessionState {
     pub audit_sent: bool,
 }
 
-pub use super::task::{TaskKind, AUDIT_BITS};
+pub use super::task::{TaskKind, AUDIT_BITS, OUTPUT_BITS};
 
 /// A task the party agreed to take part in, with the parameters it derived
 /// itself.
@@ -98,6 +98,12 @@ pub enum Refusal {
         rounds: u32,
     },
     AuditAlreadySent,
+    /// The announced kind is not the one the party's strategy plans for
+    /// the task.
+    WrongKind {
+        task: u32,
+        announced: &'static str,
+    },
     WrongShape {
         len: usize,
         bits: u8,
@@ -133,6 +139,16 @@ impl fmt::Display for Refusal {
             Refusal::UnknownTask { task, tasks } => write!(
                 f,
                 "task {task} does not exist: the strategy plans {tasks} task(s) for this round"
+            ),
+            Refusal::WrongKind { task, announced } => write!(
+                f,
+                "task {task} is announced as a{} {announced} sum; this party's strategy plans \
+                 another kind for it",
+                if announced.starts_with(['a', 'o']) {
+                    "n"
+                } else {
+                    ""
+                }
             ),
             Refusal::CohortMismatch { task } => write!(
                 f,
@@ -220,6 +236,7 @@ impl PartyRules {
     pub fn admit(&self, live: &LiveTask) -> Result<Admission, Refusal> {
         let kind = match live.kind.as_str() {
             "training" => TaskKind::Training,
+            "outputs" => TaskKind::Outputs,
             "audit" => TaskKind::Audit,
             other => return Err(Refusal::UnknownKind(other.to_string())),
         };
@@ -239,10 +256,10 @@ impl PartyRules {
                 needed,
             });
         }
-        let rounds = self.policy.privacy.rounds;
+        let rounds = self.policy.sum_rounds();
         let (round, task) = (live.round, live.task);
         let (expected_len, expected_bits) = match kind {
-            TaskKind::Training => {
+            TaskKind::Training | TaskKind::Outputs => {
                 if !(1..=rounds).contains(&round) {
                     return Err(Refusal::RoundOutOfRange { round, rounds });
                 }
@@ -256,13 +273,25 @@ impl PartyRules {
                 if spec.cohort != live.cohort {
                     return Err(Refusal::CohortMismatch { task });
                 }
+                // An outputs sum carries no noise: a coordinator must not
+                // pass a training update off as one, nor the reverse.
+                if spec.outputs != (kind == TaskKind::Outputs) {
+                    return Err(Refusal::WrongKind {
+                        task,
+                        announced: kind.name(),
+                    });
+                }
                 if let Some(last) = self.state.last_training {
                     if (round, task) <= last {
                         return Err(Refusal::NotAfterLast { round, task, last });
                     }
                 }
-                let scheme = training_scheme(&self.policy, &self.plan, &self.job, round, spec);
-                (scheme.padded, self.plan.bits)
+                if spec.outputs {
+                    (spec.dimension, OUTPUT_BITS)
+                } else {
+                    let scheme = training_scheme(&self.policy, &self.plan, &self.job, round, spec);
+                    (scheme.padded, self.plan.bits)
+                }
             }
             TaskKind::Audit => {
                 if round <= rounds {
@@ -313,7 +342,7 @@ impl PartyRules {
     /// The party starts on an admitted task: that training (round, task) is
     /// used up, whatever happens to it.
     pub fn start(&mut self, a: &Admission) {
-        if a.kind == TaskKind::Training {
+        if a.kind != TaskKind::Audit {
             self.state.last_training = Some((a.round, a.task));
         }
     }
@@ -610,19 +639,36 @@ impl PartySession {
             .map_err(|e| format!("the coordinator's model: {e}"))?;
         let words = match a.kind {
             TaskKind::Training => self.training_input(a)?,
+            TaskKind::Outputs => self.outputs_input(a)?,
             TaskKind::Audit => {
                 let attacks = audit::population_attacks(self.rules.policy());
-                let counts = audit::party_counts(
-                    &self.half.model(),
+                let model = self.half.model();
+                let mut counts = audit::party_counts(
+                    &model,
                     &self.member.data,
                     &self.sample,
                     &attacks,
                     self.audit_seed,
                 );
+                // Transfer: the fine-tuned model is trained here, at home,
+                // and only its counts leave, in this noisy sum.
+                let plan = self.rules.plan();
+                let mut home =
+                    self.home_noise(plan.finetune.as_deref().unwrap_or(plan), a, "finetune")?;
+                if let Some(tuned) = self.half.fine_tune(&self.training, &mut home) {
+                    let tuned = tuned.map_err(|e| format!("home fine-tuning: {e}"))?;
+                    counts.extend(audit::transfer_counts(
+                        &model,
+                        &tuned,
+                        &self.member.data,
+                        &self.sample,
+                    ));
+                }
                 let randomness = self.randomness;
                 let label = format!("{}/{}/audit/{}", self.rules.job(), a.round, self.member.id);
                 let stds = self.rules.plan().audit.as_ref().map(|a| a.noise_stds());
-                audit::party_input(&counts, &stds.unwrap_or_default(), |k| {
+                let layout = audit::block_layout(self.rules.policy());
+                audit::party_input(&counts, &layout, &stds.unwrap_or_default(), |k| {
                     randomness.noise_seed(&format!("{label}/{k}"))
                 })
                 .map_err(|e| e.to_string())?
@@ -718,6 +764,56 @@ impl PartySession {
         Ok(scheme.wrap(&acc))
     }
 
+    /// The noisy sums of this party's home DP-SGD under `plan` (the
+    /// ensemble's: the job's; the transfer's: its fine-tuning's).
+    fn home_noise(
+        &self,
+        plan: &PrivacyPlan,
+        a: &Admission,
+        what: &str,
+    ) -> Result<HomeNoise, String> {
+        let noise_std = plan.noise_std_per_party;
+        #[cfg(test)]
+        let noise_std = match self.randomness {
+            InputRandomness::WeakNoise { divisor, .. } => (noise_std / f64::from(divisor)).round(),
+            _ => noise_std,
+        };
+        HomeNoise::new(
+            plan,
+            noise_std,
+            self.rules.policy(),
+            self.rules.job(),
+            a.round,
+            self.member.id,
+            &self.member.identity_seed,
+            what,
+            self.randomness,
+        )
+    }
+
+    /// An outputs task: the member trains at home, then its outputs on the
+    /// public data are written as words. No noise: they are computed from
+    /// a DP release only.
+    fn outputs_input(&mut self, a: &Admission) -> Result<Vec<u32>, String> {
+        let spec = round_plan(self.rules.policy(), self.rules.job(), a.round)
+            .tasks
+            .into_iter()
+            .find(|t| t.id == a.task)
+            .ok_or("the task left the plan")?;
+        let mut home = self.home_noise(self.rules.plan(), a, "member")?;
+        let out = self
+            .half
+            .outputs(a.round, &spec, &self.training, &mut home)?;
+        if out.len() != spec.dimension {
+            return Err(format!(
+                "this party's outputs have {} values, the task {}",
+                out.len(),
+                spec.dimension
+            ));
+        }
+        Ok(crate::job::task::encode_outputs(&out))
+    }
+
     /// A message from the coordinator for the task being taken part in.
     pub fn handle(&mut self, bytes: &[u8]) -> Result<(), String> {
         let t = self
@@ -753,6 +849,82 @@ impl PartySession {
     }
 }
 
+/// A party's home DP-SGD sums: its gradients clipped and rounded on its
+/// home plan's grid, its whole discrete Gaussian added (no other party's
+/// noise joins it), decoded. Randomness as the party's secure-sum inputs.
+pub struct HomeNoise {
+    scheme: crate::dp::encode::EncodingScheme,
+    noise: Option<DiscreteGaussianShare>,
+    randomness: InputRandomness,
+    /// Keys the record samples; wiped on drop.
+    secret: Zeroizing<[u8; 32]>,
+    label: String,
+}
+
+impl HomeNoise {
+    /// The home sums of party `member` in `round` of `job` under `plan`,
+    /// `what` naming the training ("member", "finetune"): its record
+    /// samples keyed by its identity seed, its noise of std `noise_std`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        plan: &PrivacyPlan,
+        noise_std: f64,
+        policy: &Policy,
+        job: &str,
+        round: u32,
+        member: u32,
+        identity_seed: &[u8; 32],
+        what: &str,
+        randomness: InputRandomness,
+    ) -> Result<HomeNoise, String> {
+        let rotation = (policy.encoding.rotation == crate::policy::Rotation::Hadamard)
+            .then(|| crate::strategy::public_seed("home rotation", job, round, member));
+        Ok(HomeNoise {
+            scheme: crate::dp::encode::EncodingScheme::for_task(
+                plan,
+                plan.dimension,
+                0,
+                plan.clip_norm,
+                rotation,
+            ),
+            noise: (policy.privacy.unit != Unit::None)
+                .then(|| DiscreteGaussianShare::new(noise_std))
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            randomness,
+            secret: party_secret(
+                identity_seed,
+                "home sample",
+                &format!("{job}/{round}/{what}"),
+            ),
+            label: format!("{job}/{round}/{what}/{member}"),
+        })
+    }
+}
+
+impl crate::strategy::home::NoisySum for HomeNoise {
+    fn noisy_sum(&mut self, step: u32, mut grads: Vec<Vec<f64>>) -> Result<Vec<f64>, String> {
+        use zeroize::Zeroize;
+        let label = format!("{}/{step}", self.label);
+        let mut rng = self.randomness.rounding_rng(&label);
+        let mut acc: Zeroizing<Vec<i64>> = Zeroizing::new(vec![0i64; self.scheme.padded]);
+        for g in grads.iter_mut() {
+            let q = self.scheme.quantize_into(g, &mut rng, &mut acc);
+            g.zeroize();
+            q.map_err(|e| format!("encoding failed: {e}"))?;
+        }
+        if let Some(n) = &self.noise {
+            n.add_to_with_seed(&mut acc, &self.randomness.noise_seed(&label))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(self.scheme.decode(&self.scheme.wrap(&acc)))
+    }
+
+    fn sample_seed(&mut self, step: u32) -> Zeroizing<[u8; 32]> {
+        party_secret(&self.secret, "home step", &step.to_string())
+    }
+}
+
 /// The canaries the coordinator deals this party, checked against the
 /// public dealing rule: `m` of them, round-robin over the roster in order,
 /// each once. Canaries carry no data, but a coordinator could otherwise
@@ -774,4 +946,72 @@ fn own_canaries(dealt: &[u32], m: u32, party: u32, policy: &Policy) -> Result<Ve
         last = Some(i);
     }
     Ok(dealt.iter().map(|&i| i as usize).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::home::NoisySum;
+
+    /// A home step's sum carries the party's whole noise: with nothing to
+    /// sum, what comes back is that noise alone, of std σ·γ per coordinate
+    /// in the model's units; and each step's noise is fresh.
+    #[test]
+    fn a_home_step_carries_the_partys_whole_noise() {
+        let dir = std::env::temp_dir().join(format!("shroud-home-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows: String = (0..20)
+            .map(|i| format!("{}\n", vec![format!("{i}"); 13].join(",")))
+            .collect();
+        std::fs::write(dir.join("public.csv"), &rows).unwrap();
+        let sha = crate::policy::hex(&Sha256::digest(rows.as_bytes()));
+        let mut text = "[consortium]\nid = \"c\"\nthreshold = 3\nmax_colluding = 1\n\
+                        neighbors = \"all\"\n\n"
+            .to_string();
+        for i in 0..4u32 {
+            text += &format!(
+                "[[party]]\nid = {i}\nname = \"p{i}\"\nidentity_key = \"{}\"\nrecords = 30\n\n",
+                crate::job::demo_public_key_hex(i)
+            );
+        }
+        text += &format!(
+            "[privacy]\nunit = \"record\"\nepsilon = 2.0\ndelta = 1e-5\naccountant = \"zcdp\"\n\
+             clip_norm = 1.0\ncalibrate = true\nrounds = 10\nsampling_rate = 1.0\n\n\
+             [encoding]\nbits = 24\nrotation = \"hadamard\"\n\n\
+             [strategy]\nkind = \"ensemble\"\npublic_set = \"public.csv\"\n\
+             public_set_sha256 = \"{sha}\"\nmodel = \"mlp\"\ninputs = 13\nhidden = [16]\n\
+             classes = 3\n\n[audit]\nattacks = [\"loss\"]\ncanaries = 0\n"
+        );
+        let policy = Policy::parse(&dir.join("e.toml"), &text).unwrap();
+        let plan = PrivacyPlan::for_policy(&policy).unwrap();
+        assert!(plan.at_home);
+        let mut home = HomeNoise {
+            scheme: crate::dp::encode::EncodingScheme::for_task(
+                &plan,
+                plan.dimension,
+                0,
+                plan.clip_norm,
+                Some([3; 32]),
+            ),
+            noise: Some(DiscreteGaussianShare::new(plan.noise_std_per_party).unwrap()),
+            randomness: InputRandomness::Seeded(1),
+            secret: Zeroizing::new([9; 32]),
+            label: "t".into(),
+        };
+        let a = home.noisy_sum(0, Vec::new()).unwrap();
+        let b = home.noisy_sum(1, Vec::new()).unwrap();
+        assert_eq!(a.len(), plan.dimension);
+        assert_ne!(a, b, "the noise must be fresh each step");
+        let want = plan.noise_std_per_party * plan.gamma;
+        for v in [&a, &b] {
+            let sd = (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt();
+            assert!(
+                (sd / want - 1.0).abs() < 0.25,
+                "noise std {sd}, the plan's {want}"
+            );
+        }
+        // The noise is z times the clip norm, at the party alone.
+        assert!((want / (plan.noise_multiplier * plan.clip_norm) - 1.0).abs() < 0.05);
+        assert_ne!(*home.sample_seed(0), *home.sample_seed(1));
+    }
 }

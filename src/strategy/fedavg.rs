@@ -31,6 +31,7 @@ pub fn plan(policy: &Policy) -> RoundPlan {
             offset: 0,
             dimension: policy.strategy.dimension(),
             clip_norm: policy.privacy.clip_norm,
+            outputs: false,
         }],
     }
 }

@@ -58,6 +58,7 @@ pub fn plan(policy: &Policy, job: &str, round: u32, group_size: usize) -> RoundP
                 offset,
                 dimension: d,
                 clip_norm: policy.privacy.clip_norm * (d as f64 / total).sqrt(),
+                outputs: false,
             });
         }
         offset += d;

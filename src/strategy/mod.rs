@@ -16,11 +16,14 @@
 //! party recomputes them from its own policy before it takes part.
 //! `docs/architecture.md` shows how a new strategy plugs in.
 
+pub mod ensemble;
 pub mod fedavg;
 pub mod fedmr;
+pub mod home;
 mod local;
 pub mod series;
 pub mod state;
+pub mod transfer;
 
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -49,6 +52,9 @@ pub struct TaskSpec {
     /// for a whole-model task, a share of it for a slice, so that a party's
     /// tasks in one round together stay within the policy's norm.
     pub clip_norm: f64,
+    /// The task sums what models trained at home output on public data
+    /// (values in [0, 1]), not an update: see [`PartyHalf::outputs`].
+    pub outputs: bool,
 }
 
 /// A round's tasks. Tasks of one round run one after another; each is a
@@ -70,6 +76,9 @@ pub enum Composition {
     /// concatenation of a party's contributions has the policy's norm and
     /// each noisy sum sees it once, so the round costs one charge.
     Parallel { tasks: usize, slices: usize },
+    /// Sums of what models trained at home output: no noise of their own,
+    /// paid for by each party's home training.
+    Outputs,
 }
 
 impl RoundPlan {
@@ -77,6 +86,12 @@ impl RoundPlan {
     /// why: refused when a party would take part twice in one slice or its
     /// tasks' clip norms would square-sum above the policy's.
     pub fn composition(&self, clip_norm: f64) -> Result<Composition, String> {
+        if !self.tasks.is_empty() && self.tasks.iter().all(|t| t.outputs) {
+            return Ok(Composition::Outputs);
+        }
+        if self.tasks.iter().any(|t| t.outputs) {
+            return Err("a round mixes outputs sums with noisy updates".into());
+        }
         if let [t] = self.tasks.as_slice() {
             if t.clip_norm <= clip_norm {
                 return Ok(Composition::Single);
@@ -141,6 +156,18 @@ pub trait CoordinatorHalf: Send {
     /// A task that produced no sum (too few survivors).
     fn task_aborted(&mut self, _round: u32, _task: &TaskSpec) {}
 
+    /// Why the job cannot go on, once a task it needed aborted (the
+    /// ensemble's last attempt at its one sum).
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
+    /// Training is over before the planned rounds are (the ensemble, once
+    /// its one sum is in): the job goes on to its audit.
+    fn done(&self) -> bool {
+        false
+    }
+
     /// Every task of `round` has finished or aborted.
     fn end_round(&mut self, round: u32);
 
@@ -167,6 +194,31 @@ pub trait PartyHalf: Send {
         data: &Dataset,
         sample_seed: &[u8; 32],
     ) -> Contribution;
+
+    /// For an outputs task: trains at home with DP-SGD, each step's noisy
+    /// gradient sum from `home`, then returns what the home model outputs
+    /// (values in [0, 1]). Only strategies that plan outputs tasks are
+    /// asked.
+    fn outputs(
+        &mut self,
+        _round: u32,
+        _task: &TaskSpec,
+        _data: &Dataset,
+        _home: &mut dyn home::NoisySum,
+    ) -> Result<Vec<f64>, String> {
+        Err("this strategy plans no outputs task".into())
+    }
+
+    /// Transfer: fine-tunes the model at home with DP-SGD (each step's
+    /// noisy gradient sum from `home`) and returns the fine-tuned model,
+    /// which never leaves the party. `None` for other strategies.
+    fn fine_tune(
+        &mut self,
+        _data: &Dataset,
+        _home: &mut dyn home::NoisySum,
+    ) -> Option<Result<Network, String>> {
+        None
+    }
 
     /// The model the party holds (after the audit round's download: the
     /// released model, which it scores its audit sample with).
@@ -195,6 +247,8 @@ pub fn round_plan(policy: &Policy, job: &str, round: u32) -> RoundPlan {
             }
         }
         StrategyKind::Series { .. } => series::plan(policy, round),
+        StrategyKind::Transfer { .. } => fedavg::plan(policy),
+        StrategyKind::Ensemble { .. } => ensemble::plan(policy),
     }
 }
 
@@ -211,6 +265,9 @@ pub fn coordinator_half(
             Box::new(fedmr::FedMr::new(policy, seed, warmup_rounds, saved)?)
         }
         StrategyKind::Series { .. } => Box::new(series::Series::new(policy, seed, saved)?),
+        // The base is trained and released as FedAvg trains its model.
+        StrategyKind::Transfer { .. } => Box::new(fedavg::FedAvg::new(policy, seed, saved)?),
+        StrategyKind::Ensemble { .. } => Box::new(ensemble::Ensemble::new(policy, seed, saved)?),
     })
 }
 
@@ -219,6 +276,8 @@ pub fn coordinator_half(
 pub fn party_half(policy: &Policy, saved: Option<&[u8]>) -> Result<Box<dyn PartyHalf>, StateError> {
     Ok(match policy.strategy.kind {
         StrategyKind::Series { .. } => Box::new(series::SeriesParty::new(policy, saved)?),
+        StrategyKind::Transfer { .. } => Box::new(transfer::TransferParty::new(policy, saved)?),
+        StrategyKind::Ensemble { .. } => Box::new(ensemble::Member::new(policy, saved)?),
         _ => Box::new(LocalTrainer::new(policy, saved)?),
     })
 }

@@ -48,6 +48,7 @@ pub fn plan(policy: &Policy, round: u32) -> RoundPlan {
             offset: s.stage_offsets()[k],
             dimension: s.stage_dimensions()[k],
             clip_norm: policy.privacy.clip_norm,
+            outputs: false,
         }],
     }
 }
