@@ -140,14 +140,27 @@ fn the_comparison_page_renders_its_plots_in_chromium() {
     assert!(content <= viewport, "{content} px in {viewport} px");
 }
 
-/// The shipped spec parses: every strategy there is, the five partitions,
-/// four ε settings and three seeds.
+/// The shipped specs parse and between them run every strategy there is:
+/// the first on five partitions, four ε settings and three seeds.
 #[test]
-fn the_shipped_spec_lists_every_strategy_on_five_partitions() {
+fn the_shipped_specs_list_every_strategy() {
     let spec = shroud::compare::load_spec(Path::new("specs/mnist1d-heterogeneity.toml")).unwrap();
-    let names: Vec<&str> = spec.strategies.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, shroud::policy::STRATEGIES);
+    let home =
+        shroud::compare::load_spec(Path::new("specs/mnist1d-transfer-ensemble.toml")).unwrap();
+    let mut names: Vec<&str> = spec
+        .strategies
+        .iter()
+        .chain(&home.strategies)
+        .map(|s| s.name.as_str())
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut all = shroud::policy::STRATEGIES.to_vec();
+    all.sort();
+    assert_eq!(names, all);
     assert_eq!(shroud::compare::cells(&spec).len(), 5 * 3 * 4 * 3);
+    assert_eq!(shroud::compare::cells(&home).len(), 2 * 3 * 4 * 3);
+    assert_eq!(home.public_records, Some(500));
     let longer =
         shroud::compare::load_spec(Path::new("specs/mnist1d-partitions-fedavg-150.toml")).unwrap();
     assert_eq!(shroud::compare::cells(&longer).len(), 5 * 2 * 3);

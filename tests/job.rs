@@ -445,3 +445,165 @@ fn the_demo_runs_from_any_folder() {
         "{err}"
     );
 }
+
+/// The average ensemble in memory: each member trains at home and only the
+/// one secure sum of their class probabilities leaves — without noise, each
+/// input a plain probability table and the coordinator seeing only the
+/// sum. Each party's home training is charged under its own id, the audit
+/// under none, and the ledger's ε is what `policy check` predicts: the
+/// largest member's plus the audit's.
+#[test]
+fn ensemble_sums_member_probabilities_without_noise_and_charges_each_member() {
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let public = common::wine_public_set(&common::temp_dir("ensemble-public"));
+    let text = common::ensemble_policy_text(&records, &public, 6);
+    let policy = Policy::parse(Path::new("ensemble.toml"), &text).unwrap();
+    let plan = shroud::dp::plan::PrivacyPlan::for_policy(&policy).unwrap();
+    let (status, sums, inputs, ledger) = run_wine_job(&text, "ensemble-job", 0.0);
+    assert_eq!(status.state, "released", "{status:?}");
+    check_sums(&sums, &inputs);
+    let q = policy.strategy.public_set.as_ref().unwrap().records;
+    let classes = policy.strategy.classes;
+    // One outputs sum, then the audit's.
+    let outputs: Vec<_> = sums.iter().filter(|s| s.round == 1).collect();
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0].sum.len(), q * classes);
+    assert_eq!(outputs[0].contributors.len(), 8);
+    // The first attempt succeeded: the audit's sum comes next (round 4,
+    // after the three attempts the plan allows).
+    let rounds: BTreeSet<u32> = sums.iter().map(|s| s.round).collect();
+    assert_eq!(rounds, BTreeSet::from([1, 4]));
+    // Each member's input is its probabilities as words, noise-free: every
+    // record's row sums to one (to the word grid). What a member sends
+    // never reaches the coordinator on its own: it saw only the sum.
+    for i in inputs.iter().filter(|i| i.round == 1) {
+        let p = shroud::job::task::decode_outputs(&i.words);
+        for row in p.chunks(classes) {
+            let total: f64 = row.iter().sum();
+            assert!((total - 1.0).abs() < 1e-3, "party {}: {row:?}", i.party);
+        }
+    }
+    let summed = shroud::job::task::decode_outputs(&outputs[0].sum);
+    for row in summed.chunks(classes) {
+        assert!((row.iter().sum::<f64>() - 8.0).abs() < 1e-2, "{row:?}");
+    }
+    // The members did not all train the same model: their inputs differ.
+    let first = &inputs.iter().find(|i| i.round == 1).unwrap().words;
+    assert!(inputs
+        .iter()
+        .filter(|i| i.round == 1)
+        .any(|i| &i.words != first));
+    let charges = ledger.charges(Some("ensemble-job")).unwrap();
+    let home = plan.home_charge().unwrap();
+    let members: Vec<u32> = charges
+        .iter()
+        .filter(|c| c.kind == ChargeKind::Training)
+        .map(|c| {
+            assert!((c.rho - home.rho).abs() < 1e-12, "{c:?}");
+            assert_eq!(c.round, 1);
+            c.party.expect("home training is charged to its party")
+        })
+        .collect();
+    assert_eq!(members, (0..8).collect::<Vec<u32>>());
+    let audit: Vec<_> = charges
+        .iter()
+        .filter(|c| c.kind == ChargeKind::Audit)
+        .collect();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].party, None);
+    let spent = ledger.job_spent("ensemble-job").unwrap();
+    assert!(
+        (spent - plan.epsilon_total).abs() < 1e-9,
+        "ledger {spent} against policy check {}",
+        plan.epsilon_total
+    );
+    // Eight members each paying ρ in sequence would cost far more.
+    let sequential =
+        shroud::dp::accountant::zcdp_epsilon_of_rho(8.0 * home.rho, policy.privacy.delta).unwrap();
+    assert!(spent < sequential / 2.0, "{spent} vs {sequential}");
+}
+
+/// Transfer in memory: the base trains as FedAvg (one shared charge per
+/// round, exact sums); the parties fine-tune at home as the audit's counts
+/// are taken, each charged under its own id with the audit; the report
+/// carries both models' confusion counts; ε is as predicted.
+#[test]
+fn transfer_trains_a_base_then_fine_tunes_at_home_and_reports_both() {
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let text = common::transfer_policy_text(&records, 4);
+    let policy = Policy::parse(Path::new("transfer.toml"), &text).unwrap();
+    let plan = shroud::dp::plan::PrivacyPlan::for_policy(&policy).unwrap();
+    let (status, sums, inputs, ledger) = run_wine_job(&text, "transfer-job", 0.0);
+    assert_eq!(status.state, "released", "{status:?}");
+    check_sums(&sums, &inputs);
+    let charges = ledger.charges(Some("transfer-job")).unwrap();
+    let shared: Vec<u32> = charges
+        .iter()
+        .filter(|c| c.kind == ChargeKind::Training)
+        .map(|c| {
+            assert_eq!(c.party, None);
+            c.round
+        })
+        .collect();
+    assert_eq!(shared, vec![1, 2, 3, 4], "{charges:?}");
+    let home = plan.home_charge().unwrap();
+    let tuned: Vec<u32> = charges
+        .iter()
+        .filter(|c| c.kind == ChargeKind::Audit && c.party.is_some())
+        .map(|c| {
+            assert!((c.rho - home.rho).abs() < 1e-12, "{c:?}");
+            c.party.unwrap()
+        })
+        .collect();
+    assert_eq!(tuned, (0..8).collect::<Vec<u32>>());
+    let spent = ledger.job_spent("transfer-job").unwrap();
+    assert!(
+        (spent - plan.epsilon_total).abs() < 1e-9 && spent <= 8.0,
+        "ledger {spent} against policy check {}",
+        plan.epsilon_total
+    );
+    let dir = tmp("transfer-job");
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&dir).join("transfer-job/audit-report.json")).unwrap(),
+    )
+    .unwrap();
+    let t = &report["transfer"];
+    assert_eq!(t["classes"], 3);
+    assert_eq!(t["base"].as_array().unwrap().len(), 9);
+    assert_eq!(t["fine_tuned"].as_array().unwrap().len(), 9);
+    assert!(t["noise_std"].as_f64().unwrap() > 0.0);
+    let html =
+        std::fs::read_to_string(Path::new(&dir).join("transfer-job/audit-report.html")).unwrap();
+    assert!(html.contains("id=\"transfer\""));
+}
+
+/// An ensemble whose sum keeps aborting (every member silent each round)
+/// tries it in each of its three rounds, then fails with the reason; the
+/// audit never runs and nothing is released.
+#[test]
+fn an_ensemble_whose_sum_never_completes_fails_after_three_attempts() {
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let public = common::wine_public_set(&common::temp_dir("ensemble-dropped-public"));
+    let text = common::ensemble_policy_text(&records, &public, 4);
+    let (status, sums, _, ledger) = run_wine_job(&text, "ensemble-dropped", 1.0);
+    assert_eq!(status.state, "failed", "{status:?}");
+    let reason = status.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("member probabilities") && reason.contains("aborted 3 times"),
+        "{reason}"
+    );
+    assert!(
+        sums.is_empty(),
+        "a sum completed: {:?}",
+        sums.iter()
+            .map(|s| (s.round, s.contributors.clone()))
+            .collect::<Vec<_>>()
+    );
+    let attempts: BTreeSet<u32> = status.history.iter().map(|r| r.round).collect();
+    assert_eq!(attempts, BTreeSet::from([1, 2, 3]), "{:?}", status.history);
+    assert!(ledger
+        .charges(Some("ensemble-dropped"))
+        .unwrap()
+        .iter()
+        .all(|c| c.kind == ChargeKind::Training));
+}

@@ -186,3 +186,64 @@ fn a_ledger_from_before_charge_kinds_is_brought_up_to_date() {
     let err = l.spent("old").unwrap_err().to_string();
     assert!(err.contains("earlier RDP accountant"), "{err}");
 }
+
+/// A charge paid by one party's records (its home training) counts for
+/// that party alone: the consortium pays the shared charges plus the
+/// largest party's own total, under either accountant; a party's home
+/// charges across jobs add up.
+#[test]
+fn home_charges_compose_in_parallel_across_parties() {
+    for accountant in [AccountantKind::Zcdp, AccountantKind::Rdp] {
+        let db = temp_db(&format!("home-{}", accountant.name()));
+        let mut l = PrivacyLedger::open(&db).unwrap();
+        l.set_budget("c", 100.0, 1e-6, accountant).unwrap();
+        l.begin_job("c", "ens", "hash", &[]).unwrap();
+        l.charge_all_with(
+            "ens",
+            1,
+            0,
+            TRAINING,
+            &[
+                (Some(0), charge(0.2)),
+                (Some(1), charge(0.5)),
+                (Some(2), charge(0.3)),
+            ],
+            |_, _| Ok(()),
+        )
+        .unwrap();
+        let last = l
+            .charge("ens", 2, 0, ChargeKind::Audit, &charge(0.1))
+            .unwrap();
+        let exact = |rho: f64| match accountant {
+            AccountantKind::Zcdp => zcdp_epsilon_of_rho(rho, 1e-6).unwrap(),
+            AccountantKind::Rdp => shroud::dp::accountant::rdp_epsilon(&charge(rho).rdp, 1e-6).0,
+        };
+        let spent = l.spent("c").unwrap();
+        assert!(
+            (spent.epsilon - exact(0.5 + 0.1)).abs() < 1e-9,
+            "{accountant:?}: {} vs {}",
+            spent.epsilon,
+            exact(0.6)
+        );
+        assert!((last.epsilon_after - spent.epsilon).abs() < 1e-12);
+        // Summing the parties instead would have charged ρ = 1.1.
+        assert!(spent.epsilon < exact(1.1) - 0.5);
+        let parties: Vec<Option<u32>> = l
+            .charges(Some("ens"))
+            .unwrap()
+            .iter()
+            .map(|c| c.party)
+            .collect();
+        assert_eq!(parties, vec![Some(0), Some(1), Some(2), None]);
+        // A second job's home training adds to the same party's total:
+        // party 0 reaches 0.2 + 0.6 = 0.8, now the largest.
+        l.begin_job("c", "ens2", "hash", &[]).unwrap();
+        l.charge_all_with("ens2", 1, 0, TRAINING, &[(Some(0), charge(0.6))], |_, _| {
+            Ok(())
+        })
+        .unwrap();
+        let spent = l.spent("c").unwrap();
+        assert!((spent.epsilon - exact(0.8 + 0.1)).abs() < 1e-9);
+        assert!((l.job_spent("ens2").unwrap() - exact(0.6)).abs() < 1e-9);
+    }
+}

@@ -2,6 +2,8 @@
 //! coordinator can announce that the policy does not allow is refused, and
 //! the refusal leaves the party's state exactly as it was.
 
+mod common;
+
 use std::path::Path;
 
 use shroud::audit;
@@ -336,4 +338,80 @@ fn canaries_dealt_against_the_rule_are_refused() {
         let err = join(bad.clone()).expect_err("a canary against the rule");
         assert!(err.contains("not this party's"), "{bad:?}: {err}");
     }
+}
+
+/// An ensemble member's one sum carries no noise, so the kind of a task is
+/// the party's to decide: an outputs sum announced as a training sum, a
+/// training sum announced as outputs, a second sum round or another shape
+/// are refused; the honest announcement is admitted with its own shape.
+#[test]
+fn the_kind_of_a_sum_is_the_partys_own_plan_not_the_announcement() {
+    let dir = common::temp_dir("session-ensemble");
+    let public = common::wine_public_set(&dir);
+    let records = [20usize; 8];
+    let p = Policy::parse(
+        &dir.join("e.toml"),
+        &common::ensemble_policy_text(&records, &public, 10),
+    )
+    .unwrap();
+    let q = p.strategy.public_set.as_ref().unwrap().records;
+    let plan = PrivacyPlan::for_policy(&p).unwrap();
+    let s = PartyRules::new(ME, JOB, p, plan.clone(), SessionState::default());
+    let outputs = |round: u32| LiveTask {
+        round,
+        task: 0,
+        kind: "outputs".into(),
+        phase: "advertise-keys".into(),
+        cohort: (0..8).collect(),
+        bits: shroud::job::session::OUTPUT_BITS,
+        len: q * 3,
+    };
+    let a = s.admit(&outputs(1)).unwrap();
+    assert_eq!((a.kind, a.len, a.bits), (TaskKind::Outputs, q * 3, 32));
+    let as_training = LiveTask {
+        kind: "training".into(),
+        ..outputs(1)
+    };
+    assert_eq!(
+        refuses(&s, &as_training),
+        Refusal::WrongKind {
+            task: 0,
+            announced: "training"
+        }
+    );
+    // Three attempts at the one sum, no more.
+    assert!(s.admit(&outputs(3)).is_ok());
+    assert_eq!(
+        refuses(&s, &outputs(4)),
+        Refusal::RoundOutOfRange {
+            round: 4,
+            rounds: 3
+        }
+    );
+    assert!(matches!(
+        refuses(
+            &s,
+            &LiveTask {
+                len: q * 3 + 1,
+                ..outputs(1)
+            }
+        ),
+        Refusal::WrongShape { .. }
+    ));
+    // A transfer party's base rounds are noisy training sums: "outputs"
+    // for one of them is refused.
+    let t = Policy::parse(
+        &dir.join("t.toml"),
+        &common::transfer_policy_text(&records, 4),
+    )
+    .unwrap();
+    let tplan = PrivacyPlan::for_policy(&t).unwrap();
+    let ts = PartyRules::new(ME, JOB, t, tplan, SessionState::default());
+    assert_eq!(
+        refuses(&ts, &outputs(1)),
+        Refusal::WrongKind {
+            task: 0,
+            announced: "outputs"
+        }
+    );
 }

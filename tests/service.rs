@@ -482,6 +482,37 @@ async fn killed_mid_job_resumes(
     .await;
     server.child.kill().unwrap();
     server.child.wait().unwrap();
+    resumes_and_releases(
+        &dir,
+        &mut server,
+        &mut op,
+        port,
+        parties,
+        job,
+        tag,
+        &s,
+        rounds,
+        finished_at_least,
+    )
+    .await;
+}
+
+/// Checks the store a killed coordinator left (the strategy's own state
+/// under `tag`), restarts it and checks that the job `s` described resumed
+/// from there and released, charging no (round, payer) twice.
+#[allow(clippy::too_many_arguments)]
+async fn resumes_and_releases(
+    dir: &Path,
+    server: &mut ServeProcess,
+    op: &mut Client,
+    port: u16,
+    parties: Vec<PartyTask>,
+    job: &str,
+    tag: &[u8],
+    s: &JobStatus,
+    rounds: u32,
+    finished_at_least: usize,
+) {
     let before: Vec<u32> = s
         .history
         .iter()
@@ -506,13 +537,12 @@ async fn killed_mid_job_resumes(
         "{:?}",
         &saved[..end.min(saved.len())]
     );
-    server = serve(&dir, port);
-    let s = wait_until_done(&mut op, job).await;
+    *server = serve(dir, port);
+    let s = wait_until_done(op, job).await;
     assert_eq!(s.state, "released", "{s:?}");
     for p in parties {
         p.await.unwrap().unwrap();
     }
-    drop(server);
     // The rounds finished before the kill stay finished; the job went on
     // from there rather than starting again.
     for r in &before {
@@ -527,7 +557,8 @@ async fn killed_mid_job_resumes(
     assert!(finished >= finished_at_least, "{:?}", s.history);
     let ledger = PrivacyLedger::open(&dir.join("coordinator.db")).unwrap();
     let charges = ledger.charges(Some(job)).unwrap();
-    let charged: std::collections::BTreeSet<u32> = charges.iter().map(|c| c.round).collect();
+    let charged: std::collections::BTreeSet<(u32, Option<u32>)> =
+        charges.iter().map(|c| (c.round, c.party)).collect();
     assert_eq!(
         charged.len(),
         charges.len(),
@@ -539,6 +570,76 @@ async fn killed_mid_job_resumes(
         dir.join("coordinator.db").to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Transfer's base rounds resume like FedAvg's; after the restart the
+/// parties still fine-tune at home as the audit's counts are taken, each
+/// charged once under its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transfer_coordinator_killed_mid_job_resumes_and_releases() {
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let text = common::transfer_policy_text(&records, 6);
+    killed_mid_job_resumes("net-transfer-restart", &text, "tf", b"fedavg/1", 3, 6, 5).await;
+}
+
+/// The ensemble's coordinator dies the instant its members' home training
+/// is charged, before their sum could be decoded. Restarted, it counts
+/// that sum aborted and tries again in the next round: the members train
+/// afresh (and pay again, each under its own id), and the student is
+/// released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ensemble_coordinator_killed_at_its_sum_tries_again_and_releases() {
+    let dir = temp_dir("net-ensemble-restart");
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let public = common::wine_public_set(&dir);
+    let text = common::ensemble_policy_text(&records, &public, 6);
+    let shares = common::wine_shares(8);
+    let op_seed = serve_dir(&dir, &text);
+    let port = free_port().unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let exe = Path::new(env!("CARGO_BIN_EXE_shroud"));
+    let mut server = ServeProcess::start_with_env(
+        exe,
+        &dir,
+        port,
+        &[],
+        &[("SHROUD_FAILPOINT", "after-charge")],
+    )
+    .unwrap();
+    let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
+    let parties = spawn_parties(&url, tls.clone(), &text, &shares, None);
+    let mut op = operator_with(&url, tls, &op_seed);
+    let s: JobStatus = op
+        .post_json("/v1/jobs", "en", &serde_json::json!({ "job": "en" }))
+        .await
+        .unwrap();
+    wait_for_crash(&mut server, "after the members' charge");
+    resumes_and_releases(
+        &dir,
+        &mut server,
+        &mut op,
+        port,
+        parties,
+        "en",
+        b"ensemble/1",
+        &s,
+        3,
+        1,
+    )
+    .await;
+    drop(server);
+    let ledger = PrivacyLedger::open(&dir.join("coordinator.db")).unwrap();
+    let charges = ledger.charges(Some("en")).unwrap();
+    for round in [1, 2] {
+        let paid: Vec<Option<u32>> = charges
+            .iter()
+            .filter(|c| c.round == round)
+            .map(|c| c.party)
+            .collect();
+        assert_eq!(paid, (0..8).map(Some).collect::<Vec<_>>(), "{charges:?}");
+    }
+    // The second attempt's sum is in: no third, and the audit follows.
+    assert!(charges.iter().all(|c| c.round != 3), "{charges:?}");
 }
 
 /// FedMR's coordinator half lives in the store between rounds: a

@@ -148,6 +148,7 @@ fn a_round_is_charged_once_only_when_its_tasks_compose_in_parallel() {
         offset,
         dimension: 4,
         clip_norm,
+        outputs: false,
     };
     let half = 0.5f64.sqrt();
     let good = RoundPlan {
@@ -334,4 +335,152 @@ fn a_series_party_trains_its_stage_on_the_earlier_stages_outputs() {
     // Stage 0 alone (without the earlier outputs) would give other gradients.
     let plain = network.stages()[0].per_example_grads(x.view(), &data.labels);
     assert_ne!(plain[0].len(), grads[0].len());
+}
+
+/// Ensemble and transfer policies: a public set bound by its SHA-256, the
+/// keys of each kind only on that kind, record-level DP (training happens
+/// at home), no gradient canaries for the ensemble; each error names its
+/// key and line.
+#[test]
+fn ensemble_and_transfer_policies_are_checked_with_located_errors() {
+    let dir = common::temp_dir("ensemble-policy");
+    let public = common::wine_public_set(&dir);
+    let text = common::ensemble_policy_text(&[20; 6], &public, 10);
+    let err = |t: &str| {
+        Policy::parse(&dir.join("e.toml"), t)
+            .unwrap_err()
+            .to_string()
+    };
+    let p = Policy::parse(&dir.join("e.toml"), &text).unwrap();
+    let set = p.strategy.public_set.as_ref().unwrap();
+    assert_eq!(set.records * 13, set.features.len());
+    // The plan: one outputs task; a member's ten steps at home.
+    let plan = round_plan(&p, "job", 1);
+    assert!(plan.tasks[0].outputs);
+    assert_eq!(plan.tasks[0].dimension, set.records * 3);
+    assert_eq!(
+        plan.composition(1.0),
+        Ok(shroud::strategy::Composition::Outputs)
+    );
+    assert_eq!(p.sum_rounds(), shroud::policy::ENSEMBLE_SUM_ATTEMPTS);
+    let pp = shroud::dp::plan::PrivacyPlan::for_policy(&p).unwrap();
+    assert!(pp.at_home && pp.honest_survivors == 1 && pp.rounds == 10);
+    // A member's noise is its own, whole: z·c/γ, not shared out.
+    assert!((pp.noise_std_per_party - (pp.noise_multiplier * pp.scaled_clip).ceil()).abs() < 1e-9);
+
+    let changed = err(&text.replace(&public.1, &"0".repeat(64)));
+    assert!(
+        changed.contains("strategy.public_set_sha256") && changed.contains("changed"),
+        "{changed}"
+    );
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("public_set_sha256"))
+        .unwrap()
+        + 1;
+    assert!(changed.contains(&format!("e.toml:{line}:")), "{changed}");
+    assert!(
+        err(&text.replace("public_set_sha256", "# public_set_sha256"))
+            .contains("strategy.public_set_sha256")
+    );
+    let missing = err(&text.replace(&public.0.display().to_string(), "/nonexistent/p.csv"));
+    assert!(
+        missing.contains("strategy.public_set") && missing.contains("cannot read"),
+        "{missing}"
+    );
+    // Rows of the wrong width are refused with their line.
+    let narrow = dir.join("narrow.csv");
+    std::fs::write(&narrow, "1,2,3\n").unwrap();
+    let sha = shroud::policy::hex(&<sha2::Sha256 as sha2::Digest>::digest(b"1,2,3\n"));
+    let bad = err(&text
+        .replace(
+            &public.0.display().to_string(),
+            &narrow.display().to_string(),
+        )
+        .replace(&public.1, &sha));
+    assert!(bad.contains("line 1") && bad.contains("13"), "{bad}");
+    let canary = err(&text.replace("attacks = [\"loss\"]", "attacks = [\"loss\", \"canary\"]"));
+    assert!(canary.contains("audit.attacks[1]"), "{canary}");
+    assert!(err(&text.replace("canaries = 0", "canaries = 10")).contains("audit.canaries"));
+    let party = err(&text
+        .replace("unit = \"record\"", "unit = \"party\"")
+        .replace("sampling_rate = 1.0\n", ""));
+    assert!(party.contains("privacy.unit"), "{party}");
+
+    let transfer = common::transfer_policy_text(&[20; 6], 4);
+    let t = Policy::parse(&dir.join("t.toml"), &transfer).unwrap();
+    let tp = shroud::dp::plan::PrivacyPlan::for_policy(&t).unwrap();
+    let ft = tp.finetune.as_ref().unwrap();
+    assert!(ft.at_home && ft.rounds == 5);
+    // The base, the audit and the fine-tuning together stay in budget.
+    assert!(
+        tp.epsilon_total <= 8.0 && tp.epsilon_total > 7.9,
+        "{}",
+        tp.epsilon_total
+    );
+    assert!(Policy::parse(
+        &dir.join("t.toml"),
+        &transfer.replace("finetune_share = 0.2", "finetune_share = 0.7")
+    )
+    .unwrap_err()
+    .to_string()
+    .contains("strategy.finetune_share"));
+    let misplaced = common::transfer_policy_text(&[20; 6], 4).replace(
+        "finetune_steps = 5\n",
+        "finetune_steps = 5\nstudent_epochs = 3\n",
+    );
+    assert!(Policy::parse(&dir.join("t.toml"), &misplaced)
+        .unwrap_err()
+        .to_string()
+        .contains("strategy.student_epochs"));
+}
+
+/// The student learns the members' averaged probabilities: the soft labels
+/// are the sum renormalised per record, and a restored half is the same.
+#[test]
+fn the_ensemble_student_learns_the_summed_probabilities_and_restores_exactly() {
+    let dir = common::temp_dir("ensemble-student");
+    let public = common::wine_public_set(&dir);
+    let text = common::ensemble_policy_text(&[20; 6], &public, 10);
+    let p = Policy::parse(&dir.join("e.toml"), &text).unwrap();
+    let q = p.strategy.public_set.as_ref().unwrap().records;
+    let plan = round_plan(&p, "job", 1);
+    let mut half = coordinator_half(&p, 5, None).unwrap();
+    // Six members that all give each record's true class probability 0.9
+    // (the public set is the wine test split, in order).
+    let labels = shroud::data::prepare(Path::new("data/wine.csv"), 2)
+        .unwrap()
+        .test
+        .labels;
+    assert_eq!(labels.len(), q);
+    let sum: Vec<f64> = labels
+        .iter()
+        .flat_map(|&y| (0..3).map(move |c| if c == y { 6.0 * 0.9 } else { 6.0 * 0.05 }))
+        .collect();
+    let soft = shroud::strategy::ensemble::Ensemble::soft_labels(&sum, 3);
+    assert!((soft[labels[0]] - 0.9).abs() < 1e-12);
+    assert!((soft.iter().take(3).sum::<f64>() - 1.0).abs() < 1e-12);
+    half.absorb(
+        1,
+        TaskResult {
+            task: &plan.tasks[0],
+            sum,
+            contributors: &[0, 1, 2, 3, 4, 5],
+            records: &[20; 6],
+        },
+    );
+    half.end_round(1);
+    let student = half.release_model();
+    let set = p.strategy.public_set.as_ref().unwrap().dataset(13, 3);
+    let x = shroud::model::matrix(&set, None);
+    let agree = student
+        .predict(x.view())
+        .iter()
+        .zip(&labels)
+        .filter(|(c, y)| c == y)
+        .count();
+    assert!(agree as f64 > 0.8 * q as f64, "{agree} of {q}");
+    let restored = coordinator_half(&p, 5, Some(&half.save())).unwrap();
+    assert_eq!(restored.release_model().to_flat(), student.to_flat());
+    assert_eq!(restored.downlink(0), half.downlink(0));
 }

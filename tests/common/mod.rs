@@ -109,6 +109,55 @@ pub fn series_policy_text(records: &[usize], stages: u32, rounds: u32) -> String
     )
 }
 
+/// The wine test split's features, written to `dir/public.csv` as a
+/// public unlabelled set: records no party holds. Returns the file and its
+/// SHA-256.
+#[allow(dead_code)]
+pub fn wine_public_set(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    use sha2::Digest;
+    let data = shroud::data::prepare(std::path::Path::new("data/wine.csv"), 2).unwrap();
+    let mut text = "# wine features, no labels\n".to_string();
+    for row in &data.test.features {
+        let line: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        text += &line.join(",");
+        text.push('\n');
+    }
+    let path = std::fs::canonicalize(dir).unwrap().join("public.csv");
+    std::fs::write(&path, &text).unwrap();
+    (
+        path,
+        shroud::policy::hex(&sha2::Sha256::digest(text.as_bytes())),
+    )
+}
+
+/// The consortium of [`fedmr_policy_text`] running the average ensemble:
+/// each member trains `steps` home DP-SGD steps and labels `public`.
+#[allow(dead_code)]
+pub fn ensemble_policy_text(
+    records: &[usize],
+    public: &(std::path::PathBuf, String),
+    steps: u32,
+) -> String {
+    fedmr_policy_text(records, 3, 0, steps).replace(
+        "kind = \"fedmr\"\ngroup_size = 3\nwarmup_rounds = 0\n",
+        &format!(
+            "kind = \"ensemble\"\npublic_set = \"{}\"\npublic_set_sha256 = \"{}\"\nstudent_epochs = 30\n",
+            public.0.display(),
+            public.1
+        ),
+    )
+}
+
+/// The consortium of [`fedmr_policy_text`] running transfer learning: a
+/// FedAvg base over `rounds` rounds, then 5 home fine-tuning steps.
+#[allow(dead_code)]
+pub fn transfer_policy_text(records: &[usize], rounds: u32) -> String {
+    fedmr_policy_text(records, 3, 0, rounds).replace(
+        "kind = \"fedmr\"\ngroup_size = 3\nwarmup_rounds = 0\n",
+        "kind = \"transfer\"\nfinetune_steps = 5\nfinetune_share = 0.2\n",
+    )
+}
+
 /// `n` equal IID shares of the wine training records.
 pub fn wine_shares(n: usize) -> Vec<shroud::data::Dataset> {
     let data = shroud::data::prepare(std::path::Path::new("data/wine.csv"), 2).unwrap();
