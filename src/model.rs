@@ -378,20 +378,22 @@ pub fn hits(
 
 /// The index of each row's largest value.
 pub fn argmax_rows(m: &Array2<f64>) -> Vec<usize> {
-    m.axis_iter(Axis(0))
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
-                    if v > best.1 {
-                        (i, v)
-                    } else {
-                        best
-                    }
-                })
-                .0
+    m.axis_iter(Axis(0)).map(|r| argmax(r.iter())).collect()
+}
+
+/// The index of the largest value (the first on a tie).
+pub fn argmax<'a>(values: impl IntoIterator<Item = &'a f64>) -> usize {
+    values
+        .into_iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
         })
-        .collect()
+        .0
 }
 
 /// Row-wise softmax of logits.

@@ -171,13 +171,33 @@ pub struct PrivacyPlan {
     /// ensemble's members): noise comes from the party alone and only its
     /// records pay.
     pub at_home: bool,
+    /// The ensemble's noisy vote, when the policy asks for one: members
+    /// then train at home without noise and the vote alone pays.
+    pub vote: Option<VotePlan>,
+}
+
+/// A PATE-style noisy vote: each member's one-hot votes on the public set's
+/// `queries` records, summed with discrete Gaussian noise. One record can
+/// change its member's every vote, so the L2 sensitivity is √(2·queries).
+#[derive(Debug, Clone, Serialize)]
+pub struct VotePlan {
+    pub queries: usize,
+    pub sensitivity: f64,
+    /// The std the policy asks for on each summed vote count; each party's
+    /// share is rounded up to whole votes, so the honest survivors' shares
+    /// sum to at least this.
+    pub noise_std: f64,
+    pub noise_std_per_party: f64,
+    pub charge: RoundCharge,
+    /// ε of the vote alone, at the policy's δ.
+    pub epsilon_alone: f64,
 }
 
 impl PrivacyPlan {
     /// What every party's home training costs its own records, in total:
     /// the ensemble members' steps, or the transfer's fine-tuning.
     pub fn home_charge(&self) -> Option<RoundCharge> {
-        if self.unit == Unit::None {
+        if self.unit == Unit::None || self.vote.is_some() {
             return None;
         }
         if self.at_home {
@@ -566,9 +586,169 @@ impl PrivacyPlan {
     pub fn for_policy(policy: &Policy) -> Result<PrivacyPlan, PlanError> {
         let s = shape(policy);
         let audit = audit_plan(policy)?;
+        if let Some(vote) = vote_plan(policy)? {
+            return plan_vote(policy, &s, audit, vote);
+        }
         let finetune = finetune_plan(policy)?;
         plan_with(policy, &s, audit, finetune)
     }
+}
+
+/// The ensemble's noisy vote, when the policy asks for one.
+fn vote_plan(policy: &Policy) -> Result<Option<VotePlan>, PlanError> {
+    let StrategyKind::Ensemble {
+        vote_noise_std: Some(std),
+        ..
+    } = policy.strategy.kind
+    else {
+        return Ok(None);
+    };
+    if policy.privacy.unit == Unit::None {
+        return Ok(None);
+    }
+    VotePlan::with_std(policy, std).map(Some)
+}
+
+impl VotePlan {
+    /// What a noisy vote over the policy's public set with summed noise std
+    /// `std` (in votes) would cost, whether or not the policy votes.
+    pub fn with_std(policy: &Policy, std: f64) -> Result<VotePlan, PlanError> {
+        vote_with_std(policy, std)
+    }
+}
+
+fn vote_with_std(policy: &Policy, std: f64) -> Result<VotePlan, PlanError> {
+    let queries = policy.strategy.public_set.as_ref().map_or(0, |p| p.records);
+    let honest = policy.honest_survivors();
+    let sensitivity = (2.0 * queries as f64).sqrt();
+    // A whole number of votes per party, rounded up: more noise, never
+    // less, and the exact sampler's integer scale.
+    let per_party = (std / (honest as f64).sqrt()).ceil().max(1.0);
+    let rho = ddg_rho(
+        sensitivity,
+        per_party,
+        honest,
+        queries * policy.strategy.classes,
+    );
+    Ok(VotePlan {
+        queries,
+        sensitivity,
+        noise_std: std,
+        noise_std_per_party: per_party,
+        charge: RoundCharge::of_zcdp(rho, 1.0),
+        epsilon_alone: zcdp_epsilon_of_rho(rho, policy.privacy.delta)?,
+    })
+}
+
+/// ε of a vote and the audit together.
+fn vote_epsilon(
+    policy: &Policy,
+    vote: &VotePlan,
+    audit: Option<&AuditPlan>,
+) -> Result<f64, PlanError> {
+    let p = &policy.privacy;
+    let total = match audit {
+        Some(a) => vote.charge.plus(&a.charge),
+        None => vote.charge.clone(),
+    };
+    Ok(match p.accountant {
+        AccountantKind::Zcdp => zcdp_epsilon_of_rho(total.rho, p.delta)?,
+        AccountantKind::Rdp => rdp_epsilon(&total.rdp, p.delta).0,
+    })
+}
+
+/// The plan of a voting ensemble: members train at home without noise
+/// (their steps spend nothing), the vote and the audit pay, and a vote
+/// whose noise is too small for the budget is refused.
+fn plan_vote(
+    policy: &Policy,
+    s: &Shape,
+    audit: Option<AuditPlan>,
+    vote: VotePlan,
+) -> Result<PrivacyPlan, PlanError> {
+    let p = &policy.privacy;
+    let epsilon_total = vote_epsilon(policy, &vote, audit.as_ref())?;
+    if epsilon_total >= p.epsilon {
+        // The least std, to a tenth of a vote, whose vote fits beside the
+        // audit: from the continuous estimate Δ/√(2ρ) up, by the same bound.
+        let room = rho_for_epsilon(p.epsilon * (1.0 - CALIBRATION_MARGIN), p.delta)?
+            - audit.as_ref().map_or(0.0, |a| a.charge.rho);
+        let mut least = "a larger budget".to_string();
+        if room > 0.0 {
+            let mut std = (10.0 * vote.sensitivity / (2.0 * room).sqrt()).ceil() / 10.0;
+            for _ in 0..10_000 {
+                let v = vote_with_std(policy, std)?;
+                if vote_epsilon(policy, &v, audit.as_ref())? < p.epsilon {
+                    least = format!("a std of at least {std:.1} votes");
+                    break;
+                }
+                std += 0.1;
+            }
+        }
+        return Err(PlanError {
+            key: "strategy.vote_noise_std",
+            message: format!(
+                "a noisy vote over {} public records with noise std {} votes costs ε = {:.1} \
+                 with the audit at δ = {}, reaching the budget ε = {}: one record can change its \
+                 member's every vote; use {least}, fewer public records, or no vote_noise_std \
+                 (members then train with DP and their probabilities are summed)",
+                vote.queries, vote.noise_std, epsilon_total, p.delta, p.epsilon
+            ),
+        });
+    }
+    Ok(PrivacyPlan {
+        unit: p.unit,
+        charge: vote.charge.clone(),
+        // The members' steps release nothing.
+        epsilon_by_round: vec![0.0; p.rounds as usize],
+        epsilon_total,
+        epsilon_ideal: epsilon_total,
+        audit,
+        at_home: true,
+        vote: Some(vote),
+        ..noiseless_plan(policy, s)?
+    })
+}
+
+/// A plan that adds no noise: the integer grid for `bits`, and no ε
+/// claimed (every figure infinite) unless the caller sets what pays.
+fn noiseless_plan(policy: &Policy, s: &Shape) -> Result<PrivacyPlan, PlanError> {
+    let p = &policy.privacy;
+    let bits = policy.encoding.bits;
+    let enc = choose_gamma(policy, s, 0.0, bits)?;
+    let scaled_clip = p.clip_norm / enc.gamma;
+    Ok(PrivacyPlan {
+        unit: p.unit,
+        accountant: p.accountant,
+        dimension: s.dimension,
+        padded_dimension: s.padded,
+        clip_norm: p.clip_norm,
+        noise_multiplier: 0.0,
+        sampling_rate: p.sampling_rate,
+        rounds: p.rounds,
+        delta: p.delta,
+        bits,
+        gamma: enc.gamma,
+        scaled_clip,
+        sensitivity: round_sensitivity(scaled_clip, s),
+        sensitivity_inflation: round_sensitivity(scaled_clip, s) / scaled_clip,
+        honest_survivors: s.honest,
+        noise_std_per_party: 0.0,
+        coordinate_bound: enc.bound,
+        bits_needed: bits_for(enc.bound).min(32),
+        charge: RoundCharge {
+            rho: f64::INFINITY,
+            rdp: vec![f64::INFINITY; super::accountant::orders().len()],
+        },
+        epsilon_by_round: vec![f64::INFINITY; p.rounds as usize],
+        epsilon_total: f64::INFINITY,
+        epsilon_ideal: f64::INFINITY,
+        epsilon_budget: p.epsilon,
+        audit: None,
+        finetune: None,
+        at_home: s.honest == 1 && s.parties == 1,
+        vote: None,
+    })
 }
 
 /// The transfer's home fine-tuning: `finetune_steps` DP-SGD steps at one
@@ -622,39 +802,7 @@ fn plan_with(
     let z = p.noise_multiplier;
     let bits = policy.encoding.bits;
     if p.unit == Unit::None {
-        let enc = choose_gamma(policy, s, 0.0, bits)?;
-        let scaled_clip = p.clip_norm / enc.gamma;
-        return Ok(PrivacyPlan {
-            unit: p.unit,
-            accountant: p.accountant,
-            dimension: s.dimension,
-            padded_dimension: s.padded,
-            clip_norm: p.clip_norm,
-            noise_multiplier: 0.0,
-            sampling_rate: p.sampling_rate,
-            rounds: p.rounds,
-            delta: p.delta,
-            bits,
-            gamma: enc.gamma,
-            scaled_clip,
-            sensitivity: round_sensitivity(scaled_clip, s),
-            sensitivity_inflation: round_sensitivity(scaled_clip, s) / scaled_clip,
-            honest_survivors: s.honest,
-            noise_std_per_party: 0.0,
-            coordinate_bound: enc.bound,
-            bits_needed: bits_for(enc.bound).min(32),
-            charge: RoundCharge {
-                rho: f64::INFINITY,
-                rdp: vec![f64::INFINITY; super::accountant::orders().len()],
-            },
-            epsilon_by_round: vec![f64::INFINITY; p.rounds as usize],
-            epsilon_total: f64::INFINITY,
-            epsilon_ideal: f64::INFINITY,
-            epsilon_budget: p.epsilon,
-            audit: None,
-            finetune: None,
-            at_home: s.honest == 1 && s.parties == 1,
-        });
+        return noiseless_plan(policy, s);
     }
     let fixed = fixed_charge(audit.as_ref(), finetune.as_deref());
     let audit_charge = fixed.as_ref();
@@ -736,12 +884,17 @@ fn plan_with(
         audit,
         finetune,
         at_home: s.honest == 1 && s.parties == 1,
+        vote: None,
     })
 }
 
 impl PrivacyPlan {
     /// The noise multiplier that spends exactly the budget over the rounds.
     pub fn calibrate(policy: &Policy) -> Result<f64, PlanError> {
+        if vote_plan(policy)?.is_some() {
+            // The vote's noise is the policy's; the members add none.
+            return Ok(0.0);
+        }
         let audit = audit_plan(policy)?;
         let finetune = finetune_plan(policy)?;
         calibrate_z(

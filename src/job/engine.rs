@@ -251,6 +251,9 @@ pub struct JobEngine {
     /// Training rounds whose charge is recorded: a round is charged once,
     /// by its first task to reach the charge point.
     charged_rounds: BTreeSet<u32>,
+    /// An outputs sum reached its charge point: the members' release is
+    /// paid, and a later attempt sends the same words again.
+    outputs_charged: bool,
     audit_attempts: u32,
     /// Waiting for the host's release decision.
     releasing: bool,
@@ -289,6 +292,7 @@ impl JobEngine {
             canary_scores,
             live: None,
             charged_rounds: BTreeSet::new(),
+            outputs_charged: false,
             audit_attempts: 0,
             releasing: false,
             effects: VecDeque::new(),
@@ -461,6 +465,7 @@ impl JobEngine {
         if kind != TaskKind::Audit {
             self.charged_rounds.insert(round);
         }
+        self.outputs_charged |= kind == TaskKind::Outputs;
         self.confirm_unmask(now)
     }
 
@@ -485,6 +490,12 @@ impl JobEngine {
     /// After a restart: audit sums already tried (each aborted).
     pub fn set_audit_attempts(&mut self, attempts: u32) {
         self.audit_attempts = attempts;
+    }
+
+    /// After a restart: an outputs sum was already charged, so the
+    /// members' release is paid (their later attempts resend it).
+    pub fn set_outputs_charged(&mut self, charged: bool) {
+        self.outputs_charged = charged;
     }
 
     /// The host applied the release gate: `released` says whether the model
@@ -755,10 +766,18 @@ impl JobEngine {
             {
                 None
             }
+            (_, TaskKind::Outputs) if self.outputs_charged => None,
             (_, TaskKind::Training) => {
                 Some((ChargeKind::Training, vec![(None, self.plan.charge.clone())]))
             }
-            (_, TaskKind::Outputs) => Some((ChargeKind::Training, home(self.plan.home_charge()))),
+            (_, TaskKind::Outputs) => Some((
+                ChargeKind::Training,
+                match &self.plan.vote {
+                    // The noisy vote is a release of every member's votes.
+                    Some(v) => vec![(None, v.charge.clone())],
+                    None => home(self.plan.home_charge()),
+                },
+            )),
             (_, TaskKind::Audit) => {
                 // The transfer's fine-tuning happens as the audit's counts
                 // are taken: charged with them.
@@ -859,6 +878,10 @@ impl JobEngine {
         }
         let records = self.records(&contributors);
         let sum = match live.kind {
+            TaskKind::Outputs if self.plan.vote.is_some() => audit::decode_counts(&agg.sum)
+                .into_iter()
+                .map(|c| c as f64)
+                .collect(),
             TaskKind::Outputs => decode_outputs(&agg.sum),
             _ => {
                 let mut sum = live

@@ -410,8 +410,17 @@ pub fn create_job(
         // One charge per training round, however many tasks it has (its
         // tasks' cohorts are disjoint or their norms split the policy's),
         // and the audit's.
-        let mut planned = vec![plan.charge.clone(); rounds as usize];
+        let mut planned = match &plan.vote {
+            // A voting ensemble's members spend nothing: its vote pays.
+            Some(v) => vec![v.charge.clone()],
+            None => vec![plan.charge.clone(); rounds as usize],
+        };
         planned.extend(plan.audit.as_ref().map(|a| a.charge.clone()));
+        // Transfer's fine-tuning, the same at every party: the largest
+        // party's total is one of them.
+        if !plan.at_home {
+            planned.extend(plan.home_charge());
+        }
         store
             .begin_job(
                 &job_policy.consortium.id,
@@ -517,6 +526,13 @@ pub fn resume_job(
         Err(e) => return fail(store, format!("the job cannot resume: {e}")),
     };
     let state = JobState::parse(&rec.state).unwrap_or(JobState::Failed);
+    // An ensemble whose members' release was charged before the restart
+    // resends it: it is not charged again.
+    let outputs_charged = job_policy.strategy.kind.trains_at_home()
+        && store
+            .charges(Some(id))?
+            .iter()
+            .any(|c| c.kind == crate::store::ledger::ChargeKind::Training);
     let audit_attempts = store
         .rounds(id)?
         .iter()
@@ -539,6 +555,7 @@ pub fn resume_job(
         state,
     );
     engine.set_audit_attempts(audit_attempts);
+    engine.set_outputs_charged(outputs_charged);
     if let Err(e) = engine.restore_canary_scores(&rec.canary_scores) {
         return fail(store, format!("the job cannot resume: {e}"));
     }

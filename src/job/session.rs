@@ -584,7 +584,9 @@ impl PartySession {
             InputRandomness::WeakNoise { divisor, .. } => (noise_std / f64::from(divisor)).round(),
             _ => noise_std,
         };
-        let noise = (policy.privacy.unit != Unit::None)
+        // A voting ensemble's members add no noise to their training; the
+        // vote's noise is its own (plan.vote).
+        let noise = (policy.privacy.unit != Unit::None && plan.vote.is_none())
             .then(|| DiscreteGaussianShare::new(noise_std))
             .transpose()
             .map_err(|e| e.to_string())?;
@@ -795,6 +797,17 @@ impl PartySession {
     /// public data are written as words. No noise: they are computed from
     /// a DP release only.
     fn outputs_input(&mut self, a: &Admission) -> Result<Vec<u32>, String> {
+        // A later attempt at the sum sends the first attempt's words: the
+        // same release, paid once.
+        if let Some(words) = self.half.kept_outputs() {
+            return Ok(words);
+        }
+        let words = self.fresh_outputs(a)?;
+        self.half.keep_outputs(&words);
+        Ok(words)
+    }
+
+    fn fresh_outputs(&mut self, a: &Admission) -> Result<Vec<u32>, String> {
         let spec = round_plan(self.rules.policy(), self.rules.job(), a.round)
             .tasks
             .into_iter()
@@ -811,7 +824,22 @@ impl PartySession {
                 spec.dimension
             ));
         }
-        Ok(crate::job::task::encode_outputs(&out))
+        let Some(vote) = &self.rules.plan().vote else {
+            return Ok(crate::job::task::encode_outputs(&out));
+        };
+        // A noisy vote: one-hot votes from a member trained without noise,
+        // and this party's share of the vote's noise.
+        let classes = self.rules.policy().strategy.classes;
+        let mut votes: Zeroizing<Vec<i64>> = Zeroizing::new(vec![0; out.len()]);
+        for (r, row) in out.chunks(classes).enumerate() {
+            let best = crate::model::argmax(row);
+            votes[r * classes + best] = 1;
+        }
+        let label = format!("{}/{}/vote/{}", self.rules.job(), a.round, self.member.id);
+        DiscreteGaussianShare::new(vote.noise_std_per_party)
+            .and_then(|n| n.add_to_with_seed(&mut votes, &self.randomness.noise_seed(&label)))
+            .map_err(|e| e.to_string())?;
+        Ok(votes.iter().map(|&v| v as u32).collect())
     }
 
     /// A message from the coordinator for the task being taken part in.
@@ -887,10 +915,12 @@ impl HomeNoise {
                 plan.clip_norm,
                 rotation,
             ),
-            noise: (policy.privacy.unit != Unit::None)
-                .then(|| DiscreteGaussianShare::new(noise_std))
-                .transpose()
-                .map_err(|e| e.to_string())?,
+            noise: match (policy.privacy.unit, &plan.vote) {
+                (Unit::None, _) => None,
+                // A voting member trains without noise: the vote pays.
+                (_, Some(_)) if noise_std == 0.0 => None,
+                _ => Some(DiscreteGaussianShare::new(noise_std).map_err(|e| e.to_string())?),
+            },
             randomness,
             secret: party_secret(
                 identity_seed,

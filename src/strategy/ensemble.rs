@@ -22,7 +22,7 @@ use crate::network::Network;
 use crate::policy::{Policy, PublicSet, StrategyKind, ENSEMBLE_SUM_ATTEMPTS};
 
 const TAG: &[u8] = b"ensemble/1";
-const MEMBER_TAG: &[u8] = b"ensemble-member/1";
+const MEMBER_TAG: &[u8] = b"ensemble-member/2";
 
 fn public_set(policy: &Policy) -> &PublicSet {
     policy
@@ -68,7 +68,7 @@ pub struct Ensemble {
 impl Ensemble {
     pub fn new(policy: &Policy, seed: u64, saved: Option<&[u8]>) -> Result<Ensemble, StateError> {
         let s = &policy.strategy;
-        let StrategyKind::Ensemble { student_epochs } = s.kind else {
+        let StrategyKind::Ensemble { student_epochs, .. } = s.kind else {
             return Err(StateError("not an ensemble policy".into()));
         };
         let initial = super::initial_model(policy, seed);
@@ -95,12 +95,14 @@ impl Ensemble {
         Ok(e)
     }
 
-    /// The averaged soft labels: each record's summed probabilities over
-    /// the contributors, renormalised (rounding to the word grid moves the
-    /// sum by at most one step per member).
+    /// The averaged soft labels: each record's summed probabilities (or
+    /// noisy vote counts) over the contributors, renormalised (rounding to
+    /// the word grid moves a sum by at most one step per member).
     pub fn soft_labels(sum: &[f64], classes: usize) -> Vec<f64> {
         let mut out = Vec::with_capacity(sum.len());
         for row in sum.chunks(classes) {
+            // Noisy vote counts can fall below zero: read those as none.
+            let row: Vec<f64> = row.iter().map(|v| v.max(0.0)).collect();
             let total: f64 = row.iter().sum();
             if total > 0.0 {
                 out.extend(row.iter().map(|v| v / total));
@@ -188,21 +190,31 @@ pub struct Member {
     model: Mlp,
     sgd: HomeSgd,
     public: Dataset,
+    /// The words sent for the first attempt at the sum: the member's one
+    /// release, sent again if the sum is tried again.
+    sent: Option<Vec<u32>>,
 }
 
 impl Member {
     pub fn new(policy: &Policy, saved: Option<&[u8]>) -> Result<Member, StateError> {
-        if let Some(bytes) = saved {
-            // The member is trained and used within one task: nothing of
-            // it outlives the task, and a task is never joined twice.
-            StateReader::new(bytes, MEMBER_TAG)?.end()?;
-        }
         let s = &policy.strategy;
-        Ok(Member {
+        let mut m = Member {
             model: super::initial_model(policy, 0),
             sgd: HomeSgd::for_policy(policy, policy.privacy.rounds),
             public: public_set(policy).dataset(s.inputs, s.classes),
-        })
+            sent: None,
+        };
+        if let Some(bytes) = saved {
+            let mut r = StateReader::new(bytes, MEMBER_TAG)?;
+            let kept = r.f64s_of(1, "whether words were kept")?[0];
+            if kept != 0.0 {
+                let len = public_set(policy).records * s.classes;
+                let words = r.f64s_of(len, "the kept words")?;
+                m.sent = Some(words.iter().map(|&w| w as u32).collect());
+            }
+            r.end()?;
+        }
+        Ok(m)
     }
 }
 
@@ -244,11 +256,30 @@ impl PartyHalf for Member {
         Ok(out)
     }
 
+    fn kept_outputs(&self) -> Option<Vec<u32>> {
+        self.sent.clone()
+    }
+
+    fn keep_outputs(&mut self, words: &[u32]) {
+        self.sent = Some(words.to_vec());
+    }
+
     fn model(&self) -> Network {
         Network::single(self.model.clone())
     }
 
     fn save(&self) -> Vec<u8> {
-        StateWriter::new(MEMBER_TAG).finish()
+        let mut w = StateWriter::new(MEMBER_TAG);
+        match &self.sent {
+            // Words are 32-bit: exact as f64.
+            Some(words) => {
+                w.f64s(&[1.0]);
+                w.f64s(&words.iter().map(|&x| f64::from(x)).collect::<Vec<_>>());
+            }
+            None => {
+                w.f64s(&[0.0]);
+            }
+        }
+        w.finish()
     }
 }

@@ -209,6 +209,16 @@ pub trait PartyHalf: Send {
         Err("this strategy plans no outputs task".into())
     }
 
+    /// The words this party sent for an earlier attempt at an outputs sum,
+    /// kept in its home state: a retry sends the same release again rather
+    /// than training (and paying) afresh.
+    fn kept_outputs(&self) -> Option<Vec<u32>> {
+        None
+    }
+
+    /// Keeps the words of an outputs sum for [`PartyHalf::kept_outputs`].
+    fn keep_outputs(&mut self, _words: &[u32]) {}
+
     /// Transfer: fine-tunes the model at home with DP-SGD (each step's
     /// noisy gradient sum from `home`) and returns the fine-tuned model,
     /// which never leaves the party. `None` for other strategies.
