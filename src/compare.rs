@@ -432,6 +432,7 @@ fn run_cell(spec: &CompareSpec, cell: &Cell, out: &Path) -> Result<CellResult> {
         group_size: cell.strategy.group_size,
         stages: cell.strategy.stages,
         public_records: spec.public_records,
+        vote_noise_std: None,
         warmup_rounds: cell.strategy.warmup_rounds,
         policy: spec.policy.clone(),
         epsilon: cell.epsilon,

@@ -55,6 +55,8 @@ pub struct DemoConfig {
     /// Records taken from the training split as the public unlabelled set
     /// (`None`: 100 for the ensemble, else none).
     pub public_records: Option<usize>,
+    /// Ensemble: aggregate by a noisy vote with this noise std (in votes).
+    pub vote_noise_std: Option<f64>,
     /// FedMR: the least number of parties in a layer's group (the policy's
     /// value if it names FedMR).
     pub group_size: Option<u32>,
@@ -111,6 +113,7 @@ impl Default for DemoConfig {
             group_size: None,
             stages: None,
             public_records: None,
+            vote_noise_std: None,
             warmup_rounds: None,
             policy: None,
             epsilon: None,
@@ -325,7 +328,12 @@ fn adapt_policy(
                 s.remove("stages");
             }
             if kind != "ensemble" {
-                for key in ["public_set", "public_set_sha256", "student_epochs"] {
+                for key in [
+                    "public_set",
+                    "public_set_sha256",
+                    "student_epochs",
+                    "vote_noise_std",
+                ] {
                     s.remove(key);
                 }
             }
@@ -349,6 +357,9 @@ fn adapt_policy(
         }
         if let Some(k) = f.stages {
             s.insert("stages".into(), i64::from(k).into());
+        }
+        if let Some(v) = f.vote_noise_std {
+            s.insert("vote_noise_std".into(), v.into());
         }
     }
     if let Some(p) = t.get_mut("privacy").and_then(|p| p.as_table_mut()) {

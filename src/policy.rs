@@ -141,6 +141,8 @@ struct RawStrategy {
     #[serde(default)]
     student_epochs: Option<i64>,
     #[serde(default)]
+    vote_noise_std: Option<f64>,
+    #[serde(default)]
     finetune_steps: Option<i64>,
     #[serde(default)]
     finetune_share: Option<f64>,
@@ -308,7 +310,13 @@ pub enum StrategyKind {
     /// DP-SGD (`rounds` steps); the members' class probabilities on the
     /// public unlabelled set are securely summed, and a student trained
     /// for `student_epochs` on the averaged soft labels is released.
-    Ensemble { student_epochs: u32 },
+    /// With `vote_noise_std`, PATE-style instead: members train at home
+    /// without noise and their one-hot votes are summed with discrete
+    /// Gaussian noise of that std (in votes) — the vote alone pays.
+    Ensemble {
+        student_epochs: u32,
+        vote_noise_std: Option<f64>,
+    },
 }
 
 impl StrategyKind {
@@ -585,8 +593,8 @@ impl Policy {
     /// rounds, except for the ensemble, whose rounds are its members' home
     /// DP-SGD steps and which needs one sum: it has
     /// [`ENSEMBLE_SUM_ATTEMPTS`] rounds to get it (a sum that aborts —
-    /// too few survivors, a coordinator restart — is tried again, the
-    /// members training afresh and paying again).
+    /// too few survivors, a coordinator restart — is tried again, each
+    /// member sending the words it sent before, paid once).
     pub fn sum_rounds(&self) -> u32 {
         match self.strategy.kind.trains_at_home() {
             true => ENSEMBLE_SUM_ATTEMPTS,
@@ -1125,6 +1133,11 @@ impl Validator<'_> {
         for (key, set, kinds) in [
             ("strategy.public_set", s.public_set.is_some(), "ensemble"),
             (
+                "strategy.vote_noise_std",
+                s.vote_noise_std.is_some(),
+                "ensemble",
+            ),
+            (
                 "strategy.public_set_sha256",
                 s.public_set_sha256.is_some(),
                 "ensemble",
@@ -1207,6 +1220,16 @@ impl Validator<'_> {
                 student_epochs: match s.student_epochs {
                     None => 50,
                     Some(v) => self.positive_int("strategy.student_epochs", v, 1, 10_000)? as u32,
+                },
+                vote_noise_std: match s.vote_noise_std {
+                    None => None,
+                    Some(v) => Some(self.finite_in(
+                        "strategy.vote_noise_std",
+                        v,
+                        0.0,
+                        1e6,
+                        "a positive std, in votes, of the noise on each summed vote count",
+                    )?),
                 },
             },
             "series" => {

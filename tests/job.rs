@@ -607,3 +607,52 @@ fn an_ensemble_whose_sum_never_completes_fails_after_three_attempts() {
         .iter()
         .all(|c| c.kind == ChargeKind::Training));
 }
+
+/// The ensemble by noisy vote in memory: members train without noise, and
+/// the vote — one-hot votes plus each party's share of the vote's noise —
+/// is the one release: exact sums, one shared charge of the planned ρ, no
+/// party charged on its own, and the ledger's ε as predicted.
+#[test]
+fn a_voting_ensemble_pays_once_for_its_noisy_vote() {
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let public = common::wine_public_set(&common::temp_dir("vote-public"));
+    let text = common::ensemble_policy_text(&records, &public, 6).replace(
+        "student_epochs = 30\n",
+        "student_epochs = 30\nvote_noise_std = 40.0\n",
+    );
+    let policy = Policy::parse(Path::new("vote.toml"), &text).unwrap();
+    let plan = shroud::dp::plan::PrivacyPlan::for_policy(&policy).unwrap();
+    let vote = plan.vote.clone().expect("a vote plan");
+    assert!(plan.home_charge().is_none());
+    let (status, sums, inputs, ledger) = run_wine_job(&text, "vote-job", 0.0);
+    assert_eq!(status.state, "released", "{status:?}");
+    check_sums(&sums, &inputs);
+    // Each member's input is its votes plus noise: signed counts, not a
+    // probability table.
+    let q = policy.strategy.public_set.as_ref().unwrap().records;
+    let round1: Vec<_> = inputs.iter().filter(|i| i.round == 1).collect();
+    assert_eq!(round1.len(), 8);
+    for i in &round1 {
+        assert_eq!(i.words.len(), q * 3);
+        let signed: Vec<i64> = i.words.iter().map(|&w| i64::from(w as i32)).collect();
+        assert!(
+            signed.iter().any(|v| !(0..=1).contains(v)),
+            "no noise on party {}",
+            i.party
+        );
+    }
+    let charges = ledger.charges(Some("vote-job")).unwrap();
+    let training: Vec<_> = charges
+        .iter()
+        .filter(|c| c.kind == ChargeKind::Training)
+        .collect();
+    assert_eq!(training.len(), 1, "{charges:?}");
+    assert_eq!(training[0].party, None);
+    assert!((training[0].rho - vote.charge.rho).abs() < 1e-12);
+    let spent = ledger.job_spent("vote-job").unwrap();
+    assert!(
+        (spent - plan.epsilon_total).abs() < 1e-9 && spent < 8.0,
+        "ledger {spent} against policy check {}",
+        plan.epsilon_total
+    );
+}

@@ -484,3 +484,44 @@ fn the_ensemble_student_learns_the_summed_probabilities_and_restores_exactly() {
     assert_eq!(restored.release_model().to_flat(), student.to_flat());
     assert_eq!(restored.downlink(0), half.downlink(0));
 }
+
+/// A noisy vote whose noise is too small for the budget is refused at its
+/// key, naming the least std that fits, and that std is accepted.
+#[test]
+fn a_vote_too_noisy_for_nothing_is_refused_with_the_std_that_fits() {
+    let dir = common::temp_dir("vote-policy");
+    let public = common::wine_public_set(&dir);
+    let text = |std: f64| {
+        common::ensemble_policy_text(&[20; 6], &public, 10).replace(
+            "student_epochs = 30\n",
+            &format!("student_epochs = 30\nvote_noise_std = {std}\n"),
+        )
+    };
+    let err = Policy::parse(&dir.join("v.toml"), &text(1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("strategy.vote_noise_std"), "{err}");
+    let least: f64 = err
+        .split("at least ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no least std in: {err}"));
+    let p = Policy::parse(&dir.join("v.toml"), &text(least)).unwrap();
+    let plan = shroud::dp::plan::PrivacyPlan::for_policy(&p).unwrap();
+    assert!(plan.epsilon_total < 8.0);
+    assert_eq!(plan.noise_multiplier, 0.0, "members train without noise");
+    let vote = plan.vote.unwrap();
+    // One record can change its member's every vote.
+    assert!((vote.sensitivity - (2.0 * vote.queries as f64).sqrt()).abs() < 1e-12);
+    assert!(Policy::parse(
+        &dir.join("f.toml"),
+        &common::transfer_policy_text(&[20; 6], 4).replace(
+            "finetune_steps = 5\n",
+            "finetune_steps = 5\nvote_noise_std = 9.0\n"
+        )
+    )
+    .unwrap_err()
+    .to_string()
+    .contains("strategy.vote_noise_std"));
+}

@@ -40,6 +40,11 @@ pub struct DemoFlags {
     /// the same records (default: 100 for the ensemble, else 0).
     #[arg(long)]
     public_records: Option<usize>,
+    /// Ensemble: aggregate by a PATE-style noisy vote, with this noise std
+    /// (in votes) on each summed vote count; members then train without
+    /// noise and the vote pays.
+    #[arg(long)]
+    vote_noise_std: Option<f64>,
     /// Series: the number of stages (the policy's value if it names a
     /// series); the rounds must split evenly over them.
     #[arg(long)]
@@ -112,6 +117,7 @@ impl DemoFlags {
             group_size: self.group_size,
             stages: self.stages,
             public_records: self.public_records,
+            vote_noise_std: self.vote_noise_std,
             warmup_rounds: self.warmup_rounds,
             policy: self.policy.clone(),
             epsilon: self.epsilon,

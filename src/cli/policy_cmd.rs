@@ -72,6 +72,8 @@ struct CheckReport<'a> {
     /// Training at each party's home (the ensemble's members, the
     /// transfer's fine-tuning).
     home: Option<HomeCheck>,
+    /// The ensemble's noisy vote, when the policy asks for one.
+    vote: Option<&'a crate::dp::plan::VotePlan>,
     /// The tasks of each kind of round, drawn for a job named "example".
     rounds_shown: Vec<RoundShown>,
 }
@@ -188,17 +190,23 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
                 rho: charge.rho,
                 epsilon_alone: crate::dp::accountant::zcdp_epsilon_of_rho(charge.rho, delta)?,
                 public_records,
-                // A member's change can flip its vote on every query: L2
-                // sensitivity √(2Q); with noise std 1, ρ = Q.
-                vote_epsilon: public_records
-                    .map(|q| crate::dp::accountant::zcdp_epsilon_of_rho(q as f64, delta))
-                    .transpose()?,
+                // What the policy's vote_noise_std would cost at a std of
+                // one vote, by the bound a voting policy is held to.
+                vote_epsilon: match public_records {
+                    Some(_) => Some(
+                        crate::dp::plan::VotePlan::with_std(&policy, 1.0)
+                            .map_err(|e| anyhow::anyhow!("{}", e.message))?
+                            .epsilon_alone,
+                    ),
+                    None => None,
+                },
             })
         }
         _ => None,
     };
     let report = CheckReport {
         home,
+        vote: plan.vote.as_ref(),
         file: file.display().to_string(),
         policy_hash: &policy.hash,
         consortium: &policy.consortium.id,
@@ -427,12 +435,36 @@ fn print_rounds(r: &CheckReport<'_>) {
              and fine-tuned predictions on its held-out records leave, in the audit's sum",
             100.0 * finetune_share
         ),
-        StrategyKind::Ensemble { student_epochs } => println!(
+        StrategyKind::Ensemble {
+            student_epochs,
+            vote_noise_std: Some(_),
+        } => println!(
+            "strategy    ensemble by noisy vote: each party trains its member at home, {} steps \
+             without noise (the rounds); one noisy secure sum of the members' one-hot votes on \
+             the public set; a student distilled from the vote counts for {student_epochs} \
+             epochs is released",
+            r.rounds
+        ),
+        StrategyKind::Ensemble { student_epochs, .. } => println!(
             "strategy    ensemble: each party trains its member at home, {} DP-SGD steps (the \
              rounds); one secure sum, without noise, of the members' class probabilities on the \
              public set; a student distilled from them for {student_epochs} epochs is released",
             r.rounds
         ),
+    }
+    if let Some(v) = r.vote {
+        println!(
+            "vote        the members train at home without noise; one secure sum of their one-hot \
+             votes on the {} public records, noise std {} votes ({:.3} per party, the honest \
+             survivors' shares meeting it); one record can change its member's every vote: L2 sensitivity {:.2}; \
+             ρ = {:.5}, ε {:.4} on its own",
+            v.queries,
+            v.noise_std,
+            v.noise_std_per_party,
+            v.sensitivity,
+            v.charge.rho,
+            v.epsilon_alone
+        );
     }
     if let Some(h) = &r.home {
         println!(
@@ -443,10 +475,11 @@ fn print_rounds(r: &CheckReport<'_>) {
         );
         if let (Some(q), Some(e)) = (h.public_records, h.vote_epsilon) {
             println!(
-                "public set  {q} records; a PATE-style noisy vote over them instead (one query per \
-                 record, noise std one vote) would cost ε = {e:.1}{}",
+                "public set  {q} records; a PATE-style noisy vote over them instead \
+                 (vote_noise_std, one query per record) would cost ε = {e:.1} at a noise std of \
+                 one vote{}",
                 if e > r.epsilon_budget {
-                    format!(", above the budget {}: not offered", r.epsilon_budget)
+                    format!(", above the budget {}", r.epsilon_budget)
                 } else {
                     String::new()
                 }
