@@ -194,10 +194,17 @@ fn print_summary(s: &DemoSummary) {
             String::new()
         }
     );
-    println!(
-        "{} under secure aggregation, {} rounds",
-        s.strategy, s.rounds
-    );
+    if s.strategy == "ensemble" {
+        println!(
+            "ensemble: {} home steps per member, one secure sum of their outputs",
+            s.rounds
+        );
+    } else {
+        println!(
+            "{} under secure aggregation, {} rounds",
+            s.strategy, s.rounds
+        );
+    }
     println!("test accuracy       {:.2} %", 100.0 * s.accuracy);
     let pct = |v: &serde_json::Value| {
         v.as_f64()
