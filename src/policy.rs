@@ -707,8 +707,23 @@ impl Validator<'_> {
             Some(dir) if Path::new(file).is_relative() => dir.join(file),
             _ => PathBuf::from(file),
         };
-        let bytes = std::fs::read(&path)
-            .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))?;
+        let cannot =
+            |e: std::io::Error| self.err(key, format!("cannot read {}: {e}", path.display()));
+        // Bounded before it is read: at most MAX_PUBLIC_RECORDS lines of
+        // features, each number in a few dozen characters.
+        let limit = (MAX_PUBLIC_RECORDS * inputs * 32 + 4096) as u64;
+        let size = std::fs::metadata(&path).map_err(cannot)?.len();
+        if size > limit {
+            return Err(self.err(
+                key,
+                format!(
+                    "{} is {size} bytes, more than {MAX_PUBLIC_RECORDS} records of {inputs} \
+                     features can take ({limit} bytes)",
+                    path.display()
+                ),
+            ));
+        }
+        let bytes = std::fs::read(&path).map_err(cannot)?;
         let digest = hex(&Sha256::digest(&bytes));
         match sha256 {
             None => {

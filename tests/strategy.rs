@@ -399,6 +399,15 @@ fn ensemble_and_transfer_policies_are_checked_with_located_errors() {
         )
         .replace(&public.1, &sha));
     assert!(bad.contains("line 1") && bad.contains("13"), "{bad}");
+    // A file too large to be a public set is refused before it is read.
+    let huge = dir.join("huge.csv");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let big = err(&text.replace(&public.0.display().to_string(), &huge.display().to_string()));
+    assert!(big.contains("bytes, more than"), "{big}");
+    std::fs::remove_file(&huge).unwrap();
     let canary = err(&text.replace("attacks = [\"loss\"]", "attacks = [\"loss\", \"canary\"]"));
     assert!(canary.contains("audit.attacks[1]"), "{canary}");
     assert!(err(&text.replace("canaries = 0", "canaries = 10")).contains("audit.canaries"));
