@@ -301,17 +301,6 @@ pub fn block_layout(policy: &Policy) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-/// Where each block lies in the count vector, for `attacks` population
-/// attacks.
-fn block_ranges(attacks: usize) -> Vec<std::ops::Range<usize>> {
-    let mut ranges: Vec<_> = (0..attacks)
-        .map(|k| 2 * BINS * k..2 * BINS * (k + 1))
-        .collect();
-    let end = 2 * BINS * attacks;
-    ranges.push(end..end + UTILITY_COUNTS);
-    ranges
-}
-
 /// What a party trains on: its records without the audit non-members.
 pub fn training_set(d: &Dataset, sample: &PartySample) -> Dataset {
     let held_out: std::collections::BTreeSet<usize> = sample.non_members.iter().copied().collect();
@@ -543,24 +532,25 @@ pub fn utility_counts(model: &Network, d: &Dataset, sample: &PartySample) -> [u3
 
 /// Party side: scores the party's scored audit records with every attack
 /// and bins the scores, members then non-members per attack, then appends
-/// the utility counts.
+/// the utility counts, each block where the policy's [`block_layout`]
+/// puts it.
 pub fn party_counts(
     model: &Network,
     d: &Dataset,
     sample: &PartySample,
     attacks: &[String],
+    layout: &[std::ops::Range<usize>],
     seed: u64,
 ) -> Vec<u32> {
     let scores = party_scores(model, d, sample, attacks, seed);
-    let ranges = block_ranges(attacks.len());
-    let mut counts = vec![0u32; ranges.last().map_or(0, |r| r.end)];
-    for (a, range) in attacks.iter().zip(&ranges) {
+    let utility = layout[attacks.len()].clone();
+    let mut counts = vec![0u32; utility.end];
+    for (a, range) in attacks.iter().zip(layout) {
         let (m, n) = &scores[a];
         let base = range.start;
         m.iter().for_each(|&s| counts[base + bin(a, s)] += 1);
         n.iter().for_each(|&s| counts[base + BINS + bin(a, s)] += 1);
     }
-    let utility = ranges.last().expect("the utility block").clone();
     counts[utility].copy_from_slice(&utility_counts(model, d, sample));
     counts
 }
@@ -633,7 +623,7 @@ pub fn findings(
     let attacks = population_attacks(policy);
     let confidence = policy.audit.confidence;
     let mut results = Vec::new();
-    let ranges = block_ranges(attacks.len());
+    let ranges = block_layout(policy);
     for (k, a) in attacks.iter().enumerate() {
         let base = ranges[k].start;
         let edges = lower_edges(a);
@@ -673,11 +663,9 @@ pub fn findings(
     }
     let transfer = count_blocks(policy)
         .iter()
-        .zip(block_layout(policy))
-        .enumerate()
-        .find(|(_, (b, _))| b.name == TRANSFER)
-        .and_then(|(k, (_, range))| {
-            let c = summed.counts.get(range)?;
+        .position(|b| b.name == TRANSFER)
+        .and_then(|k| {
+            let c = summed.counts.get(ranges[k].clone())?;
             let half = c.len() / 2;
             Some(TransferCounts {
                 classes: policy.strategy.classes,

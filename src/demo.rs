@@ -760,7 +760,6 @@ impl Demo {
             let training = audit::training_set(d, &sample);
             let mut home = crate::job::session::HomeNoise::new(
                 plan,
-                plan.noise_std_per_party,
                 policy,
                 &format!("{} (measured)", self.job_id),
                 round,

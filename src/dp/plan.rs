@@ -205,6 +205,24 @@ impl PrivacyPlan {
         }
         self.finetune.as_ref().map(|f| f.charge.times(f.rounds))
     }
+
+    /// Every release a job under this plan pays for, as a job's admission
+    /// reserves them: one charge per training round (the ensemble's
+    /// members' steps), or the ensemble's one vote; the audit's counts;
+    /// and the transfer's fine-tuning, once (every party's is the same, so
+    /// the largest party's total is one of them).
+    pub fn planned_charges(&self) -> Vec<RoundCharge> {
+        let mut planned = match &self.vote {
+            // A voting ensemble's members spend nothing: its vote pays.
+            Some(v) => vec![v.charge.clone()],
+            None => vec![self.charge.clone(); self.rounds as usize],
+        };
+        planned.extend(self.audit.as_ref().map(|a| a.charge.clone()));
+        if !self.at_home {
+            planned.extend(self.home_charge());
+        }
+        planned
+    }
 }
 
 struct Shape {
@@ -222,6 +240,8 @@ struct Shape {
     /// Most contributions summed in one round (parties or sampled records).
     contributions: f64,
     rotation: bool,
+    /// One party's own DP-SGD step: its noise whole, its sum alone.
+    home: bool,
 }
 
 fn shape(policy: &Policy) -> Shape {
@@ -278,6 +298,7 @@ fn shape_of(policy: &Policy, home: bool) -> Shape {
         honest: if home { 1 } else { policy.honest_survivors() },
         contributions,
         rotation,
+        home,
     }
 }
 
@@ -613,31 +634,27 @@ impl VotePlan {
     /// What a noisy vote over the policy's public set with summed noise std
     /// `std` (in votes) would cost, whether or not the policy votes.
     pub fn with_std(policy: &Policy, std: f64) -> Result<VotePlan, PlanError> {
-        vote_with_std(policy, std)
+        let queries = policy.strategy.public_set.as_ref().map_or(0, |p| p.records);
+        let honest = policy.honest_survivors();
+        let sensitivity = (2.0 * queries as f64).sqrt();
+        // A whole number of votes per party, rounded up: more noise, never
+        // less, and the exact sampler's integer scale.
+        let per_party = (std / (honest as f64).sqrt()).ceil().max(1.0);
+        let rho = ddg_rho(
+            sensitivity,
+            per_party,
+            honest,
+            queries * policy.strategy.classes,
+        );
+        Ok(VotePlan {
+            queries,
+            sensitivity,
+            noise_std: std,
+            noise_std_per_party: per_party,
+            charge: RoundCharge::of_zcdp(rho, 1.0),
+            epsilon_alone: zcdp_epsilon_of_rho(rho, policy.privacy.delta)?,
+        })
     }
-}
-
-fn vote_with_std(policy: &Policy, std: f64) -> Result<VotePlan, PlanError> {
-    let queries = policy.strategy.public_set.as_ref().map_or(0, |p| p.records);
-    let honest = policy.honest_survivors();
-    let sensitivity = (2.0 * queries as f64).sqrt();
-    // A whole number of votes per party, rounded up: more noise, never
-    // less, and the exact sampler's integer scale.
-    let per_party = (std / (honest as f64).sqrt()).ceil().max(1.0);
-    let rho = ddg_rho(
-        sensitivity,
-        per_party,
-        honest,
-        queries * policy.strategy.classes,
-    );
-    Ok(VotePlan {
-        queries,
-        sensitivity,
-        noise_std: std,
-        noise_std_per_party: per_party,
-        charge: RoundCharge::of_zcdp(rho, 1.0),
-        epsilon_alone: zcdp_epsilon_of_rho(rho, policy.privacy.delta)?,
-    })
 }
 
 /// ε of a vote and the audit together.
@@ -651,9 +668,27 @@ fn vote_epsilon(
         Some(a) => vote.charge.plus(&a.charge),
         None => vote.charge.clone(),
     };
-    Ok(match p.accountant {
-        AccountantKind::Zcdp => zcdp_epsilon_of_rho(total.rho, p.delta)?,
-        AccountantKind::Rdp => rdp_epsilon(&total.rdp, p.delta).0,
+    Ok(epsilon_of_total(
+        p.accountant,
+        total.rho,
+        &total.rdp,
+        p.delta,
+    )?)
+}
+
+/// ε of releases whose costs add up to `rho` (zCDP) and the RDP curve
+/// `rdp`, under `accountant` at `delta`: what the ledger reports as spent.
+pub fn epsilon_of_total(
+    accountant: AccountantKind,
+    rho: f64,
+    rdp: &[f64],
+    delta: f64,
+) -> Result<f64, AccountingError> {
+    Ok(match accountant {
+        AccountantKind::Zcdp => zcdp_epsilon_of_rho(rho, delta)?,
+        // Nothing charged yet spends nothing.
+        AccountantKind::Rdp if rdp.iter().all(|r| *r == 0.0) => 0.0,
+        AccountantKind::Rdp => rdp_epsilon(rdp, delta).0,
     })
 }
 
@@ -677,7 +712,7 @@ fn plan_vote(
         if room > 0.0 {
             let mut std = (10.0 * vote.sensitivity / (2.0 * room).sqrt()).ceil() / 10.0;
             for _ in 0..10_000 {
-                let v = vote_with_std(policy, std)?;
+                let v = VotePlan::with_std(policy, std)?;
                 if vote_epsilon(policy, &v, audit.as_ref())? < p.epsilon {
                     least = format!("a std of at least {std:.1} votes");
                     break;
@@ -746,7 +781,7 @@ fn noiseless_plan(policy: &Policy, s: &Shape) -> Result<PrivacyPlan, PlanError> 
         epsilon_budget: p.epsilon,
         audit: None,
         finetune: None,
-        at_home: s.honest == 1 && s.parties == 1,
+        at_home: s.home,
         vote: None,
     })
 }
@@ -883,7 +918,7 @@ fn plan_with(
         epsilon_budget: p.epsilon,
         audit,
         finetune,
-        at_home: s.honest == 1 && s.parties == 1,
+        at_home: s.home,
         vote: None,
     })
 }

@@ -462,10 +462,13 @@ impl JobEngine {
         };
         live.awaiting_charge = false;
         let (kind, round) = (live.kind, live.round);
-        if kind != TaskKind::Audit {
-            self.charged_rounds.insert(round);
+        match kind {
+            TaskKind::Training => {
+                self.charged_rounds.insert(round);
+            }
+            TaskKind::Outputs => self.outputs_charged = true,
+            TaskKind::Audit => {}
         }
-        self.outputs_charged |= kind == TaskKind::Outputs;
         self.confirm_unmask(now)
     }
 
@@ -620,7 +623,7 @@ impl JobEngine {
                         outputs: false,
                     }],
                 };
-                self.start_audit(round, plan, now)
+                self.start_kind(round, plan, 0, TaskKind::Audit, now)
             }
             _ => Ok(()),
         }
@@ -640,15 +643,6 @@ impl JobEngine {
             false => TaskKind::Training,
         };
         self.start_kind(round, plan, index, kind, now)
-    }
-
-    fn start_audit(
-        &mut self,
-        round: u32,
-        plan: RoundPlan,
-        now: Instant,
-    ) -> Result<(), EngineError> {
-        self.start_kind(round, plan, 0, TaskKind::Audit, now)
     }
 
     fn start_kind(
@@ -761,11 +755,8 @@ impl JobEngine {
         };
         let charge = match (self.policy.privacy.unit, live.kind) {
             (Unit::None, _) => None,
-            (_, TaskKind::Training | TaskKind::Outputs)
-                if self.charged_rounds.contains(&live.round) =>
-            {
-                None
-            }
+            (_, TaskKind::Training) if self.charged_rounds.contains(&live.round) => None,
+            // One release of the members, however many attempts carry it.
             (_, TaskKind::Outputs) if self.outputs_charged => None,
             (_, TaskKind::Training) => {
                 Some((ChargeKind::Training, vec![(None, self.plan.charge.clone())]))

@@ -409,18 +409,8 @@ pub fn create_job(
         )?;
         // One charge per training round, however many tasks it has (its
         // tasks' cohorts are disjoint or their norms split the policy's),
-        // and the audit's.
-        let mut planned = match &plan.vote {
-            // A voting ensemble's members spend nothing: its vote pays.
-            Some(v) => vec![v.charge.clone()],
-            None => vec![plan.charge.clone(); rounds as usize],
-        };
-        planned.extend(plan.audit.as_ref().map(|a| a.charge.clone()));
-        // Transfer's fine-tuning, the same at every party: the largest
-        // party's total is one of them.
-        if !plan.at_home {
-            planned.extend(plan.home_charge());
-        }
+        // and the rest of what the plan pays for.
+        let planned = plan.planned_charges();
         store
             .begin_job(
                 &job_policy.consortium.id,

@@ -424,6 +424,16 @@ pub enum InputRandomness {
 }
 
 impl InputRandomness {
+    /// The std of the party's noise share under a plan that asks for
+    /// `std`: the plan's, except in the library's broken-noise tests.
+    fn noise_std(self, std: f64) -> f64 {
+        match self {
+            #[cfg(test)]
+            InputRandomness::WeakNoise { divisor, .. } => (std / f64::from(divisor)).round(),
+            _ => std,
+        }
+    }
+
     /// The test seed, if the randomness is seeded (`None`: the OS's).
     fn test_seed(self) -> Option<u64> {
         match self {
@@ -578,18 +588,7 @@ impl PartySession {
                 .try_into()
                 .expect("8 bytes"),
         );
-        let noise_std = plan.noise_std_per_party;
-        #[cfg(test)]
-        let noise_std = match randomness {
-            InputRandomness::WeakNoise { divisor, .. } => (noise_std / f64::from(divisor)).round(),
-            _ => noise_std,
-        };
-        // A voting ensemble's members add no noise to their training; the
-        // vote's noise is its own (plan.vote).
-        let noise = (policy.privacy.unit != Unit::None && plan.vote.is_none())
-            .then(|| DiscreteGaussianShare::new(noise_std))
-            .transpose()
-            .map_err(|e| e.to_string())?;
+        let noise = party_noise(&policy, &plan, randomness)?;
         let half = party_half(&policy, home).map_err(|e| {
             format!(
                 "this party's saved state for job `{}` cannot be restored: {e}",
@@ -644,12 +643,14 @@ impl PartySession {
             TaskKind::Outputs => self.outputs_input(a)?,
             TaskKind::Audit => {
                 let attacks = audit::population_attacks(self.rules.policy());
+                let layout = audit::block_layout(self.rules.policy());
                 let model = self.half.model();
                 let mut counts = audit::party_counts(
                     &model,
                     &self.member.data,
                     &self.sample,
                     &attacks,
+                    &layout,
                     self.audit_seed,
                 );
                 // Transfer: the fine-tuned model is trained here, at home,
@@ -669,7 +670,6 @@ impl PartySession {
                 let randomness = self.randomness;
                 let label = format!("{}/{}/audit/{}", self.rules.job(), a.round, self.member.id);
                 let stds = self.rules.plan().audit.as_ref().map(|a| a.noise_stds());
-                let layout = audit::block_layout(self.rules.policy());
                 audit::party_input(&counts, &layout, &stds.unwrap_or_default(), |k| {
                     randomness.noise_seed(&format!("{label}/{k}"))
                 })
@@ -709,12 +709,8 @@ impl PartySession {
     /// noise share added, wrapped to words mod 2^bits.
     fn training_input(&mut self, a: &Admission) -> Result<Vec<u32>, String> {
         use zeroize::Zeroize;
+        let spec = self.task_spec(a)?;
         let (policy, plan, job) = (self.rules.policy(), self.rules.plan(), self.rules.job());
-        let spec = round_plan(policy, job, a.round)
-            .tasks
-            .into_iter()
-            .find(|t| t.id == a.task)
-            .ok_or("the task left the plan")?;
         let scheme = training_scheme(policy, plan, job, a.round, &spec);
         let sample_seed = party_secret(
             &self.member.identity_seed,
@@ -766,6 +762,15 @@ impl PartySession {
         Ok(scheme.wrap(&acc))
     }
 
+    /// The admitted task as this party's own strategy plans it.
+    fn task_spec(&self, a: &Admission) -> Result<crate::strategy::TaskSpec, String> {
+        round_plan(self.rules.policy(), self.rules.job(), a.round)
+            .tasks
+            .into_iter()
+            .find(|t| t.id == a.task)
+            .ok_or_else(|| "the task left the plan".to_string())
+    }
+
     /// The noisy sums of this party's home DP-SGD under `plan` (the
     /// ensemble's: the job's; the transfer's: its fine-tuning's).
     fn home_noise(
@@ -774,15 +779,8 @@ impl PartySession {
         a: &Admission,
         what: &str,
     ) -> Result<HomeNoise, String> {
-        let noise_std = plan.noise_std_per_party;
-        #[cfg(test)]
-        let noise_std = match self.randomness {
-            InputRandomness::WeakNoise { divisor, .. } => (noise_std / f64::from(divisor)).round(),
-            _ => noise_std,
-        };
         HomeNoise::new(
             plan,
-            noise_std,
             self.rules.policy(),
             self.rules.job(),
             a.round,
@@ -808,11 +806,7 @@ impl PartySession {
     }
 
     fn fresh_outputs(&mut self, a: &Admission) -> Result<Vec<u32>, String> {
-        let spec = round_plan(self.rules.policy(), self.rules.job(), a.round)
-            .tasks
-            .into_iter()
-            .find(|t| t.id == a.task)
-            .ok_or("the task left the plan")?;
+        let spec = self.task_spec(a)?;
         let mut home = self.home_noise(self.rules.plan(), a, "member")?;
         let out = self
             .half
@@ -877,6 +871,20 @@ impl PartySession {
     }
 }
 
+/// The noise share a party adds to what it computes under `plan`: none
+/// without DP, and none for a voting ensemble's members, whose training the
+/// vote pays for (the vote's noise is its own, `plan.vote`).
+fn party_noise(
+    policy: &Policy,
+    plan: &PrivacyPlan,
+    randomness: InputRandomness,
+) -> Result<Option<DiscreteGaussianShare>, String> {
+    (policy.privacy.unit != Unit::None && plan.vote.is_none())
+        .then(|| DiscreteGaussianShare::new(randomness.noise_std(plan.noise_std_per_party)))
+        .transpose()
+        .map_err(|e| e.to_string())
+}
+
 /// A party's home DP-SGD sums: its gradients clipped and rounded on its
 /// home plan's grid, its whole discrete Gaussian added (no other party's
 /// noise joins it), decoded. Randomness as the party's secure-sum inputs.
@@ -892,11 +900,10 @@ pub struct HomeNoise {
 impl HomeNoise {
     /// The home sums of party `member` in `round` of `job` under `plan`,
     /// `what` naming the training ("member", "finetune"): its record
-    /// samples keyed by its identity seed, its noise of std `noise_std`.
+    /// samples keyed by its identity seed, its noise the plan's.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         plan: &PrivacyPlan,
-        noise_std: f64,
         policy: &Policy,
         job: &str,
         round: u32,
@@ -915,12 +922,7 @@ impl HomeNoise {
                 plan.clip_norm,
                 rotation,
             ),
-            noise: match (policy.privacy.unit, &plan.vote) {
-                (Unit::None, _) => None,
-                // A voting member trains without noise: the vote pays.
-                (_, Some(_)) if noise_std == 0.0 => None,
-                _ => Some(DiscreteGaussianShare::new(noise_std).map_err(|e| e.to_string())?),
-            },
+            noise: party_noise(policy, plan, randomness)?,
             randomness,
             secret: party_secret(
                 identity_seed,

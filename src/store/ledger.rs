@@ -8,7 +8,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::dp::accountant::{orders, rdp_epsilon, zcdp_epsilon_of_rho};
+use crate::dp::accountant::orders;
 use crate::dp::plan::RoundCharge;
 use crate::policy::AccountantKind;
 
@@ -118,17 +118,8 @@ impl PrivacyLedger {
     }
 
     fn epsilon_of(b: &Budget, rho: f64, rdp: &[f64]) -> Result<f64, LedgerError> {
-        Ok(match b.accountant {
-            AccountantKind::Zcdp => zcdp_epsilon_of_rho(rho, b.delta)
-                .map_err(|e| LedgerError::Corrupt(e.to_string()))?,
-            AccountantKind::Rdp => {
-                if rdp.iter().all(|r| *r == 0.0) {
-                    0.0
-                } else {
-                    rdp_epsilon(rdp, b.delta).0
-                }
-            }
-        })
+        crate::dp::plan::epsilon_of_total(b.accountant, rho, rdp, b.delta)
+            .map_err(|e| LedgerError::Corrupt(e.to_string()))
     }
 
     /// ε that one job's own charges spend, at its consortium's δ and under
