@@ -399,6 +399,18 @@ fn serve(dir: &Path, port: u16) -> ServeProcess {
     ServeProcess::start(Path::new(env!("CARGO_BIN_EXE_shroud")), dir, port, &[]).unwrap()
 }
 
+/// `shroud serve` that aborts at the failpoint `name`.
+fn serve_failing_at(dir: &Path, port: u16, name: &str) -> ServeProcess {
+    ServeProcess::start_with_env(
+        Path::new(env!("CARGO_BIN_EXE_shroud")),
+        dir,
+        port,
+        &[],
+        &[("SHROUD_FAILPOINT", name)],
+    )
+    .unwrap()
+}
+
 /// Waits for a coordinator child that is meant to crash at a failpoint.
 fn wait_for_crash(server: &mut ServeProcess, what: &str) {
     for _ in 0..1200 {
@@ -597,15 +609,7 @@ async fn an_ensemble_coordinator_killed_at_its_sum_tries_again_and_releases() {
     let op_seed = serve_dir(&dir, &text);
     let port = free_port().unwrap();
     let url = format!("https://127.0.0.1:{port}");
-    let exe = Path::new(env!("CARGO_BIN_EXE_shroud"));
-    let mut server = ServeProcess::start_with_env(
-        exe,
-        &dir,
-        port,
-        &[],
-        &[("SHROUD_FAILPOINT", "after-charge")],
-    )
-    .unwrap();
+    let mut server = serve_failing_at(&dir, port, "after-charge");
     let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
     let (tap, seen) = mpsc::channel();
     let parties = spawn_parties(&url, tls.clone(), &text, &shares, Some(tap));
@@ -684,17 +688,9 @@ async fn a_coordinator_killed_at_any_moment_never_under_charges() {
     let op_seed = serve_dir(&dir, &text);
     let port = free_port().unwrap();
     let url = format!("https://127.0.0.1:{port}");
-    let exe = Path::new(env!("CARGO_BIN_EXE_shroud"));
     // First life: dies the instant the first round's charge has committed,
     // before any of its unmask requests went out.
-    let mut server = ServeProcess::start_with_env(
-        exe,
-        &dir,
-        port,
-        &[],
-        &[("SHROUD_FAILPOINT", "after-charge")],
-    )
-    .unwrap();
+    let mut server = serve_failing_at(&dir, port, "after-charge");
     let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
     let (tap, seen) = mpsc::channel();
     let parties = spawn_parties(&url, tls.clone(), &text, &sets, Some(tap));
@@ -705,14 +701,7 @@ async fn a_coordinator_killed_at_any_moment_never_under_charges() {
         .unwrap();
     wait_for_crash(&mut server, "after the charge");
     // Second life: dies at the next charge point, before charging.
-    server = ServeProcess::start_with_env(
-        exe,
-        &dir,
-        port,
-        &[],
-        &[("SHROUD_FAILPOINT", "before-charge")],
-    )
-    .unwrap();
+    server = serve_failing_at(&dir, port, "before-charge");
     wait_for_crash(&mut server, "before the charge");
     // Third life: killed outright while a round is unmasking (charged,
     // unmask requests out); fourth: killed at a random moment.
