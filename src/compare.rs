@@ -163,6 +163,10 @@ pub struct CellResult {
     pub accuracy: f64,
     /// Two-class data: precision, recall, F1 and AUC.
     pub test_metrics: Option<crate::evaluate::BinaryMetrics>,
+    /// Party-level local training: the parties' locally trained models on
+    /// the classes they lack (see [`crate::demo::Forgetting`]).
+    #[serde(default)]
+    pub forgetting: Option<crate::demo::Forgetting>,
     pub rounds_aborted: usize,
     /// "release" or "block" (every cell without noise is blocked).
     pub decision: String,
@@ -457,6 +461,7 @@ fn run_cell(spec: &CompareSpec, cell: &Cell, out: &Path) -> Result<CellResult> {
         epsilon_spent: summary.epsilon_spent,
         accuracy: summary.accuracy,
         test_metrics: summary.test_metrics,
+        forgetting: summary.forgetting,
         rounds_aborted: summary.rounds_aborted,
         decision: match summary.decision {
             shroud_audit::Decision::Release => "release",
@@ -471,13 +476,13 @@ fn run_cell(spec: &CompareSpec, cell: &Cell, out: &Path) -> Result<CellResult> {
 /// One row per cell.
 pub fn write_csv(results: &[CellResult], path: &Path) -> Result<()> {
     let mut s = String::from(
-        "strategy,partition,epsilon,seed,epsilon_spent,accuracy,precision,recall,f1,auc,rounds_aborted,decision,wall_seconds\n",
+        "strategy,partition,epsilon,seed,epsilon_spent,accuracy,precision,recall,f1,auc,absent_class_accuracy_global,absent_class_accuracy_local,rounds_aborted,decision,wall_seconds\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x}"));
     for r in results {
         let m = r.test_metrics;
         s += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{:.3}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3}\n",
             csv_field(&r.strategy),
             csv_field(&r.partition),
             r.epsilon.map_or("none".into(), |e| e.to_string()),
@@ -488,6 +493,11 @@ pub fn write_csv(results: &[CellResult], path: &Path) -> Result<()> {
             opt(m.map(|m| m.recall)),
             opt(m.map(|m| m.f1)),
             opt(m.map(|m| m.auc)),
+            opt(r
+                .forgetting
+                .as_ref()
+                .map(|f| f.absent_class_accuracy_global)),
+            opt(r.forgetting.as_ref().map(|f| f.absent_class_accuracy_local)),
             r.rounds_aborted,
             r.decision,
             r.wall_seconds
@@ -527,6 +537,10 @@ pub struct Aggregate {
     pub sd: f64,
     pub min: f64,
     pub max: f64,
+    /// Mean and sd of the forgetting figures, where cells have them: the
+    /// final model, then the locally trained models, on absent classes.
+    pub absent_class_accuracy_global: Option<(f64, f64)>,
+    pub absent_class_accuracy_local: Option<(f64, f64)>,
 }
 
 /// Every (partition, strategy, ε) over its seeds, in the spec's order.
@@ -535,15 +549,22 @@ pub fn aggregate(spec: &CompareSpec, results: &[CellResult]) -> Vec<Aggregate> {
     for p in &spec.partitions {
         for s in &spec.strategies {
             for e in &spec.epsilons {
-                let acc: Vec<f64> = results
+                let cells: Vec<&CellResult> = results
                     .iter()
                     .filter(|r| {
                         r.partition == p.label()
                             && r.strategy == s.label()
                             && r.epsilon == e.budget()
                     })
-                    .map(|r| r.accuracy)
                     .collect();
+                let acc: Vec<f64> = cells.iter().map(|r| r.accuracy).collect();
+                let forgetting = |f: fn(&crate::demo::Forgetting) -> f64| {
+                    let v: Vec<f64> = cells
+                        .iter()
+                        .filter_map(|r| r.forgetting.as_ref().map(f))
+                        .collect();
+                    (!v.is_empty()).then(|| mean_sd(&v))
+                };
                 if acc.is_empty() {
                     continue;
                 }
@@ -557,6 +578,8 @@ pub fn aggregate(spec: &CompareSpec, results: &[CellResult]) -> Vec<Aggregate> {
                     sd,
                     min: acc.iter().copied().fold(f64::INFINITY, f64::min),
                     max: acc.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    absent_class_accuracy_global: forgetting(|f| f.absent_class_accuracy_global),
+                    absent_class_accuracy_local: forgetting(|f| f.absent_class_accuracy_local),
                 });
             }
         }
@@ -748,7 +771,22 @@ pub fn write_html(spec: &CompareSpec, results: &[CellResult], path: &Path) -> Re
                     a.partition == p.label() && a.strategy == s.label() && slot(a.epsilon) == k
                 });
                 html += &match cell {
-                    Some(a) => format!("<td>{:.3} ± {:.3}</td>", a.mean, a.sd),
+                    Some(a) => format!(
+                        "<td>{:.3} ± {:.3}{}</td>",
+                        a.mean,
+                        a.sd,
+                        match (
+                            a.absent_class_accuracy_global,
+                            a.absent_class_accuracy_local
+                        ) {
+                            (Some(g), Some(l)) => format!(
+                                "<br><small>absent classes: {:.3} ± {:.3} → {:.3} ± {:.3} \
+                                 after local training</small>",
+                                g.0, g.1, l.0, l.1
+                            ),
+                            _ => String::new(),
+                        }
+                    ),
                     None => "<td></td>".into(),
                 };
             }
@@ -829,6 +867,7 @@ alpha = 0.1
             epsilon_spent: Some(7.9),
             accuracy: 0.9,
             test_metrics: None,
+            forgetting: None,
             rounds_aborted: 0,
             decision: "release".into(),
             wall_seconds: 1.0,

@@ -175,6 +175,9 @@ pub struct DemoSummary {
     /// records, from their noisy confusion counts (the fine-tuned models
     /// never leave the parties).
     pub transfer: Option<TransferSummary>,
+    /// Party-level local training: how each party's model, trained
+    /// locally from the final model, does on the classes the party lacks.
+    pub forgetting: Option<Forgetting>,
     pub report_html: String,
     pub report_json: String,
     /// Membership-inference attacks run, the canary audit counted as one.
@@ -199,6 +202,21 @@ pub struct TransferSummary {
     /// Their mean over the parties.
     pub fine_tuned_test_accuracy: f64,
     pub fine_tuned_test_metrics: Option<crate::evaluate::BinaryMetrics>,
+}
+
+/// What local training forgets: every party that lacks some classes
+/// starts from the job's final download (model, and impressions where the
+/// strategy sends them), trains one round locally as its strategy does,
+/// and its model is scored on the test records of the classes it holds no
+/// record of. Means over those parties.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct Forgetting {
+    /// Parties that lack at least one class.
+    pub parties: usize,
+    /// The final model on those records, before local training.
+    pub absent_class_accuracy_global: f64,
+    /// The parties' locally trained models on them.
+    pub absent_class_accuracy_local: f64,
 }
 
 /// One party's fine-tuned model on the demo's test split.
@@ -322,7 +340,20 @@ fn adapt_policy(
             // Switching strategy drops the policy's settings of the other.
             if kind != "fedmr" {
                 s.remove("group_size");
+            }
+            if kind != "fedmr" && kind != "fedimpres" {
                 s.remove("warmup_rounds");
+            }
+            if kind != "fedimpres" {
+                for key in [
+                    "refresh_rounds",
+                    "impressions",
+                    "impression_ratio",
+                    "statistics_share",
+                    "feature_bound",
+                ] {
+                    s.remove(key);
+                }
             }
             if kind != "series" {
                 s.remove("stages");
@@ -676,6 +707,7 @@ impl Demo {
                 Some(t) => Some(self.transfer_summary(t, &outcome.model)?),
                 None => None,
             },
+            forgetting: self.forgetting()?,
             report_html: release.report_html.display().to_string(),
             report_json: release.report_json.display().to_string(),
             attacks_and_canaries: report.attacks.len() + usize::from(report.canary.is_some()),
@@ -697,6 +729,79 @@ impl Demo {
 }
 
 impl Demo {
+    /// See [`Forgetting`]: for strategies whose download is one whole
+    /// model (FedAvg, FedImpres, the transfer's base). Each party trains
+    /// for the policy's local epochs, as under party-level DP, whatever
+    /// the job's unit: a record-level job's parties take one gradient per
+    /// record each round and so never train locally during the job.
+    fn forgetting(&self) -> Result<Option<Forgetting>> {
+        use crate::policy::StrategyKind;
+        use crate::strategy::{coordinator_half, party_half, round_plan, Contribution, SumKind};
+        if !matches!(
+            self.policy.strategy.kind,
+            StrategyKind::Fedavg | StrategyKind::Fedimpres { .. } | StrategyKind::Transfer { .. }
+        ) {
+            return Ok(None);
+        }
+        let policy = &self.policy;
+        let mut local_policy = policy.clone();
+        local_policy.privacy.unit = Unit::Party;
+        if policy.record_sums() {
+            // A record-level job's learning rate is the coordinator's step
+            // on the mean gradient, not a step of local SGD on small
+            // batches: local training takes a tenth of it (the transfer's
+            // fine-tuning default).
+            local_policy.strategy.learning_rate = policy.strategy.learning_rate / 10.0;
+        }
+        let store = PrivacyLedger::open(&self.db)?;
+        let Some(rec) = store.job_run(&self.job_id)? else {
+            return Ok(None);
+        };
+        let coordinator = coordinator_half(policy, rec.seed, Some(&rec.strategy_state))
+            .map_err(|e| anyhow::anyhow!("the job's saved state: {e}"))?;
+        let round = policy.privacy.rounds + 1;
+        let plan = round_plan(policy, &self.job_id, policy.privacy.rounds);
+        let Some(task) = plan.tasks.iter().find(|t| t.sum == SumKind::Update) else {
+            return Ok(None);
+        };
+        let test = &self.data.test;
+        let (mut global, mut local, mut parties) = (0.0, 0.0, 0usize);
+        for (i, data) in self.party_data.iter().enumerate() {
+            let held: std::collections::BTreeSet<usize> = data.labels.iter().copied().collect();
+            let absent: Vec<usize> = (0..test.len())
+                .filter(|&r| !held.contains(&test.labels[r]))
+                .collect();
+            if absent.is_empty() {
+                continue;
+            }
+            let records = test.subset(&absent);
+            let mut half =
+                party_half(&local_policy, None).map_err(|e| anyhow::anyhow!("party {i}: {e}"))?;
+            let downlink = coordinator.downlink(i as u32);
+            half.receive(round, &downlink)
+                .map_err(|e| anyhow::anyhow!("party {i}: {e}"))?;
+            let start = half.model();
+            let seed = party_secret(&demo_identity_seed(i as u32), "forgetting", &self.job_id);
+            let Contribution::Whole(delta) = half.contribute(round, task, data, &seed) else {
+                return Ok(None);
+            };
+            let mut trained = start.to_flat();
+            trained.iter_mut().zip(&delta).for_each(|(p, d)| *p += d);
+            let mut after = start.clone();
+            after
+                .set_flat(&trained)
+                .map_err(|e| anyhow::anyhow!("party {i}: {e}"))?;
+            global += start.accuracy(&records);
+            local += after.accuracy(&records);
+            parties += 1;
+        }
+        Ok((parties > 0).then(|| Forgetting {
+            parties,
+            absent_class_accuracy_global: global / parties as f64,
+            absent_class_accuracy_local: local / parties as f64,
+        }))
+    }
+
     fn transfer_summary(
         &self,
         t: crate::audit::TransferCounts,

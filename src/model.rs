@@ -90,7 +90,7 @@ impl Mlp {
     }
 
     /// Inputs to every layer, and the logits.
-    fn forward_cached(&self, x: ArrayView2<f64>) -> (Vec<Array2<f64>>, Array2<f64>) {
+    pub(crate) fn forward_cached(&self, x: ArrayView2<f64>) -> (Vec<Array2<f64>>, Array2<f64>) {
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut a = x.to_owned();
         for (i, l) in self.layers.iter().enumerate() {

@@ -148,6 +148,16 @@ struct RawStrategy {
     finetune_share: Option<f64>,
     #[serde(default)]
     finetune_learning_rate: Option<f64>,
+    #[serde(default)]
+    refresh_rounds: Option<i64>,
+    #[serde(default)]
+    impressions: Option<i64>,
+    #[serde(default)]
+    impression_ratio: Option<f64>,
+    #[serde(default)]
+    statistics_share: Option<f64>,
+    #[serde(default)]
+    feature_bound: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -317,6 +327,22 @@ pub enum StrategyKind {
         student_epochs: u32,
         vote_noise_std: Option<f64>,
     },
+    /// Federated impressions (after Arya et al. 2024): FedAvg whose parties
+    /// also train on synthetic "impressions" the coordinator inverts from
+    /// the model it sends, matched to the consortium's class histogram and
+    /// feature moments. Those come from one noisy secure sum at the start
+    /// of the job (`statistics_share` of its ρ, each feature clamped to
+    /// ±`feature_bound`); impressions are made first after
+    /// `warmup_rounds`, again every `refresh_rounds`, and a party trains
+    /// on `impression_ratio` impressions per record of its own.
+    Fedimpres {
+        warmup_rounds: u32,
+        refresh_rounds: u32,
+        impressions: u32,
+        impression_ratio: f64,
+        statistics_share: f64,
+        feature_bound: f64,
+    },
 }
 
 impl StrategyKind {
@@ -327,6 +353,7 @@ impl StrategyKind {
             StrategyKind::Series { .. } => "series",
             StrategyKind::Transfer { .. } => "transfer",
             StrategyKind::Ensemble { .. } => "ensemble",
+            StrategyKind::Fedimpres { .. } => "fedimpres",
         }
     }
 
@@ -476,7 +503,9 @@ impl Strategy {
             StrategyKind::Series { .. } => self.stage_dimensions().into_iter().map(whole).collect(),
             // A base round is a FedAvg round; an ensemble member's home
             // step is one DP-SGD step of the whole model.
-            StrategyKind::Transfer { .. } | StrategyKind::Ensemble { .. } => {
+            StrategyKind::Transfer { .. }
+            | StrategyKind::Ensemble { .. }
+            | StrategyKind::Fedimpres { .. } => {
                 vec![whole(self.dimension())]
             }
         }
@@ -547,7 +576,17 @@ pub struct Policy {
     pub reviewers: Vec<Reviewer>,
 }
 
-pub const STRATEGIES: &[&str] = &["fedavg", "fedmr", "series", "transfer", "ensemble"];
+pub const STRATEGIES: &[&str] = &[
+    "fedavg",
+    "fedmr",
+    "series",
+    "transfer",
+    "ensemble",
+    "fedimpres",
+];
+/// Most impressions a FedImpres job synthesises (each is sent to every
+/// party with the model).
+pub const MAX_IMPRESSIONS: i64 = 10_000;
 /// Most stages a series network may have.
 pub const MAX_STAGES: i64 = 8;
 pub const MODELS: &[&str] = &["softmax", "mlp"];
@@ -599,6 +638,19 @@ impl Policy {
         match self.strategy.kind.trains_at_home() {
             true => ENSEMBLE_SUM_ATTEMPTS,
             false => self.privacy.rounds,
+        }
+    }
+
+    /// Whether a round sums one vector per record (DP-SGD's per-record
+    /// gradients) rather than one per party (an update after local
+    /// training). Record-level DP sums records and party-level DP parties;
+    /// without DP, records where the roster states their counts (which
+    /// the expected batch needs), else parties.
+    pub fn record_sums(&self) -> bool {
+        match self.privacy.unit {
+            Unit::Record => true,
+            Unit::None => self.total_records().is_some(),
+            Unit::Party => false,
         }
     }
 
@@ -1135,15 +1187,14 @@ impl Validator<'_> {
         if s.kind != "series" && s.stages.is_some() {
             return Err(self.err("strategy.stages", "applies only to kind = \"series\""));
         }
-        if s.kind != "fedmr" {
-            for (key, set) in [
-                ("strategy.group_size", s.group_size.is_some()),
-                ("strategy.warmup_rounds", s.warmup_rounds.is_some()),
-            ] {
-                if set {
-                    return Err(self.err(key, "applies only to kind = \"fedmr\""));
-                }
-            }
+        if s.kind != "fedmr" && s.group_size.is_some() {
+            return Err(self.err("strategy.group_size", "applies only to kind = \"fedmr\""));
+        }
+        if !matches!(s.kind.as_str(), "fedmr" | "fedimpres") && s.warmup_rounds.is_some() {
+            return Err(self.err(
+                "strategy.warmup_rounds",
+                "applies only to kind = \"fedmr\" or \"fedimpres\"",
+            ));
         }
         for (key, set, kinds) in [
             ("strategy.public_set", s.public_set.is_some(), "ensemble"),
@@ -1176,6 +1227,27 @@ impl Validator<'_> {
                 "strategy.finetune_learning_rate",
                 s.finetune_learning_rate.is_some(),
                 "transfer",
+            ),
+            (
+                "strategy.refresh_rounds",
+                s.refresh_rounds.is_some(),
+                "fedimpres",
+            ),
+            ("strategy.impressions", s.impressions.is_some(), "fedimpres"),
+            (
+                "strategy.impression_ratio",
+                s.impression_ratio.is_some(),
+                "fedimpres",
+            ),
+            (
+                "strategy.statistics_share",
+                s.statistics_share.is_some(),
+                "fedimpres",
+            ),
+            (
+                "strategy.feature_bound",
+                s.feature_bound.is_some(),
+                "fedimpres",
             ),
         ] {
             if set && s.kind != kinds {
@@ -1247,6 +1319,66 @@ impl Validator<'_> {
                     )?),
                 },
             },
+            "fedimpres" => {
+                let warmup_rounds = match s.warmup_rounds {
+                    None => (rounds / 10).max(1),
+                    Some(w) => {
+                        self.positive_int("strategy.warmup_rounds", w, 1, i64::from(rounds))? as u32
+                    }
+                };
+                StrategyKind::Fedimpres {
+                    warmup_rounds,
+                    refresh_rounds: match s.refresh_rounds {
+                        None => (rounds / 10).max(1),
+                        Some(v) => {
+                            self.positive_int("strategy.refresh_rounds", v, 1, i64::from(rounds))?
+                                as u32
+                        }
+                    },
+                    impressions: match s.impressions {
+                        None => 20 * classes as u32,
+                        Some(v) => self.positive_int(
+                            "strategy.impressions",
+                            v,
+                            classes as i64,
+                            MAX_IMPRESSIONS,
+                        )? as u32,
+                    },
+                    impression_ratio: match s.impression_ratio {
+                        None => 0.5,
+                        Some(v) => self.finite_in(
+                            "strategy.impression_ratio",
+                            v,
+                            0.0,
+                            10.0,
+                            "a positive number of impressions per local record, at most 10",
+                        )?,
+                    },
+                    statistics_share: match s.statistics_share {
+                        None => 0.05,
+                        Some(v) if v > 0.0 && v <= 0.5 => v,
+                        Some(v) => {
+                            return Err(self.err(
+                                "strategy.statistics_share",
+                                format!(
+                                    "must be in (0, 0.5]: the share of the job's ρ the one-off \
+                                     sum of class counts and feature moments spends, got {v}"
+                                ),
+                            ))
+                        }
+                    },
+                    feature_bound: match s.feature_bound {
+                        None => 4.0,
+                        Some(v) => self.finite_in(
+                            "strategy.feature_bound",
+                            v,
+                            0.0,
+                            1e6,
+                            "a positive bound on each feature's magnitude in the statistics",
+                        )?,
+                    },
+                }
+            }
             "series" => {
                 let Some(k) = s.stages else {
                     return Err(self.err(

@@ -656,3 +656,93 @@ fn a_voting_ensemble_pays_once_for_its_noisy_vote() {
         plan.epsilon_total
     );
 }
+
+/// FedImpres in memory. Round 1 opens with the one statistics sum (exact,
+/// every party's input noisy), charged once under its own kind; rounds 2
+/// and 3 pass it over. Every round is otherwise FedAvg's, charged once.
+/// The impressions the coordinator sends are exactly what the synthesiser
+/// makes from released state alone: the model the last round released,
+/// the decoded statistics sum and the public seed. The ledger's ε is what
+/// `policy check` predicts.
+#[test]
+fn fedimpres_sums_statistics_once_and_impresses_only_released_state() {
+    use shroud::dp::statistics;
+    use shroud::strategy::fedimpres::FedImpres;
+    use shroud::strategy::impressions::{synthesise, ConsortiumStats};
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let text = common::fedimpres_policy_text(&records, 5);
+    let policy = Policy::parse(Path::new("fedimpres.toml"), &text).unwrap();
+    let plan = shroud::dp::plan::PrivacyPlan::for_policy(&policy).unwrap();
+    let (status, sums, inputs, ledger) = run_wine_job(&text, "fedimpres-job", 0.0);
+    assert_eq!(status.state, "released", "{status:?}");
+    check_sums(&sums, &inputs);
+    let tasks: Vec<(u32, u32)> = sums
+        .iter()
+        .filter(|s| s.round <= 5)
+        .map(|s| (s.round, s.task))
+        .collect();
+    assert_eq!(tasks, vec![(1, 0), (1, 1), (2, 1), (3, 1), (4, 0), (5, 0)]);
+    let blocks = statistics::blocks(&policy);
+    let stats_sum = &sums[0];
+    assert_eq!(stats_sum.bits, 32);
+    assert_eq!(stats_sum.sum.len(), statistics::width(&blocks));
+    // A party's statistics are noisy: its class counts are not whole.
+    let (classes, d) = (policy.strategy.classes, policy.strategy.inputs);
+    for i in inputs.iter().filter(|i| (i.round, i.task) == (1, 0)) {
+        let counts = &statistics::decode(&i.words, &blocks)[..classes];
+        let whole: f64 = counts.iter().map(|c| (c - c.round()).abs()).sum();
+        assert!(whole > 1e-3, "party {}: {counts:?}", i.party);
+    }
+    // Charges: the statistics once, then one per training round.
+    let charges = ledger.charges(Some("fedimpres-job")).unwrap();
+    let kinds: Vec<(u32, u32, ChargeKind)> =
+        charges.iter().map(|c| (c.round, c.task, c.kind)).collect();
+    assert_eq!(
+        &kinds[..6],
+        &[
+            (1, 0, ChargeKind::Statistics),
+            (1, 1, ChargeKind::Training),
+            (2, 1, ChargeKind::Training),
+            (3, 1, ChargeKind::Training),
+            (4, 0, ChargeKind::Training),
+            (5, 0, ChargeKind::Training),
+        ]
+    );
+    let st = plan.statistics.as_ref().unwrap();
+    assert!((charges[0].rho - st.charge.rho).abs() < 1e-15);
+    let spent = ledger.job_spent("fedimpres-job").unwrap();
+    assert!(
+        (spent - plan.epsilon_total).abs() < 1e-9 && spent < 8.0,
+        "ledger {spent} against policy check {}",
+        plan.epsilon_total
+    );
+    // The impressions sent after round 5 (made after round 4, refreshed
+    // every 2 rounds from round 2), recomputed from released state only.
+    let rec = ledger.job_run("fedimpres-job").unwrap().unwrap();
+    let half =
+        shroud::strategy::coordinator_half(&policy, rec.seed, Some(&rec.strategy_state)).unwrap();
+    let downlink = half.downlink(0);
+    let dim = policy.strategy.dimension();
+    assert_eq!(downlink[dim], 30.0);
+    let stats = ConsortiumStats::from_sum(&statistics::decode(&stats_sum.sum, &blocks), classes, d);
+    let released = sums
+        .iter()
+        .find(|s| (s.round, s.task) == (4, 0))
+        .and_then(|s| s.model_after.clone())
+        .unwrap();
+    let mut model = shroud::strategy::initial_model(&policy, 0);
+    model.set_flat(&released).unwrap();
+    let want = synthesise(&model, &stats, 30, &FedImpres::synthesis_seed(rec.seed, 4));
+    let mut expected = want.features.concat();
+    expected.extend(want.labels.iter().map(|&l| l as f64));
+    assert_eq!(&downlink[dim + 1..], expected.as_slice());
+    // The labels follow the consortium's noisy class histogram.
+    let shares = &stats.class_shares;
+    for (c, share) in shares.iter().enumerate() {
+        let k = want.labels.iter().filter(|&&l| l == c).count() as f64;
+        assert!(
+            (k - 30.0 * share).abs() <= 1.0,
+            "class {c}: {k} of 30 at {share}"
+        );
+    }
+}

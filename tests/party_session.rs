@@ -415,3 +415,58 @@ fn the_kind_of_a_sum_is_the_partys_own_plan_not_the_announcement() {
         }
     );
 }
+
+/// FedImpres' statistics sum: a party sends its statistics once. A lying
+/// coordinator that asks again — in a later round, where the plan has
+/// attempts left, or passing the sum off as a training update or the
+/// reverse — is refused, so no two sums over different survivors can be
+/// subtracted to leave one party's noisy statistics.
+#[test]
+fn statistics_go_out_once_and_only_as_planned() {
+    let p = Policy::load(Path::new("policies/fedimpres.toml")).unwrap();
+    let plan = PrivacyPlan::for_policy(&p).unwrap();
+    let width = shroud::dp::statistics::width(&shroud::dp::statistics::blocks(&p));
+    let stats = |round: u32| LiveTask {
+        round,
+        task: 0,
+        kind: "statistics".into(),
+        phase: "advertise-keys".into(),
+        cohort: (0..10).collect(),
+        bits: shroud::job::session::STATISTICS_BITS,
+        len: width,
+    };
+    let mut s = PartyRules::new(ME, JOB, p.clone(), plan.clone(), SessionState::default());
+    let a = s.admit(&stats(1)).unwrap();
+    assert_eq!(a.kind, TaskKind::Statistics);
+    assert_eq!(a.len, 2 * p.strategy.inputs + p.strategy.classes);
+    // Announced as a training update, the same task is refused.
+    let mut as_training = stats(1);
+    as_training.kind = "training".into();
+    assert!(matches!(
+        refuses(&s, &as_training),
+        Refusal::WrongKind { task: 0, .. }
+    ));
+    s.start(&a);
+    // Before its masked input left, a later attempt may still come...
+    assert!(s.admit(&stats(2)).is_ok());
+    s.masked_input_sent(&a);
+    assert!(s.state().statistics_sent);
+    // ...after, none: not in round 2 or 3, where the plan allows one.
+    for round in [2, 3] {
+        assert_eq!(refuses(&s, &stats(round)), Refusal::StatisticsAlreadySent);
+    }
+    // Past the attempts, task 0 is the training update: a statistics sum
+    // announced there is refused by kind, whatever was sent.
+    let fresh = PartyRules::new(ME, JOB, p.clone(), plan.clone(), SessionState::default());
+    assert!(matches!(
+        refuses(&fresh, &stats(4)),
+        Refusal::WrongKind { task: 0, .. }
+    ));
+    // And the training update of round 1 is task 1, not task 0.
+    let mut update = stats(1);
+    update.kind = "training".into();
+    assert!(matches!(
+        refuses(&fresh, &update),
+        Refusal::WrongKind { task: 0, .. }
+    ));
+}

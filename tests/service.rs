@@ -569,8 +569,10 @@ async fn resumes_and_releases(
     assert!(finished >= finished_at_least, "{:?}", s.history);
     let ledger = PrivacyLedger::open(&dir.join("coordinator.db")).unwrap();
     let charges = ledger.charges(Some(job)).unwrap();
-    let charged: std::collections::BTreeSet<(u32, Option<u32>)> =
-        charges.iter().map(|c| (c.round, c.party)).collect();
+    let charged: std::collections::BTreeSet<(u32, &str, Option<u32>)> = charges
+        .iter()
+        .map(|c| (c.round, c.kind.name(), c.party))
+        .collect();
     assert_eq!(
         charged.len(),
         charges.len(),
@@ -660,6 +662,35 @@ async fn an_ensemble_coordinator_killed_at_its_sum_tries_again_and_releases() {
         let first = words(1).expect("a first attempt");
         assert_eq!(words(2), Some(first), "party {p} sent another release");
     }
+}
+
+/// FedImpres killed after round 3, its statistics summed and its first
+/// impressions made after round 2: restarted, it goes on from the saved
+/// statistics and impressions — refreshing them from its own state, never
+/// summing the statistics again — and releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fedimpres_coordinator_killed_mid_job_resumes_with_its_impressions() {
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let text = common::fedimpres_policy_text(&records, 6);
+    let name = "net-fedimpres-restart";
+    killed_mid_job_resumes(name, &text, "fi", b"fedimpres/1", 3, 6, 5).await;
+    let dir = temp_dir(name);
+    let ledger = PrivacyLedger::open(&dir.join("coordinator.db")).unwrap();
+    let statistics: Vec<u32> = ledger
+        .charges(Some("fi"))
+        .unwrap()
+        .iter()
+        .filter(|c| c.kind == ChargeKind::Statistics)
+        .map(|c| c.round)
+        .collect();
+    assert_eq!(statistics, vec![1]);
+    // The last round's state carries impressions (made after round 6).
+    let policy = policy_of(&text);
+    let rec = ledger.job_run("fi").unwrap().unwrap();
+    let half =
+        shroud::strategy::coordinator_half(&policy, rec.seed, Some(&rec.strategy_state)).unwrap();
+    let dim = policy.strategy.dimension();
+    assert_eq!(half.downlink(0).len(), dim + 1 + 30 * (13 + 1));
 }
 
 /// FedMR's coordinator half lives in the store between rounds: a

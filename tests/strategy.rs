@@ -148,7 +148,7 @@ fn a_round_is_charged_once_only_when_its_tasks_compose_in_parallel() {
         offset,
         dimension: 4,
         clip_norm,
-        outputs: false,
+        sum: shroud::strategy::SumKind::Update,
     };
     let half = 0.5f64.sqrt();
     let good = RoundPlan {
@@ -356,7 +356,7 @@ fn ensemble_and_transfer_policies_are_checked_with_located_errors() {
     assert_eq!(set.records * 13, set.features.len());
     // The plan: one outputs task; a member's ten steps at home.
     let plan = round_plan(&p, "job", 1);
-    assert!(plan.tasks[0].outputs);
+    assert_eq!(plan.tasks[0].sum, shroud::strategy::SumKind::Outputs);
     assert_eq!(plan.tasks[0].dimension, set.records * 3);
     assert_eq!(
         plan.composition(1.0),

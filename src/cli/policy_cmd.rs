@@ -74,6 +74,8 @@ struct CheckReport<'a> {
     home: Option<HomeCheck>,
     /// The ensemble's noisy vote, when the policy asks for one.
     vote: Option<&'a crate::dp::plan::VotePlan>,
+    /// FedImpres' one-off sum of class counts and feature moments.
+    statistics: Option<&'a crate::dp::plan::StatisticsPlan>,
     /// The tasks of each kind of round, drawn for a job named "example".
     rounds_shown: Vec<RoundShown>,
 }
@@ -144,6 +146,13 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
             let per_stage = policy.privacy.rounds / stages;
             shown_rounds.extend((1..stages).map(|k| k * per_stage + 1));
         }
+        StrategyKind::Fedimpres { warmup_rounds, .. } => {
+            // The statistics attempts open the first rounds.
+            let after = crate::strategy::fedimpres::STATISTICS_ATTEMPTS.max(warmup_rounds) + 1;
+            if after <= policy.privacy.rounds {
+                shown_rounds.push(after);
+            }
+        }
         StrategyKind::Fedavg | StrategyKind::Transfer { .. } | StrategyKind::Ensemble { .. } => {}
     }
     let rounds_shown = shown_rounds
@@ -207,6 +216,7 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
     let report = CheckReport {
         home,
         vote: plan.vote.as_ref(),
+        statistics: plan.statistics.as_ref(),
         file: file.display().to_string(),
         policy_hash: &policy.hash,
         consortium: &policy.consortium.id,
@@ -445,12 +455,51 @@ fn print_rounds(r: &CheckReport<'_>) {
              epochs is released",
             r.rounds
         ),
+        StrategyKind::Fedimpres {
+            warmup_rounds,
+            refresh_rounds,
+            impressions,
+            impression_ratio,
+            feature_bound,
+            ..
+        } => println!(
+            "strategy    fedimpres: fedavg; after round {warmup_rounds} and every \
+             {refresh_rounds} rounds the coordinator inverts the model it sends into \
+             {impressions} impressions matched to the consortium's noisy class histogram and \
+             feature moments (features clamped to ±{feature_bound}), sent with the model; each \
+             party trains on its records plus {impression_ratio} impressions per record"
+        ),
         StrategyKind::Ensemble { student_epochs, .. } => println!(
             "strategy    ensemble: each party trains its member at home, {} DP-SGD steps (the \
              rounds); one secure sum, without noise, of the members' class probabilities on the \
              public set; a student distilled from them for {student_epochs} epochs is released",
             r.rounds
         ),
+    }
+    if let Some(st) = r.statistics {
+        println!(
+            "statistics  one noisy secure sum in round 1 (tried again in rounds 2-3 only if it \
+             aborted before its charge), {:.0} % of the job's ρ: ρ = {:.5}, ε {:.4} on its own",
+            100.0 * st.budget_share,
+            st.charge.rho,
+            st.epsilon_alone
+        );
+        for b in &st.blocks {
+            println!(
+                "            {:<20} {:>4} values, one {} moves it at most {:.3} (L2), grid step \
+                 {:.3e}, noise std {} steps per party",
+                b.block.name,
+                b.block.width,
+                if r.unit == Unit::Party {
+                    "party"
+                } else {
+                    "record"
+                },
+                b.block.bound,
+                b.block.gamma(),
+                b.noise_std_per_party
+            );
+        }
     }
     if let Some(v) = r.vote {
         println!(

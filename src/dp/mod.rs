@@ -13,6 +13,7 @@ pub mod gaussian;
 pub mod noise;
 pub mod plan;
 pub mod rotation;
+pub mod statistics;
 
 /// Runs `f`, which calls into opendp, with no other opendp call running.
 ///

@@ -174,6 +174,42 @@ pub struct PrivacyPlan {
     /// The ensemble's noisy vote, when the policy asks for one: members
     /// then train at home without noise and the vote alone pays.
     pub vote: Option<VotePlan>,
+    /// The strategy's one-off statistics sum (FedImpres' class counts and
+    /// feature moments); its charge is in `epsilon_total`.
+    pub statistics: Option<StatisticsPlan>,
+}
+
+/// A one-off noisy secure sum of summary statistics (see
+/// [`super::statistics`]), charged once per job.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatisticsPlan {
+    pub blocks: Vec<StatisticsNoise>,
+    /// Share of the job's budget (in zCDP ρ) it spends.
+    pub budget_share: f64,
+    pub charge: RoundCharge,
+    /// ε of the sum alone, at the policy's δ.
+    pub epsilon_alone: f64,
+}
+
+/// One block of a statistics sum and its noise.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatisticsNoise {
+    #[serde(flatten)]
+    pub block: super::statistics::StatisticsBlock,
+    /// L2 sensitivity of the rounded block, in grid steps.
+    pub sensitivity: f64,
+    /// The std of the discrete Gaussian each party adds, in grid steps.
+    pub noise_std_per_party: f64,
+}
+
+impl StatisticsPlan {
+    pub fn noise_stds(&self) -> Vec<f64> {
+        self.blocks.iter().map(|b| b.noise_std_per_party).collect()
+    }
+
+    pub fn layout(&self) -> Vec<super::statistics::StatisticsBlock> {
+        self.blocks.iter().map(|b| b.block.clone()).collect()
+    }
 }
 
 /// A PATE-style noisy vote: each member's one-hot votes on the public set's
@@ -218,6 +254,7 @@ impl PrivacyPlan {
             None => vec![self.charge.clone(); self.rounds as usize],
         };
         planned.extend(self.audit.as_ref().map(|a| a.charge.clone()));
+        planned.extend(self.statistics.as_ref().map(|a| a.charge.clone()));
         if !self.at_home {
             planned.extend(self.home_charge());
         }
@@ -273,14 +310,7 @@ fn shape_of(policy: &Policy, home: bool) -> Shape {
         .expect("a strategy has at least one round shape");
     let padded = tasks.iter().map(|(_, p)| p).sum();
     let parties = policy.parties();
-    // Without DP, FedAvg still sums per-record gradients when the roster
-    // states record counts.
-    let record_sums = match policy.privacy.unit {
-        Unit::Record => true,
-        Unit::None => policy.total_records().is_some(),
-        Unit::Party => false,
-    };
-    let contributions = match record_sums {
+    let contributions = match policy.record_sums() {
         true => {
             // Poisson sampling: the expected batch plus a wide tail margin.
             let n = policy.total_records().unwrap_or(0) as f64;
@@ -513,11 +543,7 @@ fn audit_plan(policy: &Policy) -> Result<Option<AuditPlan>, PlanError> {
     let mut rho = 0.0;
     for block in blocks {
         let sensitivity = block.sensitivity;
-        let continuous = sensitivity / (2.0 * per_block).sqrt() / (honest as f64).sqrt();
-        let mut sigma = continuous.ceil().max(1.0);
-        while ddg_rho(sensitivity, sigma, honest, block.width) > per_block {
-            sigma += 1.0;
-        }
+        let sigma = block_sigma(sensitivity, block.width, per_block, honest);
         rho += ddg_rho(sensitivity, sigma, honest, block.width);
         noise.push(BlockNoise {
             block: block.name,
@@ -530,6 +556,78 @@ fn audit_plan(policy: &Policy) -> Result<Option<AuditPlan>, PlanError> {
         budget_share: share,
         epsilon_alone: zcdp_epsilon_of_rho(rho, policy.privacy.delta)?,
         // Every record of the audit sample enters: no sampling.
+        charge: RoundCharge::of_zcdp(rho, 1.0),
+    }))
+}
+
+/// The least whole std per party at which `honest` survivors' shares
+/// keep a block of `width` counts at L2 sensitivity `sensitivity` within
+/// `rho`.
+fn block_sigma(sensitivity: f64, width: usize, rho: f64, honest: usize) -> f64 {
+    let continuous = sensitivity / (2.0 * rho).sqrt() / (honest as f64).sqrt();
+    let mut sigma = continuous.ceil().max(1.0);
+    while ddg_rho(sensitivity, sigma, honest, width) > rho {
+        sigma += 1.0;
+    }
+    sigma
+}
+
+/// The strategy's statistics sum: each block an equal part of the share's
+/// ρ, noised like the audit's counts; refused when its words could wrap.
+fn statistics_plan(policy: &Policy) -> Result<Option<StatisticsPlan>, PlanError> {
+    let blocks = super::statistics::blocks(policy);
+    let StrategyKind::Fedimpres {
+        statistics_share, ..
+    } = policy.strategy.kind
+    else {
+        return Ok(None);
+    };
+    if blocks.is_empty() || policy.privacy.unit == Unit::None {
+        return Ok(None);
+    }
+    let rho_target =
+        statistics_share * rho_for_epsilon(policy.privacy.epsilon, policy.privacy.delta)?;
+    let per_block = rho_target / blocks.len() as f64;
+    let honest = policy.honest_survivors();
+    // Most units one coordinate can hold: every record (or party).
+    let units = match policy.record_sums() {
+        false => policy.parties() as f64,
+        true => policy.total_records().map_or(f64::INFINITY, |n| n as f64),
+    };
+    let half = 2f64.powi(i32::from(super::statistics::STATISTICS_BITS) - 1) - 1.0;
+    let mut noise = Vec::new();
+    let mut rho = 0.0;
+    for block in blocks {
+        let sensitivity = block.sensitivity();
+        let sigma = block_sigma(sensitivity, block.width, per_block, honest);
+        rho += ddg_rho(sensitivity, sigma, honest, block.width);
+        let t = tail(WRAP_PROBABILITY / block.width as f64);
+        let bound = units * (sensitivity - (block.width as f64).sqrt())
+            + sigma * (policy.parties() as f64).sqrt() * t;
+        if bound > half {
+            return Err(PlanError {
+                key: "strategy.feature_bound",
+                message: format!(
+                    "the statistics sum's {} could reach {bound:.3e} grid steps, beyond a \
+                     32-bit word's ±{half:.0}: the roster must state every party's records, \
+                     and there may be at most {:.0} of them",
+                    block.name,
+                    (half - sigma * (policy.parties() as f64).sqrt() * t)
+                        / (sensitivity - (block.width as f64).sqrt())
+                ),
+            });
+        }
+        noise.push(StatisticsNoise {
+            block,
+            sensitivity,
+            noise_std_per_party: sigma,
+        });
+    }
+    Ok(Some(StatisticsPlan {
+        blocks: noise,
+        budget_share: statistics_share,
+        epsilon_alone: zcdp_epsilon_of_rho(rho, policy.privacy.delta)?,
+        // Every record enters: no sampling.
         charge: RoundCharge::of_zcdp(rho, 1.0),
     }))
 }
@@ -610,8 +708,11 @@ impl PrivacyPlan {
         if let Some(vote) = vote_plan(policy)? {
             return plan_vote(policy, &s, audit, vote);
         }
-        let finetune = finetune_plan(policy)?;
-        plan_with(policy, &s, audit, finetune)
+        let fixed = FixedReleases {
+            audit,
+            ..FixedReleases::of(policy)?
+        };
+        plan_with(policy, &s, fixed)
     }
 }
 
@@ -783,6 +884,7 @@ fn noiseless_plan(policy: &Policy, s: &Shape) -> Result<PrivacyPlan, PlanError> 
         finetune: None,
         at_home: s.home,
         vote: None,
+        statistics: None,
     })
 }
 
@@ -812,35 +914,63 @@ fn finetune_plan(policy: &Policy) -> Result<Option<Box<PrivacyPlan>>, PlanError>
         key: "strategy.finetune_steps",
         message: format!("the home fine-tuning: {}", e.message),
     })?;
-    let plan = plan_with(&home, &s, None, None)?;
+    let plan = plan_with(&home, &s, FixedReleases::none())?;
     Ok(Some(Box::new(plan)))
 }
 
 /// The releases whose cost is fixed whatever the noise multiplier: the
-/// audit's counts and the transfer's home fine-tuning.
-fn fixed_charge(audit: Option<&AuditPlan>, finetune: Option<&PrivacyPlan>) -> Option<RoundCharge> {
-    let finetune = finetune.map(|f| f.charge.times(f.rounds));
-    match (audit.map(|a| &a.charge), finetune) {
-        (Some(a), Some(f)) => Some(a.plus(&f)),
-        (Some(a), None) => Some(a.clone()),
-        (None, f) => f,
+/// audit's counts, the transfer's home fine-tuning and a strategy's
+/// statistics sum.
+struct FixedReleases {
+    audit: Option<AuditPlan>,
+    finetune: Option<Box<PrivacyPlan>>,
+    statistics: Option<StatisticsPlan>,
+}
+
+impl FixedReleases {
+    fn none() -> FixedReleases {
+        FixedReleases {
+            audit: None,
+            finetune: None,
+            statistics: None,
+        }
+    }
+
+    fn of(policy: &Policy) -> Result<FixedReleases, PlanError> {
+        Ok(FixedReleases {
+            audit: audit_plan(policy)?,
+            finetune: finetune_plan(policy)?,
+            statistics: statistics_plan(policy)?,
+        })
+    }
+
+    /// What they cost together.
+    fn charge(&self) -> Option<RoundCharge> {
+        [
+            self.audit.as_ref().map(|a| a.charge.clone()),
+            self.finetune.as_ref().map(|f| f.charge.times(f.rounds)),
+            self.statistics.as_ref().map(|s| s.charge.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(|a, b| a.plus(&b))
     }
 }
 
-fn plan_with(
-    policy: &Policy,
-    s: &Shape,
-    audit: Option<AuditPlan>,
-    finetune: Option<Box<PrivacyPlan>>,
-) -> Result<PrivacyPlan, PlanError> {
+fn plan_with(policy: &Policy, s: &Shape, fixed: FixedReleases) -> Result<PrivacyPlan, PlanError> {
     let p = &policy.privacy;
     let z = p.noise_multiplier;
     let bits = policy.encoding.bits;
     if p.unit == Unit::None {
         return noiseless_plan(policy, s);
     }
-    let fixed = fixed_charge(audit.as_ref(), finetune.as_deref());
-    let audit_charge = fixed.as_ref();
+    let fixed_charge = fixed.charge();
+    let audit_charge = fixed_charge.as_ref();
+    let FixedReleases {
+        audit,
+        finetune,
+        statistics,
+    } = fixed;
     let c = core(policy, s, z, bits)?;
     let inflation = c.sensitivity / c.scaled_clip;
     let rounds = p.rounds as usize;
@@ -920,6 +1050,7 @@ fn plan_with(
         finetune,
         at_home: s.home,
         vote: None,
+        statistics,
     })
 }
 
@@ -930,13 +1061,8 @@ impl PrivacyPlan {
             // The vote's noise is the policy's; the members add none.
             return Ok(0.0);
         }
-        let audit = audit_plan(policy)?;
-        let finetune = finetune_plan(policy)?;
-        calibrate_z(
-            policy,
-            &shape(policy),
-            fixed_charge(audit.as_ref(), finetune.as_deref()).as_ref(),
-        )
+        let fixed = FixedReleases::of(policy)?;
+        calibrate_z(policy, &shape(policy), fixed.charge().as_ref())
     }
 }
 

@@ -27,6 +27,7 @@ use super::{protocol_round, training_scheme};
 use crate::audit::{self, AuditSetup, Canary, Findings};
 use crate::dp::encode::EncodingScheme;
 use crate::dp::plan::{PrivacyPlan, RoundCharge};
+use crate::dp::statistics::{self, STATISTICS_BITS};
 use crate::net::api::{LiveTask, PartySetup};
 use crate::network::Network;
 use crate::policy::{Policy, Unit};
@@ -254,6 +255,9 @@ pub struct JobEngine {
     /// An outputs sum reached its charge point: the members' release is
     /// paid, and a later attempt sends the same words again.
     outputs_charged: bool,
+    /// A statistics sum reached its charge point: the job's one statistics
+    /// release is paid, and no other is tried.
+    statistics_charged: bool,
     audit_attempts: u32,
     /// Waiting for the host's release decision.
     releasing: bool,
@@ -293,6 +297,7 @@ impl JobEngine {
             live: None,
             charged_rounds: BTreeSet::new(),
             outputs_charged: false,
+            statistics_charged: false,
             audit_attempts: 0,
             releasing: false,
             effects: VecDeque::new(),
@@ -374,7 +379,9 @@ impl JobEngine {
     pub fn downlink(&self, party: u32, round: u32) -> Result<Vec<f64>, EngineError> {
         let live = self.live_for(round)?;
         Ok(match live.kind {
-            TaskKind::Training | TaskKind::Outputs => self.strategy.downlink(party),
+            TaskKind::Training | TaskKind::Outputs | TaskKind::Statistics => {
+                self.strategy.downlink(party)
+            }
             TaskKind::Audit => self.strategy.release_model().to_flat(),
         })
     }
@@ -467,6 +474,7 @@ impl JobEngine {
                 self.charged_rounds.insert(round);
             }
             TaskKind::Outputs => self.outputs_charged = true,
+            TaskKind::Statistics => self.statistics_charged = true,
             TaskKind::Audit => {}
         }
         self.confirm_unmask(now)
@@ -499,6 +507,12 @@ impl JobEngine {
     /// members' release is paid (their later attempts resend it).
     pub fn set_outputs_charged(&mut self, charged: bool) {
         self.outputs_charged = charged;
+    }
+
+    /// After a restart: the statistics sum was already charged, so it is
+    /// not tried again.
+    pub fn set_statistics_charged(&mut self, charged: bool) {
+        self.statistics_charged = charged;
     }
 
     /// The host applied the release gate: `released` says whether the model
@@ -620,7 +634,7 @@ impl JobEngine {
                         offset: 0,
                         dimension: audit::counts_width(&self.policy),
                         clip_norm: 0.0,
-                        outputs: false,
+                        sum: crate::strategy::SumKind::Update,
                     }],
                 };
                 self.start_kind(round, plan, 0, TaskKind::Audit, now)
@@ -629,19 +643,26 @@ impl JobEngine {
         }
     }
 
-    /// Starts task `index` of a training round (an update, or the outputs
-    /// of models trained at home).
+    /// Starts task `index` of a training round (an update, the outputs of
+    /// models trained at home, statistics), or the first task after it
+    /// that is still needed: a statistics sum the strategy has, or whose
+    /// one release was charged, is passed over. A round's last task always
+    /// runs.
     fn start_task(
         &mut self,
         round: u32,
         plan: RoundPlan,
-        index: usize,
+        mut index: usize,
         now: Instant,
     ) -> Result<(), EngineError> {
-        let kind = match plan.tasks[index].outputs {
-            true => TaskKind::Outputs,
-            false => TaskKind::Training,
+        let passed_over = |t: &TaskSpec| {
+            !self.strategy.wants(t)
+                || (TaskKind::of(t) == TaskKind::Statistics && self.statistics_charged)
         };
+        while index + 1 < plan.tasks.len() && passed_over(&plan.tasks[index]) {
+            index += 1;
+        }
+        let kind = TaskKind::of(&plan.tasks[index]);
         self.start_kind(round, plan, index, kind, now)
     }
 
@@ -661,6 +682,7 @@ impl JobEngine {
                 (Some(scheme), self.plan.bits, len)
             }
             TaskKind::Outputs => (None, OUTPUT_BITS, task.dimension),
+            TaskKind::Statistics => (None, STATISTICS_BITS, task.dimension),
             TaskKind::Audit => (None, AUDIT_BITS, task.dimension),
         };
         let cohort: Vec<(PartyId, IdentityPublicKey)> = task
@@ -769,6 +791,12 @@ impl JobEngine {
                     None => home(self.plan.home_charge()),
                 },
             )),
+            (_, TaskKind::Statistics) if self.statistics_charged => None,
+            (_, TaskKind::Statistics) => self
+                .plan
+                .statistics
+                .as_ref()
+                .map(|s| (ChargeKind::Statistics, vec![(None, s.charge.clone())])),
             (_, TaskKind::Audit) => {
                 // The transfer's fine-tuning happens as the audit's counts
                 // are taken: charged with them.
@@ -874,6 +902,7 @@ impl JobEngine {
                 .map(|c| c as f64)
                 .collect(),
             TaskKind::Outputs => decode_outputs(&agg.sum),
+            TaskKind::Statistics => statistics::decode(&agg.sum, &statistics::blocks(&self.policy)),
             _ => {
                 let mut sum = live
                     .scheme

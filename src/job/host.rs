@@ -176,7 +176,7 @@ impl Host<'_> {
                         "audit-sum",
                         json!({ "round": round, "contributors": contributors, "dropped": dropped }),
                     ),
-                    TaskKind::Training | TaskKind::Outputs => (
+                    TaskKind::Training | TaskKind::Outputs | TaskKind::Statistics => (
                         "round-finished",
                         json!({ "round": round, "task": task, "contributors": contributors,
                                 "dropped": dropped, "epsilon_spent": spent }),
@@ -518,11 +518,11 @@ pub fn resume_job(
     let state = JobState::parse(&rec.state).unwrap_or(JobState::Failed);
     // An ensemble whose members' release was charged before the restart
     // resends it: it is not charged again.
+    let charges = store.charges(Some(id))?;
+    let charged = |kind| charges.iter().any(|c| c.kind == kind);
     let outputs_charged = job_policy.strategy.kind.trains_at_home()
-        && store
-            .charges(Some(id))?
-            .iter()
-            .any(|c| c.kind == crate::store::ledger::ChargeKind::Training);
+        && charged(crate::store::ledger::ChargeKind::Training);
+    let statistics_charged = charged(crate::store::ledger::ChargeKind::Statistics);
     let audit_attempts = store
         .rounds(id)?
         .iter()
@@ -546,6 +546,7 @@ pub fn resume_job(
     );
     engine.set_audit_attempts(audit_attempts);
     engine.set_outputs_charged(outputs_charged);
+    engine.set_statistics_charged(statistics_charged);
     if let Err(e) = engine.restore_canary_scores(&rec.canary_scores) {
         return fail(store, format!("the job cannot resume: {e}"));
     }

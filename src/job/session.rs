@@ -46,9 +46,15 @@ pub struct SessionState {
     pub last_training: Option<(u32, u32)>,
     /// Its masked input for an audit sum has been sent: it sends no other.
     pub audit_sent: bool,
+    /// Its masked input for a statistics sum has been sent: it sends no
+    /// other, so no two sums over different survivors can be subtracted
+    /// to isolate its noisy statistics.
+    #[serde(default)]
+    pub statistics_sent: bool,
 }
 
 pub use super::task::{TaskKind, AUDIT_BITS, OUTPUT_BITS};
+pub use crate::dp::statistics::STATISTICS_BITS;
 
 /// A task the party agreed to take part in, with the parameters it derived
 /// itself.
@@ -98,6 +104,7 @@ pub enum Refusal {
         rounds: u32,
     },
     AuditAlreadySent,
+    StatisticsAlreadySent,
     /// The announced kind is not the one the party's strategy plans for
     /// the task.
     WrongKind {
@@ -161,6 +168,9 @@ impl fmt::Display for Refusal {
             Refusal::AuditAlreadySent => {
                 f.write_str("this party has already sent its masked input for this job's audit sum")
             }
+            Refusal::StatisticsAlreadySent => f.write_str(
+                "this party has already sent its masked input for this job's statistics sum",
+            ),
             Refusal::WrongShape {
                 len,
                 bits,
@@ -238,6 +248,7 @@ impl PartyRules {
             "training" => TaskKind::Training,
             "outputs" => TaskKind::Outputs,
             "audit" => TaskKind::Audit,
+            "statistics" => TaskKind::Statistics,
             other => return Err(Refusal::UnknownKind(other.to_string())),
         };
         if live.cohort.windows(2).any(|w| w[0] >= w[1]) {
@@ -259,7 +270,7 @@ impl PartyRules {
         let rounds = self.policy.sum_rounds();
         let (round, task) = (live.round, live.task);
         let (expected_len, expected_bits) = match kind {
-            TaskKind::Training | TaskKind::Outputs => {
+            TaskKind::Training | TaskKind::Outputs | TaskKind::Statistics => {
                 if !(1..=rounds).contains(&round) {
                     return Err(Refusal::RoundOutOfRange { round, rounds });
                 }
@@ -273,9 +284,10 @@ impl PartyRules {
                 if spec.cohort != live.cohort {
                     return Err(Refusal::CohortMismatch { task });
                 }
-                // An outputs sum carries no noise: a coordinator must not
-                // pass a training update off as one, nor the reverse.
-                if spec.outputs != (kind == TaskKind::Outputs) {
+                // An outputs sum carries no noise and a statistics sum is
+                // charged once: a coordinator must not pass a training
+                // update off as either, nor the reverse.
+                if TaskKind::of(spec) != kind {
                     return Err(Refusal::WrongKind {
                         task,
                         announced: kind.name(),
@@ -286,11 +298,17 @@ impl PartyRules {
                         return Err(Refusal::NotAfterLast { round, task, last });
                     }
                 }
-                if spec.outputs {
-                    (spec.dimension, OUTPUT_BITS)
-                } else {
-                    let scheme = training_scheme(&self.policy, &self.plan, &self.job, round, spec);
-                    (scheme.padded, self.plan.bits)
+                match kind {
+                    TaskKind::Outputs => (spec.dimension, OUTPUT_BITS),
+                    TaskKind::Statistics if self.state.statistics_sent => {
+                        return Err(Refusal::StatisticsAlreadySent)
+                    }
+                    TaskKind::Statistics => (spec.dimension, STATISTICS_BITS),
+                    _ => {
+                        let scheme =
+                            training_scheme(&self.policy, &self.plan, &self.job, round, spec);
+                        (scheme.padded, self.plan.bits)
+                    }
                 }
             }
             TaskKind::Audit => {
@@ -348,10 +366,12 @@ impl PartyRules {
     }
 
     /// The party is about to send its masked input for `a`: after an audit
-    /// sum's, no other audit sum.
+    /// (statistics) sum's, no other audit (statistics) sum.
     pub fn masked_input_sent(&mut self, a: &Admission) {
-        if a.kind == TaskKind::Audit {
-            self.state.audit_sent = true;
+        match a.kind {
+            TaskKind::Audit => self.state.audit_sent = true,
+            TaskKind::Statistics => self.state.statistics_sent = true,
+            _ => {}
         }
     }
 }
@@ -641,6 +661,7 @@ impl PartySession {
         let words = match a.kind {
             TaskKind::Training => self.training_input(a)?,
             TaskKind::Outputs => self.outputs_input(a)?,
+            TaskKind::Statistics => self.statistics_input(a)?,
             TaskKind::Audit => {
                 let attacks = audit::population_attacks(self.rules.policy());
                 let layout = audit::block_layout(self.rules.policy());
@@ -760,6 +781,38 @@ impl PartySession {
                 .map_err(|e| e.to_string())?;
         }
         Ok(scheme.wrap(&acc))
+    }
+
+    /// The strategy's statistics, clipped block by block, summed, rounded
+    /// and noised as the plan says (no noise without DP).
+    fn statistics_input(&mut self, a: &Admission) -> Result<Vec<u32>, String> {
+        use zeroize::Zeroize;
+        let spec = self.task_spec(a)?;
+        let blocks = crate::dp::statistics::blocks(self.rules.policy());
+        let mut vectors = match self.half.statistics(&spec, &self.training)? {
+            Contribution::PerRecord(list) => list,
+            Contribution::Whole(v) => vec![v],
+        };
+        let stds = match (&self.noise, &self.rules.plan().statistics) {
+            (Some(_), Some(s)) => s
+                .noise_stds()
+                .into_iter()
+                .map(|std| self.randomness.noise_std(std))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let randomness = self.randomness;
+        let label = format!(
+            "{}/{}/statistics/{}",
+            self.rules.job(),
+            a.round,
+            self.member.id
+        );
+        let words = crate::dp::statistics::party_input(&vectors, &blocks, &stds, |k| {
+            randomness.noise_seed(&format!("{label}/{k}"))
+        });
+        vectors.iter_mut().for_each(|v| v.zeroize());
+        words
     }
 
     /// The admitted task as this party's own strategy plans it.

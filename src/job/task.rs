@@ -11,15 +11,27 @@ pub enum TaskKind {
     /// ensemble's class probabilities): a post-processing of DP releases,
     /// so summed without noise; charged as each member's home training.
     Outputs,
+    /// One-off summary statistics (noisy; charged once per job).
+    Statistics,
     /// The audit's bin counts, once, after the last training round.
     Audit,
 }
 
 impl TaskKind {
+    /// The kind of a strategy's task.
+    pub fn of(spec: &crate::strategy::TaskSpec) -> TaskKind {
+        match spec.sum {
+            crate::strategy::SumKind::Update => TaskKind::Training,
+            crate::strategy::SumKind::Outputs => TaskKind::Outputs,
+            crate::strategy::SumKind::Statistics => TaskKind::Statistics,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             TaskKind::Training => "training",
             TaskKind::Outputs => "outputs",
+            TaskKind::Statistics => "statistics",
             TaskKind::Audit => "audit",
         }
     }

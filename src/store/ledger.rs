@@ -22,6 +22,8 @@ pub enum ChargeKind {
     Training,
     /// The audit's noisy counts.
     Audit,
+    /// A strategy's one-off statistics sum.
+    Statistics,
 }
 
 impl ChargeKind {
@@ -29,6 +31,7 @@ impl ChargeKind {
         match self {
             ChargeKind::Training => "training",
             ChargeKind::Audit => "audit",
+            ChargeKind::Statistics => "statistics",
         }
     }
 
@@ -36,6 +39,7 @@ impl ChargeKind {
         match s {
             "training" => Ok(ChargeKind::Training),
             "audit" => Ok(ChargeKind::Audit),
+            "statistics" => Ok(ChargeKind::Statistics),
             other => Err(rusqlite::Error::FromSqlConversionFailure(
                 0,
                 rusqlite::types::Type::Text,

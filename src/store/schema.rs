@@ -10,6 +10,7 @@ pub(super) fn create(conn: &Connection) -> Result<(), LedgerError> {
     conn.execute_batch(LEDGER)?;
     add_charge_kind(conn)?;
     add_charge_party(conn)?;
+    widen_charge_kinds(conn)?;
     conn.execute_batch(LOG)?;
     conn.execute_batch(SERVICE)?;
     add_strategy_state(conn)?;
@@ -36,7 +37,7 @@ CREATE TABLE IF NOT EXISTS charges (
     job           TEXT NOT NULL REFERENCES jobs(job),
     round         INTEGER NOT NULL,
     task          INTEGER NOT NULL,
-    kind          TEXT NOT NULL DEFAULT 'training' CHECK (kind IN ('training', 'audit')),
+    kind          TEXT NOT NULL DEFAULT 'training' CHECK (kind IN ('training', 'audit', 'statistics')),
     party         INTEGER,
     accountant    TEXT NOT NULL,
     rho           REAL NOT NULL,
@@ -132,6 +133,38 @@ fn add_charge_kind(conn: &Connection) -> Result<(), LedgerError> {
                CHECK (kind IN ('training', 'audit'));",
         )?;
     }
+    Ok(())
+}
+
+/// Brings a ledger written before strategies summed statistics up to
+/// date: its `kind` check admits no 'statistics', and SQLite cannot change
+/// a check in place, so the table is copied into one that does, in one
+/// transaction.
+fn widen_charge_kinds(conn: &Connection) -> Result<(), LedgerError> {
+    let sql: String = conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'charges'",
+        [],
+        |r| r.get(0),
+    )?;
+    if sql.contains("'statistics'") {
+        return Ok(());
+    }
+    let columns = "id, job, round, task, kind, party, accountant, rho, rdp, epsilon_after, \
+                   delta, released, created_at";
+    let create = LEDGER
+        .split("CREATE TABLE IF NOT EXISTS charges")
+        .nth(1)
+        .and_then(|rest| rest.split(");").next())
+        .expect("the ledger's schema defines charges");
+    conn.execute_batch(&format!(
+        "BEGIN;
+         CREATE TABLE charges_widened {create});
+         INSERT INTO charges_widened ({columns}) SELECT {columns} FROM charges;
+         DROP TABLE charges;
+         ALTER TABLE charges_widened RENAME TO charges;
+         CREATE INDEX IF NOT EXISTS charges_by_job ON charges(job);
+         COMMIT;"
+    ))?;
     Ok(())
 }
 

@@ -45,7 +45,7 @@ pub fn plan(policy: &Policy) -> RoundPlan {
             dimension: records * policy.strategy.classes,
             // One probability vector per record, each of norm at most 1.
             clip_norm: (records as f64).sqrt(),
-            outputs: true,
+            sum: super::SumKind::Outputs,
         }],
     }
 }
@@ -145,7 +145,11 @@ impl CoordinatorHalf for Ensemble {
     }
 
     fn absorb(&mut self, _round: u32, r: TaskResult<'_>) {
-        assert!(r.task.outputs, "the ensemble sums only outputs");
+        assert_eq!(
+            r.task.sum,
+            super::SumKind::Outputs,
+            "the ensemble sums only outputs"
+        );
         let classes = self.student.sizes().last().copied().unwrap_or(2);
         let soft = Ensemble::soft_labels(&r.sum, classes);
         self.train_student(&soft);

@@ -12,7 +12,7 @@ use super::state::{StateReader, StateWriter};
 use super::{CoordinatorHalf, RoundPlan, StateError, TaskResult, TaskSpec};
 use crate::model::{Mlp, Sgd};
 use crate::network::Network;
-use crate::policy::{Policy, Unit};
+use crate::policy::Policy;
 
 const TAG: &[u8] = b"fedavg/1";
 
@@ -21,17 +21,17 @@ pub fn plan(policy: &Policy) -> RoundPlan {
     RoundPlan {
         tasks: vec![TaskSpec {
             id: 0,
-            label: if policy.privacy.unit == Unit::Party {
-                "model delta sum"
-            } else {
+            label: if policy.record_sums() {
                 "gradient sum"
+            } else {
+                "model delta sum"
             }
             .into(),
             cohort: policy.parties.iter().map(|p| p.id).collect(),
             offset: 0,
             dimension: policy.strategy.dimension(),
             clip_norm: policy.privacy.clip_norm,
-            outputs: false,
+            sum: crate::strategy::SumKind::Update,
         }],
     }
 }
@@ -54,7 +54,7 @@ impl ServerStep {
     pub fn with_dimension(policy: &Policy, dimension: usize) -> ServerStep {
         let s = &policy.strategy;
         ServerStep {
-            record_level: policy.privacy.unit != Unit::Party,
+            record_level: policy.record_sums(),
             sampling_rate: policy.privacy.sampling_rate,
             sgd: Sgd::new(s.learning_rate, s.momentum, dimension),
         }

@@ -28,7 +28,7 @@ use super::state::{StateReader, StateWriter};
 use super::{CoordinatorHalf, RoundPlan, StateError, TaskResult, TaskSpec};
 use crate::model::Mlp;
 use crate::network::Network;
-use crate::policy::{Policy, Unit};
+use crate::policy::Policy;
 
 const TAG: &[u8] = b"fedmr/1";
 
@@ -58,7 +58,7 @@ pub fn plan(policy: &Policy, job: &str, round: u32, group_size: usize) -> RoundP
                 offset,
                 dimension: d,
                 clip_norm: policy.privacy.clip_norm * (d as f64 / total).sqrt(),
-                outputs: false,
+                sum: crate::strategy::SumKind::Update,
             });
         }
         offset += d;
@@ -120,7 +120,7 @@ impl FedMr {
             sizes: s.sizes(),
             layers,
             warmup_rounds,
-            record_level: policy.privacy.unit != Unit::Party,
+            record_level: policy.record_sums(),
             sampling_rate: policy.privacy.sampling_rate,
             learning_rate: s.learning_rate,
             momentum: s.momentum,

@@ -9,7 +9,7 @@ use super::state::{StateError, StateReader, StateWriter};
 use super::{rng_from, Contribution, PartyHalf, TaskSpec};
 use crate::data::Dataset;
 use crate::model::{matrix, Mlp, ModelError, Sgd};
-use crate::policy::{Policy, Unit};
+use crate::policy::Policy;
 use crate::sampling::bernoulli;
 
 /// One round's update, computed once and sliced per task; wiped when
@@ -59,7 +59,7 @@ impl LocalTrainer {
         let s = &policy.strategy;
         LocalTrainer {
             model: Mlp::new(sizes, 0),
-            record_level: policy.privacy.unit != Unit::Party,
+            record_level: policy.record_sums(),
             sampling_rate: policy.privacy.sampling_rate,
             learning_rate: s.learning_rate,
             momentum: s.momentum,

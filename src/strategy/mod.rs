@@ -18,8 +18,10 @@
 
 pub mod ensemble;
 pub mod fedavg;
+pub mod fedimpres;
 pub mod fedmr;
 pub mod home;
+pub mod impressions;
 mod local;
 pub mod series;
 pub mod state;
@@ -52,9 +54,21 @@ pub struct TaskSpec {
     /// for a whole-model task, a share of it for a slice, so that a party's
     /// tasks in one round together stay within the policy's norm.
     pub clip_norm: f64,
-    /// The task sums what models trained at home output on public data
-    /// (values in [0, 1]), not an update: see [`PartyHalf::outputs`].
-    pub outputs: bool,
+    /// What the vector is.
+    pub sum: SumKind,
+}
+
+/// What a task's vector holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SumKind {
+    /// An update of the model (noisy, charged once per round).
+    Update,
+    /// What models trained at home output on public data (values in
+    /// [0, 1]): see [`PartyHalf::outputs`].
+    Outputs,
+    /// One-off summary statistics (noisy, charged once per job): see
+    /// [`PartyHalf::statistics`] and [`crate::dp::statistics`].
+    Statistics,
 }
 
 /// A round's tasks. Tasks of one round run one after another; each is a
@@ -86,20 +100,26 @@ impl RoundPlan {
     /// why: refused when a party would take part twice in one slice or its
     /// tasks' clip norms would square-sum above the policy's.
     pub fn composition(&self, clip_norm: f64) -> Result<Composition, String> {
-        if !self.tasks.is_empty() && self.tasks.iter().all(|t| t.outputs) {
+        // A statistics sum is charged on its own, not as the round's.
+        let tasks: Vec<&TaskSpec> = self
+            .tasks
+            .iter()
+            .filter(|t| t.sum != SumKind::Statistics)
+            .collect();
+        if !tasks.is_empty() && tasks.iter().all(|t| t.sum == SumKind::Outputs) {
             return Ok(Composition::Outputs);
         }
-        if self.tasks.iter().any(|t| t.outputs) {
+        if tasks.iter().any(|t| t.sum == SumKind::Outputs) {
             return Err("a round mixes outputs sums with noisy updates".into());
         }
-        if let [t] = self.tasks.as_slice() {
+        if let [t] = tasks.as_slice() {
             if t.clip_norm <= clip_norm {
                 return Ok(Composition::Single);
             }
         }
         let mut slices = std::collections::BTreeMap::<usize, Vec<u32>>::new();
         let mut norm2 = std::collections::BTreeMap::<u32, f64>::new();
-        for t in &self.tasks {
+        for t in &tasks {
             let members = slices.entry(t.offset).or_default();
             for p in &t.cohort {
                 if members.contains(p) {
@@ -121,7 +141,7 @@ impl RoundPlan {
             ));
         }
         Ok(Composition::Parallel {
-            tasks: self.tasks.len(),
+            tasks: tasks.len(),
             slices: slices.len(),
         })
     }
@@ -149,6 +169,12 @@ pub struct TaskResult<'a> {
 pub trait CoordinatorHalf: Send {
     /// The parameters `party` starts the current round from.
     fn downlink(&self, party: u32) -> Vec<f64>;
+
+    /// Whether the task is still needed: a task the strategy no longer
+    /// wants (a one-off statistics sum already in) is not run.
+    fn wants(&self, _task: &TaskSpec) -> bool {
+        true
+    }
 
     /// One task's decoded sum.
     fn absorb(&mut self, round: u32, result: TaskResult<'_>);
@@ -194,6 +220,14 @@ pub trait PartyHalf: Send {
         data: &Dataset,
         sample_seed: &[u8; 32],
     ) -> Contribution;
+
+    /// For a statistics task: this party's statistics, one vector per
+    /// record (or one for the party under party-level DP), laid out as
+    /// [`crate::dp::statistics::blocks`] says. The encoder clips each
+    /// block to its bound. Only strategies that plan statistics are asked.
+    fn statistics(&mut self, _task: &TaskSpec, _data: &Dataset) -> Result<Contribution, String> {
+        Err("this strategy plans no statistics sum".into())
+    }
 
     /// For an outputs task: trains at home with DP-SGD, each step's noisy
     /// gradient sum from `home`, then returns what the home model outputs
@@ -259,6 +293,7 @@ pub fn round_plan(policy: &Policy, job: &str, round: u32) -> RoundPlan {
         StrategyKind::Series { .. } => series::plan(policy, round),
         StrategyKind::Transfer { .. } => fedavg::plan(policy),
         StrategyKind::Ensemble { .. } => ensemble::plan(policy),
+        StrategyKind::Fedimpres { .. } => fedimpres::plan(policy, round),
     }
 }
 
@@ -278,6 +313,7 @@ pub fn coordinator_half(
         // The base is trained and released as FedAvg trains its model.
         StrategyKind::Transfer { .. } => Box::new(fedavg::FedAvg::new(policy, seed, saved)?),
         StrategyKind::Ensemble { .. } => Box::new(ensemble::Ensemble::new(policy, seed, saved)?),
+        StrategyKind::Fedimpres { .. } => Box::new(fedimpres::FedImpres::new(policy, seed, saved)?),
     })
 }
 
@@ -288,8 +324,21 @@ pub fn party_half(policy: &Policy, saved: Option<&[u8]>) -> Result<Box<dyn Party
         StrategyKind::Series { .. } => Box::new(series::SeriesParty::new(policy, saved)?),
         StrategyKind::Transfer { .. } => Box::new(transfer::TransferParty::new(policy, saved)?),
         StrategyKind::Ensemble { .. } => Box::new(ensemble::Member::new(policy, saved)?),
+        StrategyKind::Fedimpres { .. } => Box::new(fedimpres::FedImpresParty::new(policy, saved)?),
         _ => Box::new(LocalTrainer::new(policy, saved)?),
     })
+}
+
+/// Most values a coordinator's download can hold under `policy`: the
+/// model, and FedImpres' impressions (their count, features and labels).
+pub fn max_downlink(policy: &Policy) -> usize {
+    let s = &policy.strategy;
+    match s.kind {
+        StrategyKind::Fedimpres { impressions, .. } => {
+            s.dimension() + 1 + impressions as usize * (s.inputs + 1)
+        }
+        _ => s.dimension(),
+    }
 }
 
 /// A fresh model of the policy's shape (of its first stage, for a series).

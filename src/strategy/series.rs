@@ -24,7 +24,7 @@ use super::{
 use crate::data::Dataset;
 use crate::model::ModelError;
 use crate::network::{series_stage_sizes, Network};
-use crate::policy::{Policy, Strategy, Unit};
+use crate::policy::{Policy, Strategy};
 
 const TAG: &[u8] = b"series/1";
 const PARTY_TAG: &[u8] = b"series-party/1";
@@ -38,17 +38,17 @@ pub fn plan(policy: &Policy, round: u32) -> RoundPlan {
             id: 0,
             label: format!(
                 "stage {k} {}",
-                if policy.privacy.unit == Unit::Party {
-                    "delta sum"
-                } else {
+                if policy.record_sums() {
                     "gradient sum"
+                } else {
+                    "delta sum"
                 }
             ),
             cohort: policy.parties.iter().map(|p| p.id).collect(),
             offset: s.stage_offsets()[k],
             dimension: s.stage_dimensions()[k],
             clip_norm: policy.privacy.clip_norm,
-            outputs: false,
+            sum: crate::strategy::SumKind::Update,
         }],
     }
 }

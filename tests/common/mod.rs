@@ -244,3 +244,14 @@ pub fn laid_out_widths(dir: &std::path::Path, page: &std::path::Path, width: u32
         .collect();
     (widths[0], widths[1])
 }
+
+/// The consortium of [`fedmr_policy_text`] running FedImpres over `rounds`
+/// rounds: the statistics sum in round 1, 30 impressions made after round
+/// 2 and every 2 rounds after.
+#[allow(dead_code)]
+pub fn fedimpres_policy_text(records: &[usize], rounds: u32) -> String {
+    fedmr_policy_text(records, 3, 0, rounds).replace(
+        "kind = \"fedmr\"\ngroup_size = 3\nwarmup_rounds = 0\n",
+        "kind = \"fedimpres\"\nwarmup_rounds = 2\nrefresh_rounds = 2\nimpressions = 30\n",
+    )
+}
