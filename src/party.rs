@@ -20,7 +20,7 @@ use crate::job::local::silent_at;
 use crate::job::session::{Admission, InputRandomness, Member, PartySession, SessionState};
 use crate::net::api::{JobStatus, PartySetup};
 use crate::net::auth::Signer;
-use crate::net::client::{ok, ok_bytes, Body, Client, ClientError};
+use crate::net::client::{ok, ok_bytes_at_most, Body, Client, ClientError};
 use crate::policy::Policy;
 
 pub use crate::job::session::{ObservedInput, PartyObservation};
@@ -321,9 +321,13 @@ async fn take_part(
             Body::Empty,
         )
         .await?;
-    let bytes = ok_bytes(r).await?;
+    // The model, and what the strategy sends with it (FedImpres'
+    // impressions): at most what the policy allows, its shape checked by
+    // the strategy's half.
+    let most = crate::strategy::max_downlink(session.rules().policy());
+    let bytes = ok_bytes_at_most(r, most * 8).await?;
     let dimension = session.rules().policy().strategy.dimension();
-    if bytes.len() != dimension * 8 {
+    if bytes.len() % 8 != 0 || bytes.len() < dimension * 8 {
         return Err(PartyError::Refusing(format!(
             "the coordinator sent a model of {} bytes; the policy's model has {dimension} parameters",
             bytes.len()

@@ -252,6 +252,32 @@ pub async fn ok_bytes(r: reqwest::Response) -> Result<Bytes, ClientError> {
         .map_err(|e| ClientError::Unreachable(e.to_string()))
 }
 
+/// The body of a successful answer, refused once it passes `max` bytes: a
+/// coordinator cannot make a party hold more than its policy allows.
+pub async fn ok_bytes_at_most(r: reqwest::Response, max: usize) -> Result<Vec<u8>, ClientError> {
+    let too_long = |n: u64| {
+        ClientError::Refusing(format!(
+            "the coordinator's answer has at least {n} bytes; the policy allows at most {max}"
+        ))
+    };
+    let mut r = ok(r).await?;
+    if let Some(n) = r.content_length().filter(|&n| n > max as u64) {
+        return Err(too_long(n));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = r
+        .chunk()
+        .await
+        .map_err(|e| ClientError::Unreachable(e.to_string()))?
+    {
+        if out.len() + chunk.len() > max {
+            return Err(too_long((out.len() + chunk.len()) as u64));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 async fn json_answer<T: serde::de::DeserializeOwned>(
     r: reqwest::Response,
     path: &str,
