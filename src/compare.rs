@@ -83,11 +83,21 @@ pub struct StrategySpec {
     pub warmup_rounds: Option<u32>,
     #[serde(default)]
     pub stages: Option<u32>,
+    /// Further `[strategy]` keys for the policy (FedImpres', FST-CBDG's).
+    #[serde(default)]
+    pub settings: Option<toml::Table>,
+    /// The name cells and plots give it (default: from the name and the
+    /// keys above).
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 impl StrategySpec {
     /// The name a cell and a plot give it.
     pub fn label(&self) -> String {
+        if let Some(l) = &self.label {
+            return l.clone();
+        }
         match (self.name.as_str(), self.group_size, self.stages) {
             ("fedmr", Some(g), _) => match self.warmup_rounds {
                 Some(w) if w > 0 => format!("fedmr(g={g},w={w})"),
@@ -161,6 +171,9 @@ pub struct CellResult {
     pub epsilon_spent: Option<f64>,
     /// Test accuracy of the final model.
     pub accuracy: f64,
+    /// Test accuracy before the first round (FST-CBDG's zero-shot head).
+    #[serde(default)]
+    pub initial_accuracy: Option<f64>,
     /// Two-class data: precision, recall, F1 and AUC.
     pub test_metrics: Option<crate::evaluate::BinaryMetrics>,
     /// Party-level local training: the parties' locally trained models on
@@ -438,6 +451,7 @@ fn run_cell(spec: &CompareSpec, cell: &Cell, out: &Path) -> Result<CellResult> {
         public_records: spec.public_records,
         vote_noise_std: None,
         warmup_rounds: cell.strategy.warmup_rounds,
+        strategy_settings: cell.strategy.settings.clone().unwrap_or_default(),
         policy: spec.policy.clone(),
         epsilon: cell.epsilon,
         rounds: spec.rounds,
@@ -460,6 +474,7 @@ fn run_cell(spec: &CompareSpec, cell: &Cell, out: &Path) -> Result<CellResult> {
         seed: cell.seed,
         epsilon_spent: summary.epsilon_spent,
         accuracy: summary.accuracy,
+        initial_accuracy: Some(summary.initial_accuracy),
         test_metrics: summary.test_metrics,
         forgetting: summary.forgetting,
         rounds_aborted: summary.rounds_aborted,
@@ -476,19 +491,20 @@ fn run_cell(spec: &CompareSpec, cell: &Cell, out: &Path) -> Result<CellResult> {
 /// One row per cell.
 pub fn write_csv(results: &[CellResult], path: &Path) -> Result<()> {
     let mut s = String::from(
-        "strategy,partition,epsilon,seed,epsilon_spent,accuracy,precision,recall,f1,auc,absent_class_accuracy_global,absent_class_accuracy_local,rounds_aborted,decision,wall_seconds\n",
+        "strategy,partition,epsilon,seed,epsilon_spent,accuracy,initial_accuracy,precision,recall,f1,auc,absent_class_accuracy_global,absent_class_accuracy_local,rounds_aborted,decision,wall_seconds\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x}"));
     for r in results {
         let m = r.test_metrics;
         s += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3}\n",
             csv_field(&r.strategy),
             csv_field(&r.partition),
             r.epsilon.map_or("none".into(), |e| e.to_string()),
             r.seed,
             opt(r.epsilon_spent),
             r.accuracy,
+            opt(r.initial_accuracy),
             opt(m.map(|m| m.precision)),
             opt(m.map(|m| m.recall)),
             opt(m.map(|m| m.f1)),
@@ -541,6 +557,8 @@ pub struct Aggregate {
     /// final model, then the locally trained models, on absent classes.
     pub absent_class_accuracy_global: Option<(f64, f64)>,
     pub absent_class_accuracy_local: Option<(f64, f64)>,
+    /// Mean and sd of the test accuracy before the first round.
+    pub initial_accuracy: Option<(f64, f64)>,
 }
 
 /// Every (partition, strategy, ε) over its seeds, in the spec's order.
@@ -580,6 +598,10 @@ pub fn aggregate(spec: &CompareSpec, results: &[CellResult]) -> Vec<Aggregate> {
                     max: acc.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                     absent_class_accuracy_global: forgetting(|f| f.absent_class_accuracy_global),
                     absent_class_accuracy_local: forgetting(|f| f.absent_class_accuracy_local),
+                    initial_accuracy: {
+                        let v: Vec<f64> = cells.iter().filter_map(|r| r.initial_accuracy).collect();
+                        (!v.is_empty()).then(|| mean_sd(&v))
+                    },
                 });
             }
         }
@@ -866,6 +888,7 @@ alpha = 0.1
             seed: 1,
             epsilon_spent: Some(7.9),
             accuracy: 0.9,
+            initial_accuracy: None,
             test_metrics: None,
             forgetting: None,
             rounds_aborted: 0,

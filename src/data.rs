@@ -323,6 +323,15 @@ impl Standardizer {
         Standardizer { mean, std }
     }
 
+    /// Undoes [`Standardizer::apply`]: the features as they were read.
+    pub fn revert(&self, d: &mut Dataset) {
+        for r in d.features.iter_mut() {
+            for ((v, m), s) in r.iter_mut().zip(&self.mean).zip(&self.std) {
+                *v = *v * s + m;
+            }
+        }
+    }
+
     pub fn apply(&self, d: &mut Dataset) {
         for r in d.features.iter_mut() {
             for ((v, m), s) in r.iter_mut().zip(&self.mean).zip(&self.std) {
@@ -357,6 +366,8 @@ pub struct Prepared {
     pub train: Dataset,
     pub test: Dataset,
     pub name: String,
+    /// What the features were standardised with.
+    pub standardizer: Standardizer,
 }
 
 /// The data sets built into the binary (data/README.md gives their
@@ -410,6 +421,7 @@ fn prepare_loaded(name: &str, loaded: Loaded, seed: u64) -> Result<Prepared, Dat
         train,
         test,
         name: name.to_string(),
+        standardizer: s,
     })
 }
 

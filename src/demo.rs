@@ -62,6 +62,9 @@ pub struct DemoConfig {
     pub group_size: Option<u32>,
     /// FedMR: rounds of plain FedAvg before layers are recombined.
     pub warmup_rounds: Option<u32>,
+    /// Further `[strategy]` keys to set in the policy (FedImpres' and
+    /// FST-CBDG's settings, from a comparison's spec).
+    pub strategy_settings: toml::Table,
     /// The policy to run under; `None`: the built-in
     /// `policies/default.toml`.
     pub policy: Option<PathBuf>,
@@ -115,6 +118,7 @@ impl Default for DemoConfig {
             public_records: None,
             vote_noise_std: None,
             warmup_rounds: None,
+            strategy_settings: toml::Table::new(),
             policy: None,
             epsilon: None,
             rounds: None,
@@ -148,6 +152,9 @@ pub struct DemoSummary {
     /// the test split, the rarer class positive.
     pub test_metrics: Option<crate::evaluate::BinaryMetrics>,
     pub epsilon_spent: Option<f64>,
+    /// Test accuracy of the model before the first round (FST-CBDG's
+    /// zero-shot head on the encoder's prototypes).
+    pub initial_accuracy: f64,
     pub epsilon_budget: f64,
     pub delta: f64,
     pub rounds: u32,
@@ -267,6 +274,13 @@ pub fn parse_partition(
     })
 }
 
+/// Files the demo wrote for the policy to bind by SHA-256: the public
+/// set (the ensemble's) and the frozen encoder (FST-CBDG's).
+struct BoundFiles<'a> {
+    public: Option<(&'a Path, &'a str)>,
+    encoder: Option<(&'a Path, &'a str)>,
+}
+
 /// The policy, adapted to the demo's data and roster: demo identities for
 /// every party, their actual record counts, the data set's shape, and the
 /// overrides given on the command line. It is validated like any policy.
@@ -277,8 +291,9 @@ fn adapt_policy(
     parties: &[(u32, usize)],
     inputs: usize,
     classes: usize,
-    public: Option<(&Path, &str)>,
+    files: BoundFiles<'_>,
 ) -> Result<(Policy, String)> {
+    let BoundFiles { public, encoder } = files;
     let n_policy = t
         .get("party")
         .and_then(|p| p.as_array())
@@ -349,11 +364,32 @@ fn adapt_policy(
                     "refresh_rounds",
                     "impressions",
                     "impression_ratio",
-                    "statistics_share",
                     "feature_bound",
                 ] {
                     s.remove(key);
                 }
+            }
+            if kind != "fedimpres" && kind != "fstcbdg" {
+                s.remove("statistics_share");
+            }
+            if kind != "fstcbdg" {
+                for key in [
+                    "encoder",
+                    "encoder_sha256",
+                    "scale",
+                    "pseudo_label_momentum",
+                    "synthetic_per_class",
+                    "synthetic_std",
+                    "prototype_refresh_rounds",
+                    "supervised",
+                ] {
+                    s.remove(key);
+                }
+            }
+            if kind == "fstcbdg" {
+                // A linear head on the encoder's embeddings.
+                s.insert("model".into(), "softmax".into());
+                s.remove("hidden");
             }
             if kind != "series" {
                 s.remove("stages");
@@ -392,6 +428,13 @@ fn adapt_policy(
         if let Some(v) = f.vote_noise_std {
             s.insert("vote_noise_std".into(), v.into());
         }
+        if let Some((path, sha)) = encoder {
+            s.insert("encoder".into(), path.display().to_string().into());
+            s.insert("encoder_sha256".into(), sha.to_string().into());
+        }
+        for (k, v) in &f.strategy_settings {
+            s.insert(k.clone(), v.clone());
+        }
     }
     if let Some(p) = t.get_mut("privacy").and_then(|p| p.as_table_mut()) {
         if let Some(e) = f.epsilon {
@@ -412,6 +455,22 @@ fn adapt_policy(
         .and_then(|s| s.get("kind"))
         .and_then(|k| k.as_str())
         == Some("ensemble");
+    let encoded = t
+        .get("strategy")
+        .and_then(|s| s.get("kind"))
+        .and_then(|k| k.as_str())
+        == Some("fstcbdg");
+    if encoded {
+        // Reference models copy one network's shape; a head on a frozen
+        // encoder is audited with the loss attack and canaries.
+        if let Some(list) = t
+            .get_mut("audit")
+            .and_then(|a| a.get_mut("attacks"))
+            .and_then(|l| l.as_array_mut())
+        {
+            list.retain(|v| !matches!(v.as_str(), Some("lira" | "rmia")));
+        }
+    }
     if ensemble {
         // The ensemble's members train at home: no training sum for
         // gradient canaries to ride in.
@@ -532,6 +591,20 @@ impl Demo {
             bail!("--parties must be at least 2");
         }
         let mut data = data;
+        let kind = f.strategy.clone().or_else(|| {
+            policy_table
+                .get("strategy")
+                .and_then(|s| s.get("kind"))
+                .and_then(|k| k.as_str())
+                .map(str::to_string)
+        });
+        let fstcbdg = kind.as_deref() == Some("fstcbdg");
+        if fstcbdg {
+            // The frozen encoder reads the features as they are (digits'
+            // counts), standardised with its own public statistics.
+            data.standardizer.revert(&mut data.train);
+            data.standardizer.revert(&mut data.test);
+        }
         let public_records =
             f.public_records
                 .unwrap_or(if f.strategy.as_deref() == Some("ensemble") {
@@ -543,6 +616,19 @@ impl Demo {
             .with_context(|| format!("cannot create {}", f.out.display()))?;
         let public = if public_records > 0 {
             Some(split_public(&mut data, public_records, &f.out)?)
+        } else {
+            None
+        };
+        let encoder = if fstcbdg {
+            let path = std::fs::canonicalize(&f.out)
+                .with_context(|| format!("cannot resolve {}", f.out.display()))?
+                .join("encoder.safetensors");
+            std::fs::write(&path, crate::encoder::DIGITS_ENCODER)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            let sha = crate::policy::hex(&<sha2::Sha256 as sha2::Digest>::digest(
+                crate::encoder::DIGITS_ENCODER,
+            ));
+            Some((path, sha))
         } else {
             None
         };
@@ -560,7 +646,10 @@ impl Demo {
             &counts,
             data.train.dim(),
             data.train.classes,
-            public.as_ref().map(|(p, h)| (p.as_path(), h.as_str())),
+            BoundFiles {
+                public: public.as_ref().map(|(p, h)| (p.as_path(), h.as_str())),
+                encoder: encoder.as_ref().map(|(p, h)| (p.as_path(), h.as_str())),
+            },
         )?;
         let plan = PrivacyPlan::for_policy(&policy).map_err(|e| {
             anyhow::anyhow!("{}: `{}`: {}", policy.source.display(), e.key, e.message)
@@ -683,6 +772,10 @@ impl Demo {
             accuracy: outcome.accuracy,
             test_metrics: outcome.test_metrics,
             epsilon_spent: outcome.epsilon_spent,
+            initial_accuracy: crate::strategy::coordinator_half(policy, f.seed, None)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .release_model()
+                .accuracy(&data.test),
             epsilon_budget: policy.privacy.epsilon,
             delta: outcome.delta,
             rounds: policy.privacy.rounds,

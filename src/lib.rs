@@ -12,6 +12,7 @@ pub mod coordinator;
 pub mod data;
 pub mod demo;
 pub mod dp;
+pub mod encoder;
 pub mod evaluate;
 pub mod job;
 pub mod keyfile;

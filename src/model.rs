@@ -179,8 +179,25 @@ impl Mlp {
     /// One flattened gradient per record (of that record's loss alone).
     pub fn per_example_grads(&self, x: ArrayView2<f64>, y: &[usize]) -> Vec<Vec<f64>> {
         let (inputs, logits) = self.forward_cached(x);
-        let (mut delta, _) = Self::output_delta(&logits, y);
-        let n = y.len();
+        let (delta, _) = Self::output_delta(&logits, y);
+        self.per_example_from(&inputs, delta)
+    }
+
+    /// One flattened gradient per record of its cross-entropy against soft
+    /// targets (one distribution over the classes per row).
+    pub fn per_example_grads_soft(
+        &self,
+        x: ArrayView2<f64>,
+        targets: ArrayView2<f64>,
+    ) -> Vec<Vec<f64>> {
+        let (inputs, logits) = self.forward_cached(x);
+        let delta = softmax_rows(&logits) - targets;
+        self.per_example_from(&inputs, delta)
+    }
+
+    /// Per-record gradients from each record's `∂loss/∂logits`.
+    fn per_example_from(&self, inputs: &[Array2<f64>], mut delta: Array2<f64>) -> Vec<Vec<f64>> {
+        let n = delta.nrows();
         let dim = self.dimension();
         let mut out = vec![vec![0.0; dim]; n];
         // Offsets of each layer's block in the flat vector.

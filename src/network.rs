@@ -12,11 +12,18 @@ use std::path::Path;
 
 use ndarray::{concatenate, Array2, ArrayView2, Axis};
 
+use std::sync::Arc;
+
 use crate::data::Dataset;
+use crate::encoder::FrozenEncoder;
 use crate::model::{argmax_rows, matrix, read_file, softmax_rows, write_tensors, Mlp, ModelError};
 
 #[derive(Clone, Debug)]
 pub struct Network {
+    /// A frozen encoder the stages read the embeddings of (FST-CBDG); its
+    /// parameters are not the network's to train: they are not in the
+    /// flat vector.
+    encoder: Option<Arc<FrozenEncoder>>,
     /// Invariant: at least one stage; stage `k` takes `inputs + k·classes`
     /// values and every stage ends in the same `classes`.
     stages: Vec<Mlp>,
@@ -25,8 +32,21 @@ pub struct Network {
 impl Network {
     pub fn single(model: Mlp) -> Network {
         Network {
+            encoder: None,
             stages: vec![model],
         }
+    }
+
+    /// A head reading the frozen `encoder`'s embeddings.
+    pub fn encoded(encoder: Arc<FrozenEncoder>, head: Mlp) -> Network {
+        Network {
+            encoder: Some(encoder),
+            stages: vec![head],
+        }
+    }
+
+    pub fn encoder(&self) -> Option<&FrozenEncoder> {
+        self.encoder.as_deref()
     }
 
     /// A fresh series: stage `k` of `[inputs + k·classes, hidden…, classes]`,
@@ -40,6 +60,7 @@ impl Network {
     ) -> Network {
         assert!(stages >= 1, "a network needs a stage");
         Network {
+            encoder: None,
             stages: (0..stages)
                 .map(|k| {
                     let sizes = series_stage_sizes(inputs, hidden, classes, k);
@@ -53,10 +74,11 @@ impl Network {
         &self.stages
     }
 
-    /// The only stage of a one-stage network.
+    /// The only stage of a one-stage network that reads the features
+    /// themselves.
     pub fn as_single(&self) -> Option<&Mlp> {
-        match self.stages.as_slice() {
-            [m] => Some(m),
+        match (self.stages.as_slice(), &self.encoder) {
+            ([m], None) => Some(m),
             _ => None,
         }
     }
@@ -87,7 +109,10 @@ impl Network {
     /// What stage `k` reads for the records `x`: the features, then the
     /// class probabilities of every earlier stage.
     pub fn stage_input(&self, x: ArrayView2<f64>, k: usize) -> Array2<f64> {
-        let mut input = x.to_owned();
+        let mut input = match &self.encoder {
+            Some(e) => e.embed(x),
+            None => x.to_owned(),
+        };
         for stage in &self.stages[..k] {
             let p = softmax_rows(&stage.forward(input.view()));
             input = concatenate(Axis(1), &[input.view(), p.view()]).expect("same rows");
@@ -141,11 +166,19 @@ impl Network {
     }
 
     /// Safetensors (f32): a one-stage network under its MLP's PyTorch
-    /// names (`0.weight`, …), a series under `stages.{k}.0.weight`, ….
+    /// names (`0.weight`, …), a series under `stages.{k}.0.weight`, …; a
+    /// head on a frozen encoder under its names, the encoder under
+    /// `encoder.`.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), ModelError> {
-        let tensors = match self.as_single() {
-            Some(m) => m.tensors(""),
-            None => self
+        let tensors = match (self.stages.as_slice(), &self.encoder) {
+            // The head under its MLP's names, the encoder under `encoder.`.
+            ([m], Some(e)) => {
+                let mut t = e.tensors("encoder.");
+                t.extend(m.tensors(""));
+                t
+            }
+            ([m], None) => m.tensors(""),
+            _ => self
                 .stages
                 .iter()
                 .enumerate()
@@ -161,7 +194,10 @@ impl Network {
         let st =
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ModelError(e.to_string()))?;
         if let Some(m) = Mlp::from_tensors(&st, "")? {
-            return Ok(Network::single(m));
+            return Ok(match FrozenEncoder::from_tensors(&st, "encoder.")? {
+                Some(e) => Network::encoded(Arc::new(e), m),
+                None => Network::single(m),
+            });
         }
         let mut stages = Vec::new();
         while let Some(m) = Mlp::from_tensors(&st, &format!("stages.{}.", stages.len()))? {
@@ -173,7 +209,10 @@ impl Network {
                 path.display()
             )));
         }
-        Ok(Network { stages })
+        Ok(Network {
+            encoder: None,
+            stages,
+        })
     }
 }
 

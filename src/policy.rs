@@ -158,6 +158,22 @@ struct RawStrategy {
     statistics_share: Option<f64>,
     #[serde(default)]
     feature_bound: Option<f64>,
+    #[serde(default)]
+    encoder: Option<String>,
+    #[serde(default)]
+    encoder_sha256: Option<String>,
+    #[serde(default)]
+    scale: Option<f64>,
+    #[serde(default)]
+    pseudo_label_momentum: Option<f64>,
+    #[serde(default)]
+    synthetic_per_class: Option<i64>,
+    #[serde(default)]
+    synthetic_std: Option<f64>,
+    #[serde(default)]
+    prototype_refresh_rounds: Option<i64>,
+    #[serde(default)]
+    supervised: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -343,6 +359,28 @@ pub enum StrategyKind {
         statistics_share: f64,
         feature_bound: f64,
     },
+    /// FST-CBDG (after Yan & Guo 2024): parties hold unlabelled records; a
+    /// frozen public encoder embeds them and only a cosine head (rows of
+    /// length `scale`, no bias), started at the encoder's class
+    /// prototypes, is trained and averaged. Each party self-trains on soft
+    /// pseudo-labels (a moving average, weight `pseudo_label_momentum` on
+    /// the old, of the head's predictions, kept at home) plus
+    /// `synthetic_per_class` class-balanced samples per class drawn from a
+    /// Gaussian of std `synthetic_std` around each prototype. Every
+    /// `prototype_refresh_rounds` (0: never) the prototypes are refreshed
+    /// from a noisy secure sum of pseudo-label-weighted embeddings and
+    /// counts, on `statistics_share` of the job's ρ in all. `supervised`
+    /// trains the same head on the true labels instead: the linear probe
+    /// a reviewer compares with.
+    Fstcbdg {
+        scale: f64,
+        pseudo_label_momentum: f64,
+        synthetic_per_class: u32,
+        synthetic_std: f64,
+        prototype_refresh_rounds: u32,
+        statistics_share: f64,
+        supervised: bool,
+    },
 }
 
 impl StrategyKind {
@@ -354,6 +392,7 @@ impl StrategyKind {
             StrategyKind::Transfer { .. } => "transfer",
             StrategyKind::Ensemble { .. } => "ensemble",
             StrategyKind::Fedimpres { .. } => "fedimpres",
+            StrategyKind::Fstcbdg { .. } => "fstcbdg",
         }
     }
 
@@ -409,12 +448,26 @@ pub struct Strategy {
     pub local_epochs: u32,
     /// The ensemble's public unlabelled set.
     pub public_set: Option<PublicSet>,
+    /// FST-CBDG's frozen encoder.
+    pub encoder: Option<EncoderFile>,
+}
+
+/// A frozen encoder the policy binds by its SHA-256.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EncoderFile {
+    pub path: PathBuf,
+    pub sha256: String,
+    #[serde(skip)]
+    pub encoder: std::sync::Arc<crate::encoder::FrozenEncoder>,
 }
 
 impl Strategy {
     /// Layer widths from the inputs to the classes (of the first stage, for
-    /// a series).
+    /// a series; of the head on the encoder's embeddings, for FST-CBDG).
     pub fn sizes(&self) -> Vec<usize> {
+        if let Some(e) = &self.encoder {
+            return vec![e.encoder.dimension(), self.classes];
+        }
         let mut sizes = vec![self.inputs];
         sizes.extend(&self.hidden);
         sizes.push(self.classes);
@@ -437,6 +490,9 @@ impl Strategy {
 
     /// Parameters of each stage, in the order they lie in the flat vector.
     pub fn stage_dimensions(&self) -> Vec<usize> {
+        if self.encoder.is_some() {
+            return vec![layer_parameters(&self.sizes()).iter().sum()];
+        }
         (0..self.stages())
             .map(|k| {
                 layer_parameters(&crate::network::series_stage_sizes(
@@ -505,7 +561,8 @@ impl Strategy {
             // step is one DP-SGD step of the whole model.
             StrategyKind::Transfer { .. }
             | StrategyKind::Ensemble { .. }
-            | StrategyKind::Fedimpres { .. } => {
+            | StrategyKind::Fedimpres { .. }
+            | StrategyKind::Fstcbdg { .. } => {
                 vec![whole(self.dimension())]
             }
         }
@@ -583,10 +640,13 @@ pub const STRATEGIES: &[&str] = &[
     "transfer",
     "ensemble",
     "fedimpres",
+    "fstcbdg",
 ];
 /// Most impressions a FedImpres job synthesises (each is sent to every
 /// party with the model).
 pub const MAX_IMPRESSIONS: i64 = 10_000;
+/// Largest encoder file a policy reads.
+pub const MAX_ENCODER_BYTES: u64 = 64 << 20;
 /// Most stages a series network may have.
 pub const MAX_STAGES: i64 = 8;
 pub const MODELS: &[&str] = &["softmax", "mlp"];
@@ -755,52 +815,17 @@ impl Validator<'_> {
                  one record per line, that is no party's data",
             )
         })?;
-        let path = match self.path.parent() {
-            Some(dir) if Path::new(file).is_relative() => dir.join(file),
-            _ => PathBuf::from(file),
-        };
-        let cannot =
-            |e: std::io::Error| self.err(key, format!("cannot read {}: {e}", path.display()));
         // Bounded before it is read: at most MAX_PUBLIC_RECORDS lines of
         // features, each number in a few dozen characters.
         let limit = (MAX_PUBLIC_RECORDS * inputs * 32 + 4096) as u64;
-        let size = std::fs::metadata(&path).map_err(cannot)?.len();
-        if size > limit {
-            return Err(self.err(
-                key,
-                format!(
-                    "{} is {size} bytes, more than {MAX_PUBLIC_RECORDS} records of {inputs} \
-                     features can take ({limit} bytes)",
-                    path.display()
-                ),
-            ));
-        }
-        let bytes = std::fs::read(&path).map_err(cannot)?;
-        let digest = hex(&Sha256::digest(&bytes));
-        match sha256 {
-            None => {
-                return Err(self.err(
-                    "strategy.public_set_sha256",
-                    format!(
-                        "the public set's SHA-256 binds every member to the same records; \
-                         {} has {digest}",
-                        path.display()
-                    ),
-                ))
-            }
-            Some(h) if !h.trim().eq_ignore_ascii_case(&digest) => {
-                return Err(self.err(
-                    "strategy.public_set_sha256",
-                    format!(
-                        "{} has SHA-256 {digest}, not the policy's {}: the file changed since \
-                         the policy was signed off",
-                        path.display(),
-                        h.trim()
-                    ),
-                ))
-            }
-            Some(_) => {}
-        }
+        let (path, bytes, digest) = self.bound_file(
+            (key, "strategy.public_set_sha256"),
+            file,
+            sha256,
+            limit,
+            &format!("{MAX_PUBLIC_RECORDS} records of {inputs} features"),
+            "binds every member to the same records",
+        )?;
         let text = String::from_utf8(bytes)
             .map_err(|_| self.err(key, format!("{} is not UTF-8 text", path.display())))?;
         let mut features = Vec::new();
@@ -849,6 +874,102 @@ impl Validator<'_> {
             sha256: digest,
             records,
             features: std::sync::Arc::new(features),
+        })
+    }
+
+    /// A file the policy names (relative to the policy's folder) and binds
+    /// by its SHA-256 under `keys.1`: its path, bytes and digest. Refused
+    /// when it is above `limit` bytes (checked before reading), unreadable,
+    /// or not the file the policy's digest names.
+    fn bound_file(
+        &self,
+        keys: (&str, &str),
+        file: &str,
+        sha256: Option<&str>,
+        limit: u64,
+        most: &str,
+        why: &str,
+    ) -> Result<(PathBuf, Vec<u8>, String), PolicyError> {
+        let (key, sha_key) = keys;
+        let path = match self.path.parent() {
+            Some(dir) if Path::new(file).is_relative() => dir.join(file),
+            _ => PathBuf::from(file),
+        };
+        let cannot =
+            |e: std::io::Error| self.err(key, format!("cannot read {}: {e}", path.display()));
+        let size = std::fs::metadata(&path).map_err(cannot)?.len();
+        if size > limit {
+            return Err(self.err(
+                key,
+                format!(
+                    "{} is {size} bytes, more than {most} can take ({limit} bytes)",
+                    path.display()
+                ),
+            ));
+        }
+        let bytes = std::fs::read(&path).map_err(cannot)?;
+        let digest = hex(&Sha256::digest(&bytes));
+        match sha256 {
+            None => Err(self.err(
+                sha_key,
+                format!("the SHA-256 {why}; {} has {digest}", path.display()),
+            )),
+            Some(h) if !h.trim().eq_ignore_ascii_case(&digest) => Err(self.err(
+                sha_key,
+                format!(
+                    "{} has SHA-256 {digest}, not the policy's {}: the file changed since \
+                     the policy was signed off",
+                    path.display(),
+                    h.trim()
+                ),
+            )),
+            Some(_) => Ok((path, bytes, digest)),
+        }
+    }
+
+    /// FST-CBDG's frozen encoder: bound by its SHA-256, and fitting the
+    /// policy's features and classes.
+    fn encoder(
+        &self,
+        file: Option<&str>,
+        sha256: Option<&str>,
+        inputs: usize,
+        classes: usize,
+    ) -> Result<EncoderFile, PolicyError> {
+        let key = "strategy.encoder";
+        let file = file.ok_or_else(|| {
+            self.err(
+                key,
+                "kind = \"fstcbdg\" needs a frozen encoder: a safetensors file such as the one \
+                 `shroud data encoder` trains on public data",
+            )
+        })?;
+        let (path, bytes, digest) = self.bound_file(
+            (key, "strategy.encoder_sha256"),
+            file,
+            sha256,
+            MAX_ENCODER_BYTES,
+            "an encoder",
+            "binds every party to the same encoder",
+        )?;
+        let encoder = crate::encoder::FrozenEncoder::from_bytes(&bytes)
+            .map_err(|e| self.err(key, format!("{}: {e}", path.display())))?;
+        if encoder.inputs() != inputs || encoder.classes() != classes {
+            return Err(self.err(
+                key,
+                format!(
+                    "{} reads {} features into prototypes of {} classes; the policy has {inputs} \
+                     features and {classes} classes",
+                    path.display(),
+                    encoder.inputs(),
+                    encoder.classes()
+                ),
+            ));
+        }
+        Ok(EncoderFile {
+            path,
+            sha256: digest,
+            encoder: std::sync::Arc::new(encoder),
         })
     }
 
@@ -1196,6 +1317,12 @@ impl Validator<'_> {
                 "applies only to kind = \"fedmr\" or \"fedimpres\"",
             ));
         }
+        if s.statistics_share.is_some() && !matches!(s.kind.as_str(), "fedimpres" | "fstcbdg") {
+            return Err(self.err(
+                "strategy.statistics_share",
+                "applies only to kind = \"fedimpres\" or \"fstcbdg\"",
+            ));
+        }
         for (key, set, kinds) in [
             ("strategy.public_set", s.public_set.is_some(), "ensemble"),
             (
@@ -1239,11 +1366,34 @@ impl Validator<'_> {
                 s.impression_ratio.is_some(),
                 "fedimpres",
             ),
+            ("strategy.encoder", s.encoder.is_some(), "fstcbdg"),
             (
-                "strategy.statistics_share",
-                s.statistics_share.is_some(),
-                "fedimpres",
+                "strategy.encoder_sha256",
+                s.encoder_sha256.is_some(),
+                "fstcbdg",
             ),
+            ("strategy.scale", s.scale.is_some(), "fstcbdg"),
+            (
+                "strategy.pseudo_label_momentum",
+                s.pseudo_label_momentum.is_some(),
+                "fstcbdg",
+            ),
+            (
+                "strategy.synthetic_per_class",
+                s.synthetic_per_class.is_some(),
+                "fstcbdg",
+            ),
+            (
+                "strategy.synthetic_std",
+                s.synthetic_std.is_some(),
+                "fstcbdg",
+            ),
+            (
+                "strategy.prototype_refresh_rounds",
+                s.prototype_refresh_rounds.is_some(),
+                "fstcbdg",
+            ),
+            ("strategy.supervised", s.supervised.is_some(), "fstcbdg"),
             (
                 "strategy.feature_bound",
                 s.feature_bound.is_some(),
@@ -1272,8 +1422,90 @@ impl Validator<'_> {
             )?),
             _ => None,
         };
+        let encoder = match s.kind.as_str() {
+            "fstcbdg" => {
+                if s.model != "softmax" || !hidden.is_empty() {
+                    return Err(self.err(
+                        "strategy.model",
+                        "kind = \"fstcbdg\" trains a linear head on the frozen encoder's \
+                         embeddings: use model = \"softmax\" and no hidden layers",
+                    ));
+                }
+                Some(self.encoder(
+                    s.encoder.as_deref(),
+                    s.encoder_sha256.as_deref(),
+                    inputs,
+                    classes,
+                )?)
+            }
+            _ => None,
+        };
         let kind = match s.kind.as_str() {
             "fedavg" => StrategyKind::Fedavg,
+            "fstcbdg" => StrategyKind::Fstcbdg {
+                scale: match s.scale {
+                    None => 10.0,
+                    Some(v) => self.finite_in(
+                        "strategy.scale",
+                        v,
+                        0.0,
+                        1000.0,
+                        "a positive scale of the cosine head's logits, at most 1000",
+                    )?,
+                },
+                pseudo_label_momentum: match s.pseudo_label_momentum {
+                    None => 0.8,
+                    Some(v) if (0.0..1.0).contains(&v) => v,
+                    Some(v) => {
+                        return Err(self.err(
+                            "strategy.pseudo_label_momentum",
+                            format!(
+                                "must be in [0, 1): the weight of a record's old pseudo-label \
+                                 in its moving average, got {v}"
+                            ),
+                        ))
+                    }
+                },
+                synthetic_per_class: match s.synthetic_per_class {
+                    None => 10,
+                    Some(v) => {
+                        self.positive_int("strategy.synthetic_per_class", v, 0, 10_000)? as u32
+                    }
+                },
+                synthetic_std: match s.synthetic_std {
+                    None => 0.1,
+                    Some(v) => self.finite_in(
+                        "strategy.synthetic_std",
+                        v,
+                        0.0,
+                        10.0,
+                        "a positive std of the samples drawn around each prototype",
+                    )?,
+                },
+                prototype_refresh_rounds: match s.prototype_refresh_rounds {
+                    None => 0,
+                    Some(v) => self.positive_int(
+                        "strategy.prototype_refresh_rounds",
+                        v,
+                        0,
+                        i64::from(rounds),
+                    )? as u32,
+                },
+                statistics_share: match s.statistics_share {
+                    None => 0.05,
+                    Some(v) if v > 0.0 && v <= 0.5 => v,
+                    Some(v) => {
+                        return Err(self.err(
+                            "strategy.statistics_share",
+                            format!(
+                                "must be in (0, 0.5]: the share of the job's ρ the prototype \
+                                 refresh sums spend together, got {v}"
+                            ),
+                        ))
+                    }
+                },
+                supervised: s.supervised.unwrap_or(false),
+            },
             "transfer" => StrategyKind::Transfer {
                 finetune_steps: match s.finetune_steps {
                     None => 20,
@@ -1461,6 +1693,7 @@ impl Validator<'_> {
             momentum,
             local_epochs,
             public_set,
+            encoder,
         };
         if strategy.dimension() > 1 << 26 {
             return Err(self.err(
@@ -1497,14 +1730,17 @@ impl Validator<'_> {
                      at home: kind = \"ensemble\" is audited with \"loss\", \"lira\" or \"rmia\"",
                 ));
             }
-            if matches!(strategy.kind, StrategyKind::Series { .. })
-                && matches!(name.as_str(), "lira" | "rmia")
+            if matches!(
+                strategy.kind,
+                StrategyKind::Series { .. } | StrategyKind::Fstcbdg { .. }
+            ) && matches!(name.as_str(), "lira" | "rmia")
             {
                 return Err(self.err(
                     &format!("audit.attacks[{i}]"),
                     format!(
                         "\"{name}\" trains reference models of one network's shape; \
-                         kind = \"series\" is audited with \"loss\" and \"canary\""
+                         kind = \"{}\" is audited with \"loss\" and \"canary\"",
+                        strategy.kind.name()
                     ),
                 ));
             }

@@ -147,10 +147,14 @@ fn the_shipped_specs_list_every_strategy() {
     let spec = shroud::compare::load_spec(Path::new("specs/mnist1d-heterogeneity.toml")).unwrap();
     let home =
         shroud::compare::load_spec(Path::new("specs/mnist1d-transfer-ensemble.toml")).unwrap();
+    let impres = shroud::compare::load_spec(Path::new("specs/mnist1d-fedimpres.toml")).unwrap();
+    let fst = shroud::compare::load_spec(Path::new("specs/digits-fstcbdg.toml")).unwrap();
     let mut names: Vec<&str> = spec
         .strategies
         .iter()
         .chain(&home.strategies)
+        .chain(&impres.strategies)
+        .chain(&fst.strategies)
         .map(|s| s.name.as_str())
         .collect();
     names.sort();
@@ -161,6 +165,14 @@ fn the_shipped_specs_list_every_strategy() {
     assert_eq!(shroud::compare::cells(&spec).len(), 5 * 3 * 4 * 3);
     assert_eq!(shroud::compare::cells(&home).len(), 2 * 3 * 4 * 3);
     assert_eq!(home.public_records, Some(500));
+    assert_eq!(shroud::compare::cells(&impres).len(), 2 * 2 * 2 * 5);
+    // Three FST-CBDG variants, told apart by their settings and labels.
+    let labels: Vec<String> = fst.strategies.iter().map(|s| s.label()).collect();
+    assert_eq!(labels, ["self-training", "fst-cbdg", "supervised probe"]);
+    assert_eq!(shroud::compare::cells(&fst).len(), 3 * 2 * 2 * 5);
+    let local =
+        shroud::compare::load_spec(Path::new("specs/mnist1d-fedimpres-local.toml")).unwrap();
+    assert_eq!(local.policy, Some("policies/fedimpres-local.toml".into()));
     let longer =
         shroud::compare::load_spec(Path::new("specs/mnist1d-partitions-fedavg-150.toml")).unwrap();
     assert_eq!(shroud::compare::cells(&longer).len(), 5 * 2 * 3);

@@ -252,18 +252,21 @@ fn party_level_dp_runs_under_its_policy() {
 /// in memory, under the policy `text`: its status, the secure sums the
 /// coordinator decoded (with contributors), every input the parties made,
 /// and the ledger.
-fn run_wine_job(
-    text: &str,
-    job: &str,
-    dropout: f64,
-) -> (
+fn run_wine_job(text: &str, job: &str, dropout: f64) -> JobRun {
+    run_job(text, job, dropout, common::wine_shares(8))
+}
+
+type JobRun = (
     shroud::net::api::JobStatus,
     Vec<shroud::coordinator::ObservedSum>,
     Vec<shroud::party::ObservedInput>,
     PrivacyLedger,
-) {
-    let policy = Policy::parse(Path::new("wine.toml"), text).unwrap();
-    let parties = common::wine_shares(8)
+);
+
+/// [`run_wine_job`] with the parties holding `shares`.
+fn run_job(text: &str, job: &str, dropout: f64, shares: Vec<shroud::data::Dataset>) -> JobRun {
+    let policy = Policy::parse(Path::new("job.toml"), text).unwrap();
+    let parties = shares
         .into_iter()
         .enumerate()
         .map(|(i, data)| Member {
@@ -745,4 +748,98 @@ fn fedimpres_sums_statistics_once_and_impresses_only_released_state() {
             "class {c}: {k} of 30 at {share}"
         );
     }
+}
+
+/// FST-CBDG in memory, parties holding digits with the labels unused. A
+/// party sends only the head's update (the plan's length for a 32 × 10
+/// head) and, every 2 rounds, its noisy pseudo-label sums; each refresh is
+/// charged once under its own kind, and the ledger's ε is the plan's. The
+/// refreshed prototypes moved from the encoder's; the released network
+/// carries the frozen encoder.
+#[test]
+fn fstcbdg_sends_only_the_head_and_noisy_prototype_sums() {
+    use shroud::dp::statistics;
+    let shares = common::raw_digits_shares(8);
+    let records: Vec<usize> = shares.iter().map(|d| d.len()).collect();
+    let text = common::fstcbdg_policy_text(&records, 5);
+    let policy = Policy::parse(Path::new("fstcbdg.toml"), &text).unwrap();
+    let plan = shroud::dp::plan::PrivacyPlan::for_policy(&policy).unwrap();
+    let (status, sums, inputs, ledger) = run_job(&text, "fst-job", 0.0, shares.clone());
+    assert_eq!(status.state, "released", "{status:?}");
+    check_sums(&sums, &inputs);
+    let tasks: Vec<(u32, u32)> = sums
+        .iter()
+        .filter(|s| s.round <= 5)
+        .map(|s| (s.round, s.task))
+        .collect();
+    assert_eq!(
+        tasks,
+        vec![(1, 0), (2, 0), (3, 0), (3, 1), (4, 0), (5, 0), (5, 1)]
+    );
+    let blocks = statistics::blocks(&policy);
+    let (classes, e) = (10, shroud::encoder::EMBEDDING);
+    assert_eq!(statistics::width(&blocks), classes * e + classes);
+    for i in inputs.iter().filter(|i| i.round <= 5) {
+        let spec = shroud::strategy::round_plan(&policy, "fst-job", i.round)
+            .tasks
+            .into_iter()
+            .find(|t| t.id == i.task)
+            .unwrap();
+        match spec.sum {
+            shroud::strategy::SumKind::Update => {
+                let scheme =
+                    shroud::job::training_scheme(&policy, &plan, "fst-job", i.round, &spec);
+                assert_eq!(spec.dimension, e * classes + classes);
+                assert_eq!(i.words.len(), scheme.padded);
+            }
+            shroud::strategy::SumKind::Statistics => {
+                // Pseudo-label counts of a party's records would sum to
+                // its record count; its noisy ones do not.
+                let decoded = statistics::decode(&i.words, &blocks);
+                let counts: f64 = decoded[classes * e..].iter().sum();
+                let n = records[i.party as usize] as f64;
+                assert!(
+                    (counts - n).abs() > 0.01,
+                    "party {}: {counts} of {n}",
+                    i.party
+                );
+            }
+            other => panic!("a party sent a {other:?} sum"),
+        }
+    }
+    let charges = ledger.charges(Some("fst-job")).unwrap();
+    let refreshes: Vec<(u32, u32)> = charges
+        .iter()
+        .filter(|c| c.kind == ChargeKind::Statistics)
+        .map(|c| (c.round, c.task))
+        .collect();
+    assert_eq!(refreshes, vec![(3, 0), (5, 0)]);
+    let spent = ledger.job_spent("fst-job").unwrap();
+    assert!(
+        (spent - plan.epsilon_total).abs() < 1e-9 && spent < 8.0,
+        "ledger {spent} against policy check {}",
+        plan.epsilon_total
+    );
+    let rec = ledger.job_run("fst-job").unwrap().unwrap();
+    let state = rec.strategy_state.clone();
+    let half = shroud::strategy::fstcbdg::FstCbdg::new(&policy, Some(&state)).unwrap();
+    let initial = &policy.strategy.encoder.as_ref().unwrap().encoder.prototypes;
+    assert_ne!(half.prototypes(), initial.as_slice());
+    let released = shroud::strategy::coordinator_half(&policy, rec.seed, Some(&state))
+        .unwrap()
+        .release_model();
+    assert!(released.encoder().is_some());
+    let dir = tmp("fst-job");
+    let saved = shroud::network::Network::load_safetensors(
+        &Path::new(&dir).join("fst-job/model.safetensors"),
+    )
+    .unwrap();
+    let test = &shares[0];
+    assert_eq!(
+        saved
+            .predict(shroud::model::matrix(test, None).view())
+            .len(),
+        test.len()
+    );
+    assert!((saved.accuracy(test) - released.accuracy(test)).abs() < 0.02);
 }

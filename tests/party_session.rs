@@ -450,7 +450,7 @@ fn statistics_go_out_once_and_only_as_planned() {
     // Before its masked input left, a later attempt may still come...
     assert!(s.admit(&stats(2)).is_ok());
     s.masked_input_sent(&a);
-    assert!(s.state().statistics_sent);
+    assert_eq!(s.state().statistics_sent, Some(0));
     // ...after, none: not in round 2 or 3, where the plan allows one.
     for round in [2, 3] {
         assert_eq!(refuses(&s, &stats(round)), Refusal::StatisticsAlreadySent);
@@ -467,6 +467,58 @@ fn statistics_go_out_once_and_only_as_planned() {
     update.kind = "training".into();
     assert!(matches!(
         refuses(&fresh, &update),
+        Refusal::WrongKind { task: 0, .. }
+    ));
+}
+
+/// FST-CBDG refreshes its prototypes in rounds 11 and 21: each refresh is
+/// a release of its own, so a party that sent round 11's sends round 21's,
+/// but never round 11's again (nor any statistics in a round without one).
+#[test]
+fn each_prototype_refresh_is_sent_once() {
+    let p = Policy::load(Path::new("policies/fstcbdg.toml")).unwrap();
+    let plan = PrivacyPlan::for_policy(&p).unwrap();
+    assert_eq!(plan.statistics.as_ref().unwrap().sums, 2);
+    let width = shroud::dp::statistics::width(&shroud::dp::statistics::blocks(&p));
+    let stats = |round: u32| LiveTask {
+        round,
+        task: 0,
+        kind: "statistics".into(),
+        phase: "advertise-keys".into(),
+        cohort: (0..10).collect(),
+        bits: shroud::job::session::STATISTICS_BITS,
+        len: width,
+    };
+    // Sent for round 11 in an earlier life of the party (its journal).
+    let s = PartyRules::new(
+        ME,
+        JOB,
+        p.clone(),
+        plan.clone(),
+        SessionState {
+            last_training: Some((11, 0)),
+            statistics_sent: Some(11),
+            ..SessionState::default()
+        },
+    );
+    assert!(s.admit(&stats(21)).is_ok());
+    let replayed = PartyRules::new(
+        ME,
+        JOB,
+        p.clone(),
+        plan.clone(),
+        SessionState {
+            statistics_sent: Some(11),
+            ..SessionState::default()
+        },
+    );
+    assert_eq!(
+        refuses(&replayed, &stats(11)),
+        Refusal::StatisticsAlreadySent
+    );
+    // Round 12 plans no statistics: its task 0 is the head's update.
+    assert!(matches!(
+        refuses(&replayed, &stats(12)),
         Refusal::WrongKind { task: 0, .. }
     ));
 }

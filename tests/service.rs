@@ -472,8 +472,29 @@ async fn killed_mid_job_resumes(
     rounds: u32,
     finished_at_least: usize,
 ) {
+    killed_mid_job_resumes_with(
+        name,
+        text,
+        job,
+        tag,
+        (kill_after, rounds, finished_at_least),
+        common::wine_shares(8),
+    )
+    .await
+}
+
+/// [`killed_mid_job_resumes`] with the parties holding `shares`; `at` is
+/// (kill_after, rounds, finished_at_least).
+async fn killed_mid_job_resumes_with(
+    name: &str,
+    text: &str,
+    job: &str,
+    tag: &[u8],
+    at: (u32, u32, usize),
+    shares: Vec<Dataset>,
+) {
+    let (kill_after, rounds, finished_at_least) = at;
     let dir = temp_dir(name);
-    let shares = common::wine_shares(8);
     let op_seed = serve_dir(&dir, text);
     let port = free_port().unwrap();
     let url = format!("https://127.0.0.1:{port}");
@@ -691,6 +712,83 @@ async fn a_fedimpres_coordinator_killed_mid_job_resumes_with_its_impressions() {
         shroud::strategy::coordinator_half(&policy, rec.seed, Some(&rec.strategy_state)).unwrap();
     let dim = policy.strategy.dimension();
     assert_eq!(half.downlink(0).len(), dim + 1 + 30 * (13 + 1));
+}
+
+/// FedImpres' coordinator dies the instant its statistics sum is charged,
+/// before the sum could be decoded. Restarted, it counts that sum aborted
+/// and does not ask again in rounds 2 and 3: the release was paid, and the
+/// parties sent their statistics once. The job goes on as FedAvg, without
+/// impressions, and releases; the statistics are charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fedimpres_coordinator_killed_at_its_statistics_charge_never_asks_again() {
+    let dir = temp_dir("net-fedimpres-charge");
+    let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
+    let text = common::fedimpres_policy_text(&records, 5);
+    let shares = common::wine_shares(8);
+    let op_seed = serve_dir(&dir, &text);
+    let port = free_port().unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut server = serve_failing_at(&dir, port, "after-charge");
+    let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
+    let parties = spawn_parties(&url, tls.clone(), &text, &shares, None);
+    let mut op = operator_with(&url, tls, &op_seed);
+    let s: JobStatus = op
+        .post_json("/v1/jobs", "fc", &serde_json::json!({ "job": "fc" }))
+        .await
+        .unwrap();
+    wait_for_crash(&mut server, "after the statistics charge");
+    resumes_and_releases(
+        &dir,
+        &mut server,
+        &mut op,
+        port,
+        parties,
+        "fc",
+        b"fedimpres/1",
+        &s,
+        5,
+        4,
+    )
+    .await;
+    let s = wait_until_done(&mut op, "fc").await;
+    let statistics_tasks: Vec<(u32, &str)> = s
+        .history
+        .iter()
+        .filter(|r| r.round <= 3 && r.task == 0)
+        .map(|r| (r.round, r.state.as_str()))
+        .collect();
+    assert_eq!(statistics_tasks, vec![(1, "aborted")], "{:?}", s.history);
+    drop(server);
+    let ledger = PrivacyLedger::open(&dir.join("coordinator.db")).unwrap();
+    let kinds: Vec<(u32, ChargeKind)> = ledger
+        .charges(Some("fc"))
+        .unwrap()
+        .iter()
+        .map(|c| (c.round, c.kind))
+        .filter(|(_, k)| *k == ChargeKind::Statistics)
+        .collect();
+    assert_eq!(kinds, vec![(1, ChargeKind::Statistics)]);
+}
+
+/// FST-CBDG killed after round 3, its first prototype refresh summed:
+/// restarted, it goes on from the saved head and refreshed prototypes,
+/// refreshes again in round 5 and releases; each refresh charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_fstcbdg_coordinator_killed_mid_job_resumes_and_releases() {
+    let shares = common::raw_digits_shares(8);
+    let records: Vec<usize> = shares.iter().map(|d| d.len()).collect();
+    let text = common::fstcbdg_policy_text(&records, 6);
+    let name = "net-fstcbdg-restart";
+    killed_mid_job_resumes_with(name, &text, "fs", b"fstcbdg/1", (3, 6, 5), shares).await;
+    let ledger = PrivacyLedger::open(&temp_dir(name).join("coordinator.db")).unwrap();
+    let refreshes: Vec<u32> = ledger
+        .charges(Some("fs"))
+        .unwrap()
+        .iter()
+        .filter(|c| c.kind == ChargeKind::Statistics)
+        .map(|c| c.round)
+        .collect();
+    assert_eq!(refreshes, vec![3, 5]);
 }
 
 /// FedMR's coordinator half lives in the store between rounds: a

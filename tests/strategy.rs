@@ -534,3 +534,52 @@ fn a_vote_too_noisy_for_nothing_is_refused_with_the_std_that_fits() {
     .to_string()
     .contains("strategy.vote_noise_std"));
 }
+
+/// FedImpres' and FST-CBDG's keys are checked where they stand: a changed
+/// encoder, an encoder without its digest, a hidden layer under the head,
+/// keys on the wrong kind, and shares outside (0, 0.5].
+#[test]
+fn fedimpres_and_fstcbdg_policies_are_checked_with_located_errors() {
+    let dir = common::temp_dir("synthetic-policy");
+    let err = |t: &str| {
+        Policy::parse(&dir.join("s.toml"), t)
+            .unwrap_err()
+            .to_string()
+    };
+    let fst = common::fstcbdg_policy_text(&[150; 8], 6);
+    let p = Policy::parse(&dir.join("s.toml"), &fst).unwrap();
+    // The head reads the encoder's 32-wide embeddings.
+    assert_eq!(p.strategy.sizes(), vec![32, 10]);
+    assert_eq!(p.strategy.dimension(), 330);
+    let sha = fst
+        .lines()
+        .find_map(|l| l.strip_prefix("encoder_sha256 = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let changed = err(&fst.replace(&sha, &"0".repeat(64)));
+    assert!(
+        changed.contains("strategy.encoder_sha256") && changed.contains("changed"),
+        "{changed}"
+    );
+    let unbound = err(&fst.replace(&format!("encoder_sha256 = \"{sha}\"\n"), ""));
+    assert!(unbound.contains("strategy.encoder_sha256"), "{unbound}");
+    let hidden = err(&fst.replace("model = \"softmax\"", "model = \"mlp\"\nhidden = [8]"));
+    assert!(hidden.contains("strategy.model"), "{hidden}");
+    let lira = err(&fst.replace("attacks = [\"loss\"]", "attacks = [\"loss\", \"lira\"]"));
+    assert!(lira.contains("audit.attacks[1]"), "{lira}");
+    let impres = common::fedimpres_policy_text(&[20; 8], 6);
+    Policy::parse(&dir.join("s.toml"), &impres).unwrap();
+    let misplaced = err(&impres.replace("impressions = 30\n", "impressions = 30\nscale = 3.0\n"));
+    assert!(
+        misplaced.contains("strategy.scale") && misplaced.contains("fstcbdg"),
+        "{misplaced}"
+    );
+    let share = err(&impres.replace("impressions = 30\n", "statistics_share = 0.9\n"));
+    assert!(share.contains("strategy.statistics_share"), "{share}");
+    let on_fedmr = err(&common::fedmr_policy_text(&[20; 8], 3, 0, 6).replace(
+        "warmup_rounds = 0\n",
+        "warmup_rounds = 0\nstatistics_share = 0.1\n",
+    ));
+    assert!(on_fedmr.contains("strategy.statistics_share"), "{on_fedmr}");
+}

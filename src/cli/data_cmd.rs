@@ -120,3 +120,42 @@ pub fn partition(f: SplitFlags) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct EncoderFlags {
+    /// The public set: a gzip-compressed CSV of 28×28 images (784 pixel
+    /// columns, 0–255) and a label column.
+    #[arg(long, default_value = "data/mnist_5k.csv.gz")]
+    public: PathBuf,
+    /// Where to write the encoder.
+    #[arg(long, default_value = "data/digits-encoder.safetensors")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// `shroud data encoder`: the same file from the same public set and seed.
+pub fn encoder(f: EncoderFlags) -> Result<()> {
+    let images = crate::encoder::load_mnist_gz(&f.public)?;
+    let public = crate::encoder::digitise_dataset(&images);
+    let t = crate::encoder::train(&public, f.seed);
+    t.encoder
+        .save(&f.out)
+        .with_context(|| format!("cannot write {}", f.out.display()))?;
+    let bytes = std::fs::read(&f.out)?;
+    println!(
+        "encoder     {} → {} (trained on {} public images in the digits format, seed {}; \
+         the classifier it is cut from scores {:.1} % on them)",
+        t.encoder.inputs(),
+        t.encoder.dimension(),
+        public.len(),
+        f.seed,
+        100.0 * t.public_accuracy
+    );
+    println!("written     {}", f.out.display());
+    println!(
+        "sha256      {}",
+        crate::policy::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+    );
+    Ok(())
+}

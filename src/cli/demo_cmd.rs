@@ -30,7 +30,9 @@ pub struct DemoFlags {
     /// R, D and S: clusters of the class centroids (0: ⌈√classes⌉).
     #[arg(long, default_value_t = 0)]
     clusters: usize,
-    /// Aggregation strategy: fedavg, fedmr, series, transfer or ensemble
+    /// Aggregation strategy: fedavg, fedmr, series, transfer, ensemble,
+    /// fedimpres, or fstcbdg (digits only: its frozen encoder reads the
+    /// digits' 64 counts)
     /// (default: the policy's).
     #[arg(long)]
     strategy: Option<String>,
@@ -119,6 +121,7 @@ impl DemoFlags {
             public_records: self.public_records,
             vote_noise_std: self.vote_noise_std,
             warmup_rounds: self.warmup_rounds,
+            strategy_settings: toml::Table::new(),
             policy: self.policy.clone(),
             epsilon: self.epsilon,
             rounds: self.rounds,
@@ -206,6 +209,20 @@ fn print_summary(s: &DemoSummary) {
         );
     }
     println!("test accuracy       {:.2} %", 100.0 * s.accuracy);
+    if s.strategy == "fstcbdg" {
+        println!(
+            "zero-shot           {:.2} % (the head at the encoder's prototypes, before round 1)",
+            100.0 * s.initial_accuracy
+        );
+    }
+    if let Some(f) = &s.forgetting {
+        println!(
+            "absent classes      {:.1} % → {:.1} % after a round of local training ({} parties lack some class)",
+            100.0 * f.absent_class_accuracy_global,
+            100.0 * f.absent_class_accuracy_local,
+            f.parties
+        );
+    }
     let pct = |v: &serde_json::Value| {
         v.as_f64()
             .map_or("—".to_string(), |x| format!("{:.1} %", 100.0 * x))

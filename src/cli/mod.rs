@@ -91,6 +91,10 @@ enum DataCommand {
     /// Deal a data set out (IID, Dirichlet, pathological, quantity, or the
     /// ModelNet label sets R, D, S) and, with --stats, describe the subsets.
     Partition(data_cmd::SplitFlags),
+    /// Train the frozen digits encoder FST-CBDG uses, on the public MNIST
+    /// set brought to the digits format, and save it with its class
+    /// prototypes as safetensors
+    Encoder(data_cmd::EncoderFlags),
 }
 
 #[derive(Subcommand)]
@@ -368,6 +372,7 @@ pub fn main() -> ExitCode {
         }) => bench_service::service(parties, len, rounds, &neighbors, json),
         Command::Data(DataCommand::Split(f)) => data_cmd::split(f),
         Command::Data(DataCommand::Partition(f)) => data_cmd::partition(f),
+        Command::Data(DataCommand::Encoder(f)) => data_cmd::encoder(f),
         Command::Keygen(f) => service_cmd::keygen(f),
         Command::Serve(f) => service_cmd::serve(f),
         Command::Party(f) => service_cmd::party(f),

@@ -126,6 +126,17 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join("-")
     );
+    if let Some(e) = &s.encoder {
+        model = format!(
+            "frozen encoder {}-{} ({}, sha256 {}…) then a cosine head {}-{}",
+            e.encoder.inputs(),
+            e.encoder.dimension(),
+            e.path.display(),
+            &e.sha256[..16],
+            e.encoder.dimension(),
+            s.classes
+        );
+    }
     if s.stages() > 1 {
         model += &format!(
             " × {} stages (stage k reads {} + k·{} inputs)",
@@ -151,6 +162,14 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
             let after = crate::strategy::fedimpres::STATISTICS_ATTEMPTS.max(warmup_rounds) + 1;
             if after <= policy.privacy.rounds {
                 shown_rounds.push(after);
+            }
+        }
+        StrategyKind::Fstcbdg {
+            prototype_refresh_rounds: r,
+            ..
+        } => {
+            if r > 0 && r < policy.privacy.rounds {
+                shown_rounds.push(r + 1);
             }
         }
         StrategyKind::Fedavg | StrategyKind::Transfer { .. } | StrategyKind::Ensemble { .. } => {}
@@ -469,6 +488,37 @@ fn print_rounds(r: &CheckReport<'_>) {
              feature moments (features clamped to ±{feature_bound}), sent with the model; each \
              party trains on its records plus {impression_ratio} impressions per record"
         ),
+        StrategyKind::Fstcbdg {
+            supervised: true,
+            scale,
+            ..
+        } => println!(
+            "strategy    fstcbdg, supervised: a linear probe — a cosine head (scale {scale}) on \
+             the frozen encoder's embeddings trained on the parties' true labels, averaged as \
+             fedavg; the reference unlabelled FST-CBDG is measured against"
+        ),
+        StrategyKind::Fstcbdg {
+            scale,
+            pseudo_label_momentum,
+            synthetic_per_class,
+            synthetic_std,
+            prototype_refresh_rounds,
+            ..
+        } => println!(
+            "strategy    fstcbdg: the parties' records are unlabelled; a cosine head (scale \
+             {scale}) on the frozen encoder's embeddings, started at its class prototypes, is \
+             self-trained on soft pseudo-labels (moving average, {pseudo_label_momentum} on the \
+             old) plus {synthetic_per_class} synthetic embeddings per class (std \
+             {synthetic_std} around each prototype) and averaged as fedavg; {}",
+            if prototype_refresh_rounds > 0 {
+                format!(
+                    "every {prototype_refresh_rounds} rounds a noisy sum of pseudo-label-weighted \
+                     embeddings refreshes the prototypes"
+                )
+            } else {
+                "the prototypes are never refreshed".into()
+            }
+        ),
         StrategyKind::Ensemble { student_epochs, .. } => println!(
             "strategy    ensemble: each party trains its member at home, {} DP-SGD steps (the \
              rounds); one secure sum, without noise, of the members' class probabilities on the \
@@ -478,8 +528,9 @@ fn print_rounds(r: &CheckReport<'_>) {
     }
     if let Some(st) = r.statistics {
         println!(
-            "statistics  one noisy secure sum in round 1 (tried again in rounds 2-3 only if it \
-             aborted before its charge), {:.0} % of the job's ρ: ρ = {:.5}, ε {:.4} on its own",
+            "statistics  {} noisy secure sum(s), {:.0} % of the job's ρ together: ρ = {:.5} and \
+             ε {:.4} each on its own",
+            st.sums,
             100.0 * st.budget_share,
             st.charge.rho,
             st.epsilon_alone

@@ -184,10 +184,13 @@ pub struct PrivacyPlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct StatisticsPlan {
     pub blocks: Vec<StatisticsNoise>,
-    /// Share of the job's budget (in zCDP ρ) it spends.
+    /// How many statistics sums the job releases, each charged `charge`.
+    pub sums: u32,
+    /// Share of the job's budget (in zCDP ρ) they spend together.
     pub budget_share: f64,
+    /// What one sum costs.
     pub charge: RoundCharge,
-    /// ε of the sum alone, at the policy's δ.
+    /// ε of one sum alone, at the policy's δ.
     pub epsilon_alone: f64,
 }
 
@@ -254,7 +257,9 @@ impl PrivacyPlan {
             None => vec![self.charge.clone(); self.rounds as usize],
         };
         planned.extend(self.audit.as_ref().map(|a| a.charge.clone()));
-        planned.extend(self.statistics.as_ref().map(|a| a.charge.clone()));
+        if let Some(s) = &self.statistics {
+            planned.extend(std::iter::repeat(s.charge.clone()).take(s.sums as usize));
+        }
         if !self.at_home {
             planned.extend(self.home_charge());
         }
@@ -576,17 +581,23 @@ fn block_sigma(sensitivity: f64, width: usize, rho: f64, honest: usize) -> f64 {
 /// ρ, noised like the audit's counts; refused when its words could wrap.
 fn statistics_plan(policy: &Policy) -> Result<Option<StatisticsPlan>, PlanError> {
     let blocks = super::statistics::blocks(policy);
-    let StrategyKind::Fedimpres {
-        statistics_share, ..
-    } = policy.strategy.kind
-    else {
-        return Ok(None);
+    let sums = super::statistics::sums(policy);
+    let statistics_share = match policy.strategy.kind {
+        StrategyKind::Fedimpres {
+            statistics_share, ..
+        }
+        | StrategyKind::Fstcbdg {
+            statistics_share, ..
+        } => statistics_share,
+        _ => return Ok(None),
     };
-    if blocks.is_empty() || policy.privacy.unit == Unit::None {
+    if blocks.is_empty() || sums == 0 || policy.privacy.unit == Unit::None {
         return Ok(None);
     }
-    let rho_target =
-        statistics_share * rho_for_epsilon(policy.privacy.epsilon, policy.privacy.delta)?;
+    // The share is split evenly over the job's sums, then over the blocks.
+    let rho_target = statistics_share
+        * rho_for_epsilon(policy.privacy.epsilon, policy.privacy.delta)?
+        / f64::from(sums);
     let per_block = rho_target / blocks.len() as f64;
     let honest = policy.honest_survivors();
     // Most units one coordinate can hold: every record (or party).
@@ -625,6 +636,7 @@ fn statistics_plan(policy: &Policy) -> Result<Option<StatisticsPlan>, PlanError>
     }
     Ok(Some(StatisticsPlan {
         blocks: noise,
+        sums,
         budget_share: statistics_share,
         epsilon_alone: zcdp_epsilon_of_rho(rho, policy.privacy.delta)?,
         // Every record enters: no sampling.
@@ -949,7 +961,7 @@ impl FixedReleases {
         [
             self.audit.as_ref().map(|a| a.charge.clone()),
             self.finetune.as_ref().map(|f| f.charge.times(f.rounds)),
-            self.statistics.as_ref().map(|s| s.charge.clone()),
+            self.statistics.as_ref().map(|s| s.charge.times(s.sums)),
         ]
         .into_iter()
         .flatten()

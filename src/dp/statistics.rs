@@ -77,7 +77,48 @@ pub fn blocks(policy: &Policy) -> Vec<StatisticsBlock> {
                 },
             ]
         }
+        StrategyKind::Fstcbdg { .. } => {
+            let e = s.encoder.as_ref().map_or(0, |e| e.encoder.dimension());
+            // A record's pseudo-label q (‖q‖ ≤ 1) times its unit-length
+            // embedding, and q itself.
+            vec![
+                StatisticsBlock {
+                    name: "pseudo-label-weighted embedding sums".into(),
+                    width: s.classes * e,
+                    bound: 1.0,
+                },
+                StatisticsBlock {
+                    name: "pseudo-label counts".into(),
+                    width: s.classes,
+                    bound: 1.0,
+                },
+            ]
+        }
         _ => Vec::new(),
+    }
+}
+
+/// The statistics sums a job under `policy` releases, each charged once:
+/// FedImpres' one (however many attempts carry it), or each of
+/// FST-CBDG's prototype refreshes.
+pub fn sums(policy: &Policy) -> u32 {
+    match policy.strategy.kind {
+        StrategyKind::Fedimpres { .. } => 1,
+        StrategyKind::Fstcbdg {
+            prototype_refresh_rounds: r,
+            ..
+        } if r > 0 => policy.privacy.rounds.saturating_sub(1) / r,
+        _ => 0,
+    }
+}
+
+/// Which of the job's statistics releases a statistics sum in `round`
+/// is: FedImpres' attempts are all its one release (0); each FST-CBDG
+/// refresh is its own (its round).
+pub fn slot(policy: &Policy, round: u32) -> u32 {
+    match policy.strategy.kind {
+        StrategyKind::Fedimpres { .. } => 0,
+        _ => round,
     }
 }
 

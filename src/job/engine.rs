@@ -255,9 +255,9 @@ pub struct JobEngine {
     /// An outputs sum reached its charge point: the members' release is
     /// paid, and a later attempt sends the same words again.
     outputs_charged: bool,
-    /// A statistics sum reached its charge point: the job's one statistics
-    /// release is paid, and no other is tried.
-    statistics_charged: bool,
+    /// The statistics releases (see [`statistics::slot`]) whose sum reached
+    /// its charge point: each is paid once, and not tried again.
+    statistics_charged: BTreeSet<u32>,
     audit_attempts: u32,
     /// Waiting for the host's release decision.
     releasing: bool,
@@ -297,7 +297,7 @@ impl JobEngine {
             live: None,
             charged_rounds: BTreeSet::new(),
             outputs_charged: false,
-            statistics_charged: false,
+            statistics_charged: BTreeSet::new(),
             audit_attempts: 0,
             releasing: false,
             effects: VecDeque::new(),
@@ -474,7 +474,10 @@ impl JobEngine {
                 self.charged_rounds.insert(round);
             }
             TaskKind::Outputs => self.outputs_charged = true,
-            TaskKind::Statistics => self.statistics_charged = true,
+            TaskKind::Statistics => {
+                self.statistics_charged
+                    .insert(statistics::slot(&self.policy, round));
+            }
             TaskKind::Audit => {}
         }
         self.confirm_unmask(now)
@@ -509,10 +512,13 @@ impl JobEngine {
         self.outputs_charged = charged;
     }
 
-    /// After a restart: the statistics sum was already charged, so it is
-    /// not tried again.
-    pub fn set_statistics_charged(&mut self, charged: bool) {
-        self.statistics_charged = charged;
+    /// After a restart: the statistics sums charged in these rounds are
+    /// paid, and their releases not tried again.
+    pub fn set_statistics_charged(&mut self, rounds: &[u32]) {
+        self.statistics_charged = rounds
+            .iter()
+            .map(|&r| statistics::slot(&self.policy, r))
+            .collect();
     }
 
     /// The host applied the release gate: `released` says whether the model
@@ -655,9 +661,11 @@ impl JobEngine {
         mut index: usize,
         now: Instant,
     ) -> Result<(), EngineError> {
+        let slot = statistics::slot(&self.policy, round);
         let passed_over = |t: &TaskSpec| {
             !self.strategy.wants(t)
-                || (TaskKind::of(t) == TaskKind::Statistics && self.statistics_charged)
+                || (TaskKind::of(t) == TaskKind::Statistics
+                    && self.statistics_charged.contains(&slot))
         };
         while index + 1 < plan.tasks.len() && passed_over(&plan.tasks[index]) {
             index += 1;
@@ -791,7 +799,13 @@ impl JobEngine {
                     None => home(self.plan.home_charge()),
                 },
             )),
-            (_, TaskKind::Statistics) if self.statistics_charged => None,
+            (_, TaskKind::Statistics)
+                if self
+                    .statistics_charged
+                    .contains(&statistics::slot(&self.policy, live.round)) =>
+            {
+                None
+            }
             (_, TaskKind::Statistics) => self
                 .plan
                 .statistics

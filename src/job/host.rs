@@ -522,7 +522,11 @@ pub fn resume_job(
     let charged = |kind| charges.iter().any(|c| c.kind == kind);
     let outputs_charged = job_policy.strategy.kind.trains_at_home()
         && charged(crate::store::ledger::ChargeKind::Training);
-    let statistics_charged = charged(crate::store::ledger::ChargeKind::Statistics);
+    let statistics_charged: Vec<u32> = charges
+        .iter()
+        .filter(|c| c.kind == crate::store::ledger::ChargeKind::Statistics)
+        .map(|c| c.round)
+        .collect();
     let audit_attempts = store
         .rounds(id)?
         .iter()
@@ -546,7 +550,7 @@ pub fn resume_job(
     );
     engine.set_audit_attempts(audit_attempts);
     engine.set_outputs_charged(outputs_charged);
-    engine.set_statistics_charged(statistics_charged);
+    engine.set_statistics_charged(&statistics_charged);
     if let Err(e) = engine.restore_canary_scores(&rec.canary_scores) {
         return fail(store, format!("the job cannot resume: {e}"));
     }

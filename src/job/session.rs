@@ -46,11 +46,12 @@ pub struct SessionState {
     pub last_training: Option<(u32, u32)>,
     /// Its masked input for an audit sum has been sent: it sends no other.
     pub audit_sent: bool,
-    /// Its masked input for a statistics sum has been sent: it sends no
-    /// other, so no two sums over different survivors can be subtracted
-    /// to isolate its noisy statistics.
+    /// The last statistics release (see [`crate::dp::statistics::slot`])
+    /// its masked input was sent for: it sends none for that release or an
+    /// earlier one again, so no two sums over different survivors can be
+    /// subtracted to isolate its noisy statistics.
     #[serde(default)]
-    pub statistics_sent: bool,
+    pub statistics_sent: Option<u32>,
 }
 
 pub use super::task::{TaskKind, AUDIT_BITS, OUTPUT_BITS};
@@ -169,7 +170,8 @@ impl fmt::Display for Refusal {
                 f.write_str("this party has already sent its masked input for this job's audit sum")
             }
             Refusal::StatisticsAlreadySent => f.write_str(
-                "this party has already sent its masked input for this job's statistics sum",
+                "this party has already sent its masked input for this statistics release (or a \
+                 later one) of the job",
             ),
             Refusal::WrongShape {
                 len,
@@ -300,7 +302,11 @@ impl PartyRules {
                 }
                 match kind {
                     TaskKind::Outputs => (spec.dimension, OUTPUT_BITS),
-                    TaskKind::Statistics if self.state.statistics_sent => {
+                    TaskKind::Statistics
+                        if self.state.statistics_sent.is_some_and(|last| {
+                            crate::dp::statistics::slot(&self.policy, round) <= last
+                        }) =>
+                    {
                         return Err(Refusal::StatisticsAlreadySent)
                     }
                     TaskKind::Statistics => (spec.dimension, STATISTICS_BITS),
@@ -370,7 +376,10 @@ impl PartyRules {
     pub fn masked_input_sent(&mut self, a: &Admission) {
         match a.kind {
             TaskKind::Audit => self.state.audit_sent = true,
-            TaskKind::Statistics => self.state.statistics_sent = true,
+            TaskKind::Statistics => {
+                self.state.statistics_sent =
+                    Some(crate::dp::statistics::slot(&self.policy, a.round))
+            }
             _ => {}
         }
     }

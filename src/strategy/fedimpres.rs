@@ -27,7 +27,6 @@ use super::{
     SumKind, TaskResult, TaskSpec,
 };
 use crate::data::Dataset;
-use crate::dp::statistics;
 use crate::model::{Mlp, ModelError};
 use crate::network::Network;
 use crate::policy::{Policy, StrategyKind};
@@ -69,24 +68,11 @@ fn settings(policy: &Policy) -> Result<Settings, StateError> {
 /// A round's tasks: FedAvg's one update, after the statistics sum in the
 /// first [`STATISTICS_ATTEMPTS`] rounds.
 pub fn plan(policy: &Policy, round: u32) -> RoundPlan {
-    let mut tasks = super::fedavg::plan(policy).tasks;
+    let mut plan = super::fedavg::plan(policy);
     if round <= STATISTICS_ATTEMPTS.min(policy.privacy.rounds) {
-        let blocks = statistics::blocks(policy);
-        tasks[0].id = 1;
-        tasks.insert(
-            0,
-            TaskSpec {
-                id: 0,
-                label: "class counts and feature moments".into(),
-                cohort: tasks[0].cohort.clone(),
-                offset: 0,
-                dimension: statistics::width(&blocks),
-                clip_norm: 0.0,
-                sum: SumKind::Statistics,
-            },
-        );
+        plan.open_with_statistics(policy, "class counts and feature moments");
     }
-    RoundPlan { tasks }
+    plan
 }
 
 /// The coordinator's half: FedAvg's model and step, the consortium's

@@ -20,6 +20,7 @@ pub mod ensemble;
 pub mod fedavg;
 pub mod fedimpres;
 pub mod fedmr;
+pub mod fstcbdg;
 pub mod home;
 pub mod impressions;
 mod local;
@@ -96,6 +97,30 @@ pub enum Composition {
 }
 
 impl RoundPlan {
+    /// Puts the policy's statistics sum (see [`crate::dp::statistics`])
+    /// first, over the first task's cohort, as task 0; the other tasks'
+    /// ids move up by one.
+    pub(crate) fn open_with_statistics(&mut self, policy: &Policy, label: &str) {
+        self.tasks.iter_mut().for_each(|t| t.id += 1);
+        let cohort = self
+            .tasks
+            .first()
+            .map(|t| t.cohort.clone())
+            .unwrap_or_default();
+        self.tasks.insert(
+            0,
+            TaskSpec {
+                id: 0,
+                label: label.into(),
+                cohort,
+                offset: 0,
+                dimension: crate::dp::statistics::width(&crate::dp::statistics::blocks(policy)),
+                clip_norm: 0.0,
+                sum: SumKind::Statistics,
+            },
+        );
+    }
+
     /// Checks that the round can be charged once at `clip_norm` and says
     /// why: refused when a party would take part twice in one slice or its
     /// tasks' clip norms would square-sum above the policy's.
@@ -294,6 +319,7 @@ pub fn round_plan(policy: &Policy, job: &str, round: u32) -> RoundPlan {
         StrategyKind::Transfer { .. } => fedavg::plan(policy),
         StrategyKind::Ensemble { .. } => ensemble::plan(policy),
         StrategyKind::Fedimpres { .. } => fedimpres::plan(policy, round),
+        StrategyKind::Fstcbdg { .. } => fstcbdg::plan(policy, round),
     }
 }
 
@@ -314,6 +340,8 @@ pub fn coordinator_half(
         StrategyKind::Transfer { .. } => Box::new(fedavg::FedAvg::new(policy, seed, saved)?),
         StrategyKind::Ensemble { .. } => Box::new(ensemble::Ensemble::new(policy, seed, saved)?),
         StrategyKind::Fedimpres { .. } => Box::new(fedimpres::FedImpres::new(policy, seed, saved)?),
+        // The head starts at the encoder's prototypes: no seed.
+        StrategyKind::Fstcbdg { .. } => Box::new(fstcbdg::FstCbdg::new(policy, saved)?),
     })
 }
 
@@ -325,17 +353,22 @@ pub fn party_half(policy: &Policy, saved: Option<&[u8]>) -> Result<Box<dyn Party
         StrategyKind::Transfer { .. } => Box::new(transfer::TransferParty::new(policy, saved)?),
         StrategyKind::Ensemble { .. } => Box::new(ensemble::Member::new(policy, saved)?),
         StrategyKind::Fedimpres { .. } => Box::new(fedimpres::FedImpresParty::new(policy, saved)?),
+        StrategyKind::Fstcbdg { .. } => Box::new(fstcbdg::FstParty::new(policy, saved)?),
         _ => Box::new(LocalTrainer::new(policy, saved)?),
     })
 }
 
 /// Most values a coordinator's download can hold under `policy`: the
-/// model, and FedImpres' impressions (their count, features and labels).
+/// model, and FedImpres' impressions (their count, features and labels)
+/// or FST-CBDG's prototypes.
 pub fn max_downlink(policy: &Policy) -> usize {
     let s = &policy.strategy;
     match s.kind {
         StrategyKind::Fedimpres { impressions, .. } => {
             s.dimension() + 1 + impressions as usize * (s.inputs + 1)
+        }
+        StrategyKind::Fstcbdg { .. } => {
+            s.dimension() + s.classes * s.encoder.as_ref().map_or(0, |e| e.encoder.dimension())
         }
         _ => s.dimension(),
     }
@@ -350,6 +383,10 @@ pub fn initial_model(policy: &Policy, seed: u64) -> Mlp {
 pub fn initial_network(policy: &Policy, seed: u64) -> Network {
     match policy.strategy.kind {
         StrategyKind::Series { .. } => series::initial_network(policy, seed),
+        // The zero-shot head on the frozen encoder.
+        StrategyKind::Fstcbdg { .. } => fstcbdg::FstCbdg::new(policy, None)
+            .expect("a validated FST-CBDG policy has its encoder")
+            .release_model(),
         _ => Network::single(initial_model(policy, seed)),
     }
 }

@@ -160,7 +160,16 @@ pub fn transfer_policy_text(records: &[usize], rounds: u32) -> String {
 
 /// `n` equal IID shares of the wine training records.
 pub fn wine_shares(n: usize) -> Vec<shroud::data::Dataset> {
-    let data = shroud::data::prepare(std::path::Path::new("data/wine.csv"), 2).unwrap();
+    iid_shares("data/wine.csv", n, false)
+}
+
+/// `n` equal IID shares of a data set's training records, standardised or
+/// (`raw`) as read.
+fn iid_shares(path: &str, n: usize, raw: bool) -> Vec<shroud::data::Dataset> {
+    let mut data = shroud::data::prepare(std::path::Path::new(path), 2).unwrap();
+    if raw {
+        data.standardizer.revert(&mut data.train);
+    }
     let parts = shroud::data::partition(
         &data.train.labels,
         data.train.classes,
@@ -254,4 +263,34 @@ pub fn fedimpres_policy_text(records: &[usize], rounds: u32) -> String {
         "kind = \"fedmr\"\ngroup_size = 3\nwarmup_rounds = 0\n",
         "kind = \"fedimpres\"\nwarmup_rounds = 2\nrefresh_rounds = 2\nimpressions = 30\n",
     )
+}
+
+/// `n` equal IID shares of the digits training records, their features as
+/// read (the counts 0–16 a frozen encoder reads).
+#[allow(dead_code)]
+pub fn raw_digits_shares(n: usize) -> Vec<shroud::data::Dataset> {
+    iid_shares("data/digits.csv", n, true)
+}
+
+/// The consortium of [`fedmr_policy_text`] on digits running FST-CBDG over
+/// `rounds` rounds with the shipped encoder, the prototypes refreshed
+/// every 2 rounds.
+#[allow(dead_code)]
+pub fn fstcbdg_policy_text(records: &[usize], rounds: u32) -> String {
+    use sha2::Digest;
+    let encoder = std::fs::canonicalize("data/digits-encoder.safetensors").unwrap();
+    let sha = shroud::policy::hex(&sha2::Sha256::digest(std::fs::read(&encoder).unwrap()));
+    fedmr_policy_text(records, 3, 0, rounds)
+        .replace(
+            "kind = \"fedmr\"\ngroup_size = 3\nwarmup_rounds = 0\n",
+            &format!(
+                "kind = \"fstcbdg\"\nencoder = \"{}\"\nencoder_sha256 = \"{sha}\"\n\
+                 prototype_refresh_rounds = 2\nsynthetic_per_class = 4\n",
+                encoder.display()
+            ),
+        )
+        .replace(
+            "model = \"mlp\"\ninputs = 13\nhidden = [8]\nclasses = 3\n",
+            "model = \"softmax\"\ninputs = 64\nclasses = 10\n",
+        )
 }
