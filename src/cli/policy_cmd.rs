@@ -428,8 +428,8 @@ pub fn check(file: &Path, json: bool) -> Result<()> {
         }
     }
     println!(
-        "ε total     {:.4} of budget {}, rounds and audit (ideal continuous Gaussian, rounds only, \
-         same accountant: {:.4})",
+        "ε total     {:.4} of budget {}, rounds, audit and any fine-tuning or statistics (ideal \
+         continuous Gaussian, rounds only, same accountant: {:.4})",
         r.epsilon_total, r.epsilon_budget, r.epsilon_ideal
     );
     Ok(())
@@ -599,6 +599,16 @@ fn print_rounds(r: &CheckReport<'_>) {
                  square-summing to {}²: parallel composition",
                 r.clip_norm
             ),
+        };
+        // A statistics sum is charged on its own, not as the round's.
+        let statistics = shown.tasks.len()
+            > match shown.composition {
+                Composition::Parallel { tasks, .. } => tasks,
+                _ => 1,
+            };
+        let how = match statistics {
+            true => format!("the statistics sum (its own charge), then {how}"),
+            false => how,
         };
         println!("  round {} (job `{EXAMPLE_JOB}`): {how}", shown.round);
         for t in &shown.tasks {
