@@ -1,6 +1,8 @@
 //! Models and data: gradients against finite differences, central training
 //! on real data, safetensors round trips, CSV errors and partitioners.
 
+mod common;
+
 use std::path::Path;
 
 use shroud::data::{parse_csv, partition, prepare, Partition};
@@ -288,4 +290,20 @@ fn data_partition_reports_and_saves_the_modelnet_statistics() {
     let o = deal("2", &[]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("every class a holder"));
+}
+
+/// The shipped encoder is exactly what `shroud data encoder` makes from
+/// the shipped public set with its defaults: the command reproduces it
+/// byte for byte.
+#[test]
+fn the_shipped_encoder_is_what_the_command_makes() {
+    let dir = common::temp_dir("encoder");
+    let out = dir.join("encoder.safetensors");
+    let (code, stdout, err) = common::shroud(&["data", "encoder", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("64 → 32"), "{stdout}");
+    let made = std::fs::read(&out).unwrap();
+    let shipped = std::fs::read("data/digits-encoder.safetensors").unwrap();
+    assert!(made == shipped, "the command made another encoder");
+    assert_eq!(shroud::encoder::DIGITS_ENCODER, shipped.as_slice());
 }
