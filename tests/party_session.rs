@@ -416,6 +416,20 @@ fn the_kind_of_a_sum_is_the_partys_own_plan_not_the_announcement() {
     );
 }
 
+/// What an honest coordinator announces for a statistics sum in `round`
+/// over a roster of ten.
+fn statistics_task(p: &Policy, round: u32) -> LiveTask {
+    LiveTask {
+        round,
+        task: 0,
+        kind: "statistics".into(),
+        phase: "advertise-keys".into(),
+        cohort: (0..10).collect(),
+        bits: shroud::job::session::STATISTICS_BITS,
+        len: shroud::dp::statistics::width(&shroud::dp::statistics::blocks(p)),
+    }
+}
+
 /// FedImpres' statistics sum: a party sends its statistics once. A lying
 /// coordinator that asks again — in a later round, where the plan has
 /// attempts left, or passing the sum off as a training update or the
@@ -425,16 +439,7 @@ fn the_kind_of_a_sum_is_the_partys_own_plan_not_the_announcement() {
 fn statistics_go_out_once_and_only_as_planned() {
     let p = Policy::load(Path::new("policies/fedimpres.toml")).unwrap();
     let plan = PrivacyPlan::for_policy(&p).unwrap();
-    let width = shroud::dp::statistics::width(&shroud::dp::statistics::blocks(&p));
-    let stats = |round: u32| LiveTask {
-        round,
-        task: 0,
-        kind: "statistics".into(),
-        phase: "advertise-keys".into(),
-        cohort: (0..10).collect(),
-        bits: shroud::job::session::STATISTICS_BITS,
-        len: width,
-    };
+    let stats = |round: u32| statistics_task(&p, round);
     let mut s = PartyRules::new(ME, JOB, p.clone(), plan.clone(), SessionState::default());
     let a = s.admit(&stats(1)).unwrap();
     assert_eq!(a.kind, TaskKind::Statistics);
@@ -479,16 +484,7 @@ fn each_prototype_refresh_is_sent_once() {
     let p = Policy::load(Path::new("policies/fstcbdg.toml")).unwrap();
     let plan = PrivacyPlan::for_policy(&p).unwrap();
     assert_eq!(plan.statistics.as_ref().unwrap().sums, 2);
-    let width = shroud::dp::statistics::width(&shroud::dp::statistics::blocks(&p));
-    let stats = |round: u32| LiveTask {
-        round,
-        task: 0,
-        kind: "statistics".into(),
-        phase: "advertise-keys".into(),
-        cohort: (0..10).collect(),
-        bits: shroud::job::session::STATISTICS_BITS,
-        len: width,
-    };
+    let stats = |round: u32| statistics_task(&p, round);
     // Sent for round 11 in an earlier life of the party (its journal).
     let s = PartyRules::new(
         ME,

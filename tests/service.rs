@@ -607,6 +607,32 @@ async fn resumes_and_releases(
     assert_eq!(code, 0, "{out}{err}");
 }
 
+/// Starts job `job` under `text` (eight parties on wine shares, seen by
+/// `tap`) at a coordinator that aborts right after its first charge, and
+/// waits for that crash: the coordinator, the operator's client, the
+/// parties, the port and the job's first status.
+async fn crashed_at_first_charge(
+    dir: &Path,
+    text: &str,
+    job: &str,
+    tap: Option<mpsc::Sender<shroud::party::PartyObservation>>,
+) -> (ServeProcess, Client, Vec<PartyTask>, u16, JobStatus) {
+    let shares = common::wine_shares(8);
+    let op_seed = serve_dir(dir, text);
+    let port = free_port().unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut server = serve_failing_at(dir, port, "after-charge");
+    let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
+    let parties = spawn_parties(&url, tls.clone(), text, &shares, tap);
+    let mut op = operator_with(&url, tls, &op_seed);
+    let s: JobStatus = op
+        .post_json("/v1/jobs", job, &serde_json::json!({ "job": job }))
+        .await
+        .unwrap();
+    wait_for_crash(&mut server, &format!("{job}: after its first charge"));
+    (server, op, parties, port, s)
+}
+
 /// Transfer's base rounds resume like FedAvg's; after the restart the
 /// parties still fine-tune at home as the audit's counts are taken, each
 /// charged once under its own id.
@@ -628,20 +654,9 @@ async fn an_ensemble_coordinator_killed_at_its_sum_tries_again_and_releases() {
     let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
     let public = common::wine_public_set(&dir);
     let text = common::ensemble_policy_text(&records, &public, 6);
-    let shares = common::wine_shares(8);
-    let op_seed = serve_dir(&dir, &text);
-    let port = free_port().unwrap();
-    let url = format!("https://127.0.0.1:{port}");
-    let mut server = serve_failing_at(&dir, port, "after-charge");
-    let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
     let (tap, seen) = mpsc::channel();
-    let parties = spawn_parties(&url, tls.clone(), &text, &shares, Some(tap));
-    let mut op = operator_with(&url, tls, &op_seed);
-    let s: JobStatus = op
-        .post_json("/v1/jobs", "en", &serde_json::json!({ "job": "en" }))
-        .await
-        .unwrap();
-    wait_for_crash(&mut server, "after the members' charge");
+    let (mut server, mut op, parties, port, s) =
+        crashed_at_first_charge(&dir, &text, "en", Some(tap)).await;
     resumes_and_releases(
         &dir,
         &mut server,
@@ -724,19 +739,8 @@ async fn a_fedimpres_coordinator_killed_at_its_statistics_charge_never_asks_agai
     let dir = temp_dir("net-fedimpres-charge");
     let records: Vec<usize> = common::wine_shares(8).iter().map(|d| d.len()).collect();
     let text = common::fedimpres_policy_text(&records, 5);
-    let shares = common::wine_shares(8);
-    let op_seed = serve_dir(&dir, &text);
-    let port = free_port().unwrap();
-    let url = format!("https://127.0.0.1:{port}");
-    let mut server = serve_failing_at(&dir, port, "after-charge");
-    let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
-    let parties = spawn_parties(&url, tls.clone(), &text, &shares, None);
-    let mut op = operator_with(&url, tls, &op_seed);
-    let s: JobStatus = op
-        .post_json("/v1/jobs", "fc", &serde_json::json!({ "job": "fc" }))
-        .await
-        .unwrap();
-    wait_for_crash(&mut server, "after the statistics charge");
+    let (mut server, mut op, parties, port, s) =
+        crashed_at_first_charge(&dir, &text, "fc", None).await;
     resumes_and_releases(
         &dir,
         &mut server,
