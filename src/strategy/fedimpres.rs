@@ -289,12 +289,7 @@ impl FedImpresParty {
         if k == 0 {
             return None;
         }
-        let mut rng = rng_from(&public_seed(
-            "impression draw",
-            &crate::policy::hex(sample_seed),
-            0,
-            0,
-        ));
+        let mut rng = rng_from(&super::derived_secret("impression draw", sample_seed));
         let mut set = data.clone();
         for _ in 0..k {
             let i = (rand_chacha::rand_core::RngCore::next_u64(&mut rng) % imp.labels.len() as u64)

@@ -30,8 +30,8 @@ use ndarray::{Array2, ArrayView2, Axis};
 use super::fedavg::ServerStep;
 use super::state::{StateReader, StateWriter};
 use super::{
-    public_seed, rng_from, Contribution, CoordinatorHalf, PartyHalf, RoundPlan, StateError,
-    SumKind, TaskResult, TaskSpec,
+    rng_from, Contribution, CoordinatorHalf, PartyHalf, RoundPlan, StateError, SumKind, TaskResult,
+    TaskSpec,
 };
 use crate::data::Dataset;
 use crate::encoder::{unit, FrozenEncoder};
@@ -313,12 +313,7 @@ impl FstParty {
             self.settings.synthetic_per_class as usize
         };
         let (c, e) = (self.prototypes.len(), self.encoder.dimension());
-        let mut rng = rng_from(&public_seed(
-            "synthetic embeddings",
-            &crate::policy::hex(sample_seed),
-            0,
-            0,
-        ));
+        let mut rng = rng_from(&super::derived_secret("synthetic embeddings", sample_seed));
         let mut x = Array2::zeros((c * per, e));
         let mut t = Array2::zeros((c * per, c));
         for (k, proto) in self.prototypes.iter().enumerate() {

@@ -407,6 +407,16 @@ pub fn public_seed(label: &str, job: &str, round: u32, index: u32) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// A secret for one use (`label`) derived from a party's round secret, so
+/// that each use draws its own stream; wiped on drop.
+pub(crate) fn derived_secret(label: &str, secret: &[u8; 32]) -> zeroize::Zeroizing<[u8; 32]> {
+    let mut h = Sha256::new();
+    h.update((label.len() as u64).to_le_bytes());
+    h.update(label.as_bytes());
+    h.update(secret);
+    zeroize::Zeroizing::new(h.finalize().into())
+}
+
 /// A generator from a 32-byte seed.
 pub(crate) fn rng_from(seed: &[u8; 32]) -> ChaCha20Rng {
     ChaCha20Rng::from_seed(*seed)
