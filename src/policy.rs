@@ -1305,103 +1305,108 @@ impl Validator<'_> {
             None => 1,
             Some(v) => self.positive_int("strategy.local_epochs", v, 1, 1000)? as u32,
         };
-        if s.kind != "series" && s.stages.is_some() {
-            return Err(self.err("strategy.stages", "applies only to kind = \"series\""));
-        }
-        if s.kind != "fedmr" && s.group_size.is_some() {
-            return Err(self.err("strategy.group_size", "applies only to kind = \"fedmr\""));
-        }
-        if !matches!(s.kind.as_str(), "fedmr" | "fedimpres") && s.warmup_rounds.is_some() {
-            return Err(self.err(
+        // Keys that only some kinds read: anywhere else they are refused,
+        // so that a policy never says what it does not do.
+        let only: [(&str, bool, &[&str]); 23] = [
+            ("strategy.stages", s.stages.is_some(), &["series"]),
+            ("strategy.group_size", s.group_size.is_some(), &["fedmr"]),
+            (
                 "strategy.warmup_rounds",
-                "applies only to kind = \"fedmr\" or \"fedimpres\"",
-            ));
-        }
-        if s.statistics_share.is_some() && !matches!(s.kind.as_str(), "fedimpres" | "fstcbdg") {
-            return Err(self.err(
+                s.warmup_rounds.is_some(),
+                &["fedmr", "fedimpres"],
+            ),
+            (
                 "strategy.statistics_share",
-                "applies only to kind = \"fedimpres\" or \"fstcbdg\"",
-            ));
-        }
-        for (key, set, kinds) in [
-            ("strategy.public_set", s.public_set.is_some(), "ensemble"),
+                s.statistics_share.is_some(),
+                &["fedimpres", "fstcbdg"],
+            ),
+            ("strategy.public_set", s.public_set.is_some(), &["ensemble"]),
             (
                 "strategy.vote_noise_std",
                 s.vote_noise_std.is_some(),
-                "ensemble",
+                &["ensemble"],
             ),
             (
                 "strategy.public_set_sha256",
                 s.public_set_sha256.is_some(),
-                "ensemble",
+                &["ensemble"],
             ),
             (
                 "strategy.student_epochs",
                 s.student_epochs.is_some(),
-                "ensemble",
+                &["ensemble"],
             ),
             (
                 "strategy.finetune_steps",
                 s.finetune_steps.is_some(),
-                "transfer",
+                &["transfer"],
             ),
             (
                 "strategy.finetune_share",
                 s.finetune_share.is_some(),
-                "transfer",
+                &["transfer"],
             ),
             (
                 "strategy.finetune_learning_rate",
                 s.finetune_learning_rate.is_some(),
-                "transfer",
+                &["transfer"],
             ),
             (
                 "strategy.refresh_rounds",
                 s.refresh_rounds.is_some(),
-                "fedimpres",
+                &["fedimpres"],
             ),
-            ("strategy.impressions", s.impressions.is_some(), "fedimpres"),
+            (
+                "strategy.impressions",
+                s.impressions.is_some(),
+                &["fedimpres"],
+            ),
             (
                 "strategy.impression_ratio",
                 s.impression_ratio.is_some(),
-                "fedimpres",
+                &["fedimpres"],
             ),
-            ("strategy.encoder", s.encoder.is_some(), "fstcbdg"),
+            ("strategy.encoder", s.encoder.is_some(), &["fstcbdg"]),
             (
                 "strategy.encoder_sha256",
                 s.encoder_sha256.is_some(),
-                "fstcbdg",
+                &["fstcbdg"],
             ),
-            ("strategy.scale", s.scale.is_some(), "fstcbdg"),
+            ("strategy.scale", s.scale.is_some(), &["fstcbdg"]),
             (
                 "strategy.pseudo_label_momentum",
                 s.pseudo_label_momentum.is_some(),
-                "fstcbdg",
+                &["fstcbdg"],
             ),
             (
                 "strategy.synthetic_per_class",
                 s.synthetic_per_class.is_some(),
-                "fstcbdg",
+                &["fstcbdg"],
             ),
             (
                 "strategy.synthetic_std",
                 s.synthetic_std.is_some(),
-                "fstcbdg",
+                &["fstcbdg"],
             ),
             (
                 "strategy.prototype_refresh_rounds",
                 s.prototype_refresh_rounds.is_some(),
-                "fstcbdg",
+                &["fstcbdg"],
             ),
-            ("strategy.supervised", s.supervised.is_some(), "fstcbdg"),
+            ("strategy.supervised", s.supervised.is_some(), &["fstcbdg"]),
             (
                 "strategy.feature_bound",
                 s.feature_bound.is_some(),
-                "fedimpres",
+                &["fedimpres"],
             ),
-        ] {
-            if set && s.kind != kinds {
-                return Err(self.err(key, format!("applies only to kind = \"{kinds}\"")));
+        ];
+        for (key, set, kinds) in only {
+            if set && !kinds.contains(&s.kind.as_str()) {
+                let names: Vec<String> = kinds.iter().map(|k| format!("\"{k}\"")).collect();
+                return Err(self.err(
+                    key,
+                    format!("applies only to kind = {}", names.join(" or ")),
+                ));
             }
         }
         if matches!(s.kind.as_str(), "transfer" | "ensemble") && unit == Unit::Party {
