@@ -263,6 +263,22 @@ type JobRun = (
     PrivacyLedger,
 );
 
+/// The job's ε in the ledger, checked against what `policy check`
+/// predicts for its plan.
+fn spent_as_planned(
+    ledger: &PrivacyLedger,
+    job: &str,
+    plan: &shroud::dp::plan::PrivacyPlan,
+) -> f64 {
+    let spent = ledger.job_spent(job).unwrap();
+    assert!(
+        (spent - plan.epsilon_total).abs() < 1e-9,
+        "ledger {spent} against policy check {}",
+        plan.epsilon_total
+    );
+    spent
+}
+
 /// [`run_wine_job`] with the parties holding `shares`.
 fn run_job(text: &str, job: &str, dropout: f64, shares: Vec<shroud::data::Dataset>) -> JobRun {
     let policy = Policy::parse(Path::new("job.toml"), text).unwrap();
@@ -395,13 +411,10 @@ fn series_runs_in_memory_with_exact_sums_and_the_predicted_charges() {
         .map(|c| c.round)
         .collect();
     assert_eq!(training, vec![1, 2, 3, 4], "{charges:?}");
-    let spent = ledger.job_spent("series-job").unwrap();
-    let predicted = shroud::dp::plan::PrivacyPlan::for_policy(&policy)
-        .unwrap()
-        .epsilon_total;
-    assert!(
-        (spent - predicted).abs() < 1e-9,
-        "ledger {spent} against policy check {predicted}"
+    spent_as_planned(
+        &ledger,
+        "series-job",
+        &shroud::dp::plan::PrivacyPlan::for_policy(&policy).unwrap(),
     );
 }
 
@@ -514,12 +527,7 @@ fn ensemble_sums_member_probabilities_without_noise_and_charges_each_member() {
         .collect();
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0].party, None);
-    let spent = ledger.job_spent("ensemble-job").unwrap();
-    assert!(
-        (spent - plan.epsilon_total).abs() < 1e-9,
-        "ledger {spent} against policy check {}",
-        plan.epsilon_total
-    );
+    let spent = spent_as_planned(&ledger, "ensemble-job", &plan);
     // Eight members each paying ρ in sequence would cost far more.
     let sequential =
         shroud::dp::accountant::zcdp_epsilon_of_rho(8.0 * home.rho, policy.privacy.delta).unwrap();
@@ -559,12 +567,8 @@ fn transfer_trains_a_base_then_fine_tunes_at_home_and_reports_both() {
         })
         .collect();
     assert_eq!(tuned, (0..8).collect::<Vec<u32>>());
-    let spent = ledger.job_spent("transfer-job").unwrap();
-    assert!(
-        (spent - plan.epsilon_total).abs() < 1e-9 && spent <= 8.0,
-        "ledger {spent} against policy check {}",
-        plan.epsilon_total
-    );
+    let spent = spent_as_planned(&ledger, "transfer-job", &plan);
+    assert!(spent <= 8.0, "{spent}");
     let dir = tmp("transfer-job");
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(Path::new(&dir).join("transfer-job/audit-report.json")).unwrap(),
@@ -652,12 +656,8 @@ fn a_voting_ensemble_pays_once_for_its_noisy_vote() {
     assert_eq!(training.len(), 1, "{charges:?}");
     assert_eq!(training[0].party, None);
     assert!((training[0].rho - vote.charge.rho).abs() < 1e-12);
-    let spent = ledger.job_spent("vote-job").unwrap();
-    assert!(
-        (spent - plan.epsilon_total).abs() < 1e-9 && spent < 8.0,
-        "ledger {spent} against policy check {}",
-        plan.epsilon_total
-    );
+    let spent = spent_as_planned(&ledger, "vote-job", &plan);
+    assert!(spent < 8.0, "{spent}");
 }
 
 /// FedImpres in memory. Round 1 opens with the one statistics sum (exact,
@@ -713,12 +713,8 @@ fn fedimpres_sums_statistics_once_and_impresses_only_released_state() {
     );
     let st = plan.statistics.as_ref().unwrap();
     assert!((charges[0].rho - st.charge.rho).abs() < 1e-15);
-    let spent = ledger.job_spent("fedimpres-job").unwrap();
-    assert!(
-        (spent - plan.epsilon_total).abs() < 1e-9 && spent < 8.0,
-        "ledger {spent} against policy check {}",
-        plan.epsilon_total
-    );
+    let spent = spent_as_planned(&ledger, "fedimpres-job", &plan);
+    assert!(spent < 8.0, "{spent}");
     // The impressions sent after round 5 (made after round 4, refreshed
     // every 2 rounds from round 2), recomputed from released state only.
     let rec = ledger.job_run("fedimpres-job").unwrap().unwrap();
@@ -814,12 +810,8 @@ fn fstcbdg_sends_only_the_head_and_noisy_prototype_sums() {
         .map(|c| (c.round, c.task))
         .collect();
     assert_eq!(refreshes, vec![(3, 0), (5, 0)]);
-    let spent = ledger.job_spent("fst-job").unwrap();
-    assert!(
-        (spent - plan.epsilon_total).abs() < 1e-9 && spent < 8.0,
-        "ledger {spent} against policy check {}",
-        plan.epsilon_total
-    );
+    let spent = spent_as_planned(&ledger, "fst-job", &plan);
+    assert!(spent < 8.0, "{spent}");
     let rec = ledger.job_run("fst-job").unwrap().unwrap();
     let state = rec.strategy_state.clone();
     let half = shroud::strategy::fstcbdg::FstCbdg::new(&policy, Some(&state)).unwrap();
