@@ -450,36 +450,29 @@ fn adapt_policy(
     if let Some(c) = t.get_mut("consortium").and_then(|c| c.as_table_mut()) {
         c.insert("phase_timeout_secs".into(), f.phase_timeout.into());
     }
-    let ensemble = t
+    let kind = t
         .get("strategy")
         .and_then(|s| s.get("kind"))
         .and_then(|k| k.as_str())
-        == Some("ensemble");
-    let encoded = t
-        .get("strategy")
-        .and_then(|s| s.get("kind"))
-        .and_then(|k| k.as_str())
-        == Some("fstcbdg");
-    if encoded {
+        .map(str::to_string);
+    let audit = t.get_mut("audit").and_then(|a| a.as_table_mut());
+    match (kind.as_deref(), audit) {
         // Reference models copy one network's shape; a head on a frozen
         // encoder is audited with the loss attack and canaries.
-        if let Some(list) = t
-            .get_mut("audit")
-            .and_then(|a| a.get_mut("attacks"))
-            .and_then(|l| l.as_array_mut())
-        {
-            list.retain(|v| !matches!(v.as_str(), Some("lira" | "rmia")));
+        (Some("fstcbdg"), Some(a)) => {
+            if let Some(list) = a.get_mut("attacks").and_then(|l| l.as_array_mut()) {
+                list.retain(|v| !matches!(v.as_str(), Some("lira" | "rmia")));
+            }
         }
-    }
-    if ensemble {
         // The ensemble's members train at home: no training sum for
         // gradient canaries to ride in.
-        if let Some(a) = t.get_mut("audit").and_then(|a| a.as_table_mut()) {
+        (Some("ensemble"), Some(a)) => {
             if let Some(list) = a.get_mut("attacks").and_then(|l| l.as_array_mut()) {
                 list.retain(|v| v.as_str() != Some("canary"));
             }
             a.insert("canaries".into(), 0i64.into());
         }
+        _ => {}
     }
     let adapted = toml::to_string(&t)?;
     let label = PathBuf::from(format!("{source} (adapted for the demo)"));
@@ -772,10 +765,7 @@ impl Demo {
             accuracy: outcome.accuracy,
             test_metrics: outcome.test_metrics,
             epsilon_spent: outcome.epsilon_spent,
-            initial_accuracy: crate::strategy::coordinator_half(policy, f.seed, None)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .release_model()
-                .accuracy(&data.test),
+            initial_accuracy: crate::strategy::initial_network(policy, f.seed).accuracy(&data.test),
             epsilon_budget: policy.privacy.epsilon,
             delta: outcome.delta,
             rounds: policy.privacy.rounds,
