@@ -495,17 +495,8 @@ async fn killed_mid_job_resumes_with(
 ) {
     let (kill_after, rounds, finished_at_least) = at;
     let dir = temp_dir(name);
-    let op_seed = serve_dir(&dir, text);
-    let port = free_port().unwrap();
-    let url = format!("https://127.0.0.1:{port}");
-    let mut server = serve(&dir, port);
-    let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
-    let parties = spawn_parties(&url, tls.clone(), text, &shares, None);
-    let mut op = operator_with(&url, tls, &op_seed);
-    let _: JobStatus = op
-        .post_json("/v1/jobs", job, &serde_json::json!({ "job": job }))
-        .await
-        .unwrap();
+    let (mut server, mut op, parties, port, _) =
+        serve_and_start(&dir, text, job, &shares, None, None).await;
     let s = wait_for(&mut op, job, |s| {
         assert!(s.state == "running", "{s:?}");
         s.history
@@ -618,18 +609,38 @@ async fn crashed_at_first_charge(
     tap: Option<mpsc::Sender<shroud::party::PartyObservation>>,
 ) -> (ServeProcess, Client, Vec<PartyTask>, u16, JobStatus) {
     let shares = common::wine_shares(8);
+    let (mut server, op, parties, port, s) =
+        serve_and_start(dir, text, job, &shares, Some("after-charge"), tap).await;
+    wait_for_crash(&mut server, &format!("{job}: after its first charge"));
+    (server, op, parties, port, s)
+}
+
+/// `shroud serve` from `dir` under `text` (aborting at `failpoint`, if
+/// given), parties holding `shares` (seen by `tap`), and job `job`
+/// started: the coordinator, the operator's client, the parties, the port
+/// and the job's first status.
+async fn serve_and_start(
+    dir: &Path,
+    text: &str,
+    job: &str,
+    shares: &[Dataset],
+    failpoint: Option<&str>,
+    tap: Option<mpsc::Sender<shroud::party::PartyObservation>>,
+) -> (ServeProcess, Client, Vec<PartyTask>, u16, JobStatus) {
     let op_seed = serve_dir(dir, text);
     let port = free_port().unwrap();
     let url = format!("https://127.0.0.1:{port}");
-    let mut server = serve_failing_at(dir, port, "after-charge");
+    let server = match failpoint {
+        Some(name) => serve_failing_at(dir, port, name),
+        None => serve(dir, port),
+    };
     let tls = Some(shroud::net::tls::client_config(&dir.join("server.crt")).unwrap());
-    let parties = spawn_parties(&url, tls.clone(), text, &shares, tap);
+    let parties = spawn_parties(&url, tls.clone(), text, shares, tap);
     let mut op = operator_with(&url, tls, &op_seed);
     let s: JobStatus = op
         .post_json("/v1/jobs", job, &serde_json::json!({ "job": job }))
         .await
         .unwrap();
-    wait_for_crash(&mut server, &format!("{job}: after its first charge"));
     (server, op, parties, port, s)
 }
 
