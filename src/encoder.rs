@@ -69,17 +69,6 @@ impl FrozenEncoder {
         e
     }
 
-    /// The data set's records as embeddings (labels kept).
-    pub fn embed_dataset(&self, d: &Dataset) -> Dataset {
-        let e = self.embed(crate::model::matrix(d, None).view());
-        Dataset {
-            features: e.outer_iter().map(|r| r.to_vec()).collect(),
-            labels: d.labels.clone(),
-            classes: d.classes,
-            feature_names: (0..self.dimension()).map(|j| format!("e{j}")).collect(),
-        }
-    }
-
     /// Tensors under `prefix`: the layers as an MLP's, then `mean`, `std`
     /// and `prototypes`.
     pub(crate) fn tensors(&self, prefix: &str) -> Vec<NamedTensor> {

@@ -209,10 +209,6 @@ impl StatisticsPlan {
     pub fn noise_stds(&self) -> Vec<f64> {
         self.blocks.iter().map(|b| b.noise_std_per_party).collect()
     }
-
-    pub fn layout(&self) -> Vec<super::statistics::StatisticsBlock> {
-        self.blocks.iter().map(|b| b.block.clone()).collect()
-    }
 }
 
 /// A PATE-style noisy vote: each member's one-hot votes on the public set's

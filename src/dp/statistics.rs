@@ -200,7 +200,7 @@ pub fn decode(words: &[u32], blocks: &[StatisticsBlock]) -> Vec<f64> {
 }
 
 /// `v` cut into the blocks' slices.
-pub fn split<'a>(v: &'a [f64], blocks: &[StatisticsBlock]) -> Vec<&'a [f64]> {
+fn split<'a>(v: &'a [f64], blocks: &[StatisticsBlock]) -> Vec<&'a [f64]> {
     let mut out = Vec::with_capacity(blocks.len());
     let mut at = 0;
     for b in blocks {

@@ -126,16 +126,6 @@ impl FedImpres {
         Ok(f)
     }
 
-    /// The impressions sent now, if any.
-    pub fn impressions(&self) -> Option<&Impressions> {
-        self.impressions.as_ref().map(|(_, i)| i)
-    }
-
-    /// The consortium's statistics, once summed.
-    pub fn stats(&self) -> Option<&ConsortiumStats> {
-        self.stats.as_ref()
-    }
-
     /// The public seed of the impressions made after `round`.
     pub fn synthesis_seed(seed: u64, round: u32) -> [u8; 32] {
         public_seed("impressions", &seed.to_string(), round, 0)
@@ -274,11 +264,6 @@ impl FedImpresParty {
             party_level: !policy.record_sums(),
             impressions: None,
         })
-    }
-
-    /// The impressions received with the round's model.
-    pub fn impressions(&self) -> Option<&Impressions> {
-        self.impressions.as_ref()
     }
 
     /// The party's records and `impression_ratio` impressions per record,
